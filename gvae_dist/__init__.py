@@ -1,0 +1,2 @@
+"""gvae-dist: distributed Gated-VAE training."""
+__version__ = "0.1.0"

@@ -1,0 +1,442 @@
+"""One typed, validated run config: YAML presets + dotted ``--set`` overrides.
+
+Every field has a one-line doc (``gvae-dist config --explain`` prints them). Unknown keys and
+bad values raise :class:`ConfigError` (a ``ValueError``) naming the dotted key and the allowed
+values before any work starts. The resolved config is written into every run directory.
+
+A preset may start with ``extends: other.yaml`` (relative to the preset) to inherit and override.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+    "save_config",
+    "explain",
+]
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the dotted key."""
+
+
+def f(default: Any, doc: str) -> Any:
+    """A dataclass field with a default and a one-line doc."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class DataConfig:
+    source: Literal["faces", "shapes", "shards"] = f("faces", "built-in synthetic 'faces' or 'shapes', or 'shards' (WebDataset tars at data.path)")
+    path: str | None = f(None, "directory holding manifest.json and the tar shards (source=shards)")
+    backend: Literal["auto", "dali", "webdataset", "memory"] = f("auto", "loader: 'auto' (DALI if importable, else WebDataset+PIL), or force one; 'memory' = synthetic in RAM")
+    num_train: int = f(20000, "training images generated for synthetic sources")
+    num_eval: int = f(6000, "held-out images generated for evaluation (synthetic sources)")
+    image_size: Literal[32, 64, 128] = f(64, "image height = width in pixels")
+    seed: int = f(0, "seed of the synthetic data and of its weak labels (independent of run.seed)")
+    label_bins: int = f(3, "bins per continuous factor for the weak labels used by pairing")
+    label_flip_prob: float = f(0.0, "probability a weak label is replaced by a random bin (label noise)")
+    label_jitter: float = f(0.0, "Gaussian jitter (fraction of the factor range) added before binning")
+    on_bad_sample: Literal["error", "skip"] = f("error", "a corrupt sample stops with an error naming it, or is skipped and counted")
+    num_workers: int = f(2, "decoding threads (DALI) or DataLoader workers (WebDataset backend)")
+    image_format: Literal["png", "jpg"] = f("png", "image encoding when shards are written")
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = f(10, "latent dims D; must equal the sum of partition sizes")
+    channels: list[int] = f([32, 32, 64, 64], "conv channels of the encoder (decoder mirrors them)")
+    hidden: int = f(256, "width of the fully connected layer")
+
+
+@dataclass
+class PartitionConfig:
+    name: str = f("rest", "partition name (identifier)")
+    size: int = f(1, "number of latent dims")
+    factors: list[str] = f([], "weak-label names whose shared_factor pairings train this partition")
+
+
+def _default_partitions() -> list[PartitionConfig]:
+    return [
+        PartitionConfig("pose", 4, ["yaw", "pitch", "roll"]),
+        PartitionConfig("expression", 4, ["mouth", "eyes", "brow"]),
+        PartitionConfig("rest", 2, []),
+    ]
+
+
+@dataclass
+class GateConfig:
+    enabled: bool = f(True, "gate the reconstruction gradient by pairing; false = the un-gated baseline (all-ones masks)")
+    kl: bool = f(False, "also gate the KL gradient per partition (default: regulariser un-gated)")
+
+
+@dataclass
+class PairingConfig:
+    identity: float = f(0.2, "share of examples paired with themselves (mask: pairing.identity_partitions)")
+    shared_factor: float = f(0.8, "share paired with a batch-mate sharing partition k's weak labels (mask: k)")
+    transform: float = f(0.0, "share paired with a transform of themselves (mask: pairing.transform_partition)")
+    identity_partitions: list[str] = f([], "partitions trained by identity pairs (empty = all)")
+    match: Literal["all", "one"] = f("all", "shared_factor partner must match all of k's weak labels, or one chosen at random")
+    transform_kind: Literal["blur", "hflip"] = f("blur", "transform used by transform pairs")
+    transform_partition: str = f("rest", "partition trained by transform pairs")
+    blur_sigma: float = f(1.5, "Gaussian blur sigma in pixels (transform_kind=blur)")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: Literal["beta", "infovae", "dip2", "dip1"] = f("beta", "regulariser: beta-VAE, InfoVAE (MMD), DIP-VAE-II or DIP-VAE-I")
+    likelihood: Literal["bernoulli", "gaussian"] = f("bernoulli", "reconstruction likelihood")
+    beta: float = f(4.0, "beta-VAE KL weight")
+    alpha: float = f(0.0, "InfoVAE alpha: KL weight is 1 - alpha")
+    mmd_lambda: float = f(500.0, "InfoVAE lambda: MMD weight is alpha + lambda - 1 (must be > 0)")
+    kernel: Literal["rbf", "imq"] = f("imq", "MMD kernel")
+    kernel_scales: list[float] = f([0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0], "MMD kernel scales s: the kernel sums k_C over C = 2*D*s (IMQ C/(C+d^2), RBF exp(-d^2/C))")
+    lambda_od: float = f(10.0, "DIP-VAE off-diagonal covariance weight")
+    lambda_d: float = f(100.0, "DIP-VAE diagonal covariance weight")
+    gaussian_std: float = f(1.0, "observation std of the Gaussian likelihood")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = f(1e-4, "Adam learning rate")
+    betas: list[float] = f([0.9, 0.999], "Adam betas")
+    weight_decay: float = f(0.0, "AdamW weight decay")
+    batch_size: int = f(64, "global batch size (split across workers)")
+    steps: int = f(3000, "optimizer steps")
+    grad_accum: int = f(1, "micro-batches accumulated per optimizer step")
+    grad_clip: float = f(0.0, "clip gradient norm to this value (0 = off)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = f("no", "autocast dtype; fp16 (GPU only) uses a GradScaler")
+    compile: bool = f(False, "torch.compile the model")
+    channels_last: bool = f(False, "use channels_last memory format")
+
+
+@dataclass
+class EvalConfig:
+    num_train: int = f(4000, "codes used to fit the DCI regressors")
+    num_test: int = f(2000, "codes used to score them")
+    method: Literal["gbt", "lasso", "forest"] = f("gbt", "DCI importance model")
+    every: int = f(0, "evaluate every N steps (0 = only at the end)")
+    at_end: bool = f(True, "evaluate DCI when training ends")
+    batch_size: int = f(256, "encoding batch size")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = f(True, "log to MLflow (rank 0 only)")
+    uri: str | None = f(None, "MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<run.output_dir>/mlflow.db")
+    experiment: str = f("gvae-dist", "MLflow experiment name")
+    image_every: int = f(0, "log reconstruction/traversal grids every N steps (0 = at the end only)")
+
+
+@dataclass
+class DistributedConfig:
+    workers: int = f(0, "Ray Train workers (0 = run in this process without Ray)")
+    use_gpu: bool = f(False, "one GPU per worker")
+    cpus_per_worker: int = f(1, "CPUs reserved per worker")
+    address: str | None = f(None, "Ray address to join (default: $RAY_ADDRESS, else start a local cluster)")
+    max_failures: int = f(2, "worker/node failures tolerated before the run fails")
+    storage_path: str | None = f(None, "Ray Train storage (shared FS or s3://); default <run.output_dir>/ray")
+
+
+@dataclass
+class RunConfig:
+    name: str = f("gvae", "run name: the run directory is <output_dir>/<name>")
+    output_dir: str = f("runs", "parent directory of run directories")
+    seed: int = f(0, "seed for weights, noise and pairing")
+    log_every: int = f(50, "print/log metrics every N steps")
+    checkpoint_every: int = f(500, "save a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = f(2, "checkpoints kept on disk")
+    resume: bool = f(True, "resume from the newest checkpoint in the run directory if there is one")
+    device: Literal["auto", "cpu", "cuda"] = f("auto", "training device; auto = cuda when available")
+    threads: int = f(0, "torch CPU threads per process (0 = torch default)")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    partitions: list[PartitionConfig] = field(default_factory=_default_partitions)
+    gate: GateConfig = field(default_factory=GateConfig)
+    pairing: PairingConfig = field(default_factory=PairingConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    def partition_spec(self):
+        from gvae_dist.gate import PartitionSpec
+
+        return PartitionSpec([(p.name, p.size, tuple(p.factors)) for p in self.partitions], self.model.latent_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a typed Config from plain dicts
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose {_type_name(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = args
+        return [_coerce(v, item_tp, f"{key}.{i}") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported config type {tp} at {key}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [fl.name for fl in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{dotted}: unknown key{hint}; allowed keys: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            dotted = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _coerce(data[name], hints[name], dotted)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a nested dict (missing keys take defaults)."""
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; raises ConfigError naming the key."""
+    d, o, p = cfg.data, cfg.optim, cfg.pairing
+    for key, val in [("data.num_train", d.num_train), ("data.num_eval", d.num_eval),
+                     ("optim.batch_size", o.batch_size), ("optim.steps", o.steps),
+                     ("optim.grad_accum", o.grad_accum), ("optim.lr", o.lr),
+                     ("model.latent_dim", cfg.model.latent_dim), ("model.hidden", cfg.model.hidden),
+                     ("run.log_every", cfg.run.log_every), ("run.checkpoint_every", cfg.run.checkpoint_every),
+                     ("run.keep_checkpoints", cfg.run.keep_checkpoints), ("eval.batch_size", cfg.eval.batch_size)]:
+        _positive(val, key)
+    for key, val in [("data.label_jitter", d.label_jitter), ("optim.grad_clip", o.grad_clip),
+                     ("optim.weight_decay", o.weight_decay), ("pairing.identity", p.identity),
+                     ("pairing.shared_factor", p.shared_factor), ("pairing.transform", p.transform),
+                     ("eval.every", cfg.eval.every), ("tracking.image_every", cfg.tracking.image_every),
+                     ("distributed.workers", cfg.distributed.workers), ("data.num_workers", d.num_workers),
+                     ("run.threads", cfg.run.threads)]:
+        _positive(val, key, allow_zero=True)
+    if not 0.0 <= d.label_flip_prob <= 1.0:
+        raise ConfigError(f"data.label_flip_prob: must be in [0, 1], got {d.label_flip_prob}")
+    if d.label_bins < 2:
+        raise ConfigError(f"data.label_bins: must be >= 2, got {d.label_bins}")
+    if d.source == "shards" and not d.path:
+        raise ConfigError("data.path: data.source is 'shards', so set data.path to the shard directory "
+                          "(build one with `gvae-dist data build`)")
+    if not cfg.model.channels or any(c < 1 for c in cfg.model.channels):
+        raise ConfigError(f"model.channels: need positive channel counts, got {cfg.model.channels}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ConfigError(f"optim.betas: need two values in [0, 1), got {o.betas}")
+    if p.identity + p.shared_factor + p.transform <= 0:
+        raise ConfigError("pairing: identity + shared_factor + transform must be > 0")
+    if cfg.eval.num_train < 10 or cfg.eval.num_test < 10:
+        raise ConfigError("eval.num_train / eval.num_test: need at least 10 codes each")
+    if o.batch_size % max(1, cfg.distributed.workers) != 0:
+        raise ConfigError(f"optim.batch_size: {o.batch_size} must be divisible by distributed.workers "
+                          f"({cfg.distributed.workers}) so every worker gets the same share")
+    try:
+        spec = cfg.partition_spec()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    names = spec.names
+    for key, part_list in [("pairing.identity_partitions", p.identity_partitions)]:
+        for name in part_list:
+            if name not in names:
+                raise ConfigError(f"{key}: unknown partition {name!r}; partitions are {names}")
+    if p.transform > 0 and p.transform_partition not in names:
+        raise ConfigError(f"pairing.transform_partition: unknown partition {p.transform_partition!r}; "
+                          f"partitions are {names}")
+    if p.shared_factor > 0 and not any(part.factors for part in cfg.partitions):
+        raise ConfigError("pairing.shared_factor > 0 but no partition lists factors: give a partition "
+                          "`factors: [...]` or set pairing.shared_factor: 0")
+    if d.source in ("faces", "shapes"):
+        from gvae_dist.data.synthetic import FACTOR_SPECS
+
+        known = [s.name for s in FACTOR_SPECS[d.source]]
+        for i, part in enumerate(cfg.partitions):
+            for fac in part.factors:
+                if fac not in known:
+                    raise ConfigError(f"partitions.{i}.factors: {fac!r} is not a factor of data.source="
+                                      f"{d.source!r}; factors are {known}")
+    if o.mixed_precision == "fp16" and cfg.run.device == "cpu":
+        raise ConfigError("optim.mixed_precision: fp16 needs a GPU; use 'bf16' or 'no' on CPU")
+    from gvae_dist.objective import validate_objective
+
+    try:
+        validate_objective(cfg.objective)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and overrides
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loop through {[str(s) for s in seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _read_yaml((path.parent / parent), seen + (path.resolve(),))
+    return _merge(base, data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML: ``3``, ``true``, ``[1,2]``, ``null``)."""
+    data = _merge({}, data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set objective.beta=8")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node: Any = data
+        for depth, part in enumerate(parts[:-1]):
+            nxt = node[int(part)] if isinstance(node, list) and part.isdigit() else None
+            if isinstance(node, list):
+                if nxt is None:
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is out of range")
+                node = nxt
+                continue
+            if part == "partitions" and part not in node:
+                node[part] = [dataclasses.asdict(pc) for pc in _default_partitions()]
+            node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"--set {key}: index {last} is out of range")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a section")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML preset (or defaults when None), apply overrides, validate."""
+    data = _read_yaml(Path(path)) if path else {}
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (``load_config`` reads it back to the same Config)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def explain(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per leaf key: ``key  (type, default)  doc``."""
+    lines, hints = [], typing.get_type_hints(cls)
+    defaults = cls()
+    for fl in dataclasses.fields(cls):
+        key, tp = f"{prefix}{fl.name}", hints[fl.name]
+        if dataclasses.is_dataclass(tp):
+            lines += explain(tp, key + ".")
+        elif fl.name == "partitions" and cls is Config:
+            lines.append(f"{key}  (list of {{name, size, factors}})  named contiguous latent blocks")
+            lines += explain(PartitionConfig, key + ".N.")
+        else:
+            lines.append(f"{key}  ({_type_name(tp)}, default {getattr(defaults, fl.name)!r})  {fl.metadata.get('doc', '')}")
+    return lines

@@ -1,0 +1,195 @@
+"""Convolutional VAE encoder/decoder and the GatedVAE module.
+
+Source: the 64x64 reference network of disentanglement_lib (Locatello et al., ICML 2019,
+``architectures.conv_encoder`` / ``deconv_decoder``), itself the beta-VAE network of Higgins et
+al. (ICLR 2017): four 4x4 stride-2 convolutions with 32-32-64-64 channels and ReLU, a 256-unit
+dense layer, and two linear heads for the posterior mean and log-variance; the decoder mirrors
+it (dense 256 -> dense to 64x4x4 -> four 4x4 stride-2 transposed convolutions -> logits).
+The gated reparameterisation between them is Gated-VAE's (Vowels et al., arXiv 1911.06443),
+implemented in ``gvae_dist.gate``.
+
+Other image sizes keep a 4x4 bottleneck by changing the number of stride-2 layers
+(32 -> 3, 64 -> 4, 128 -> 5). ``channels`` lists the per-layer widths of the encoder: with more
+layers than entries the last width is repeated, with fewer the first ``n_layers`` are used.
+
+Legend: B batch, C image channels, H/W image height/width, D latent dims, F hidden features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from gvae_dist.gate import gated_reparameterize
+
+__all__ = ["BOTTLENECK", "SUPPORTED_IMAGE_SIZES", "GatedVAE", "VAEOutput", "layer_channels"]
+
+BOTTLENECK = 4
+"""Spatial size (height = width) of the last encoder feature map."""
+
+SUPPORTED_IMAGE_SIZES = {32: 3, 64: 4, 128: 5}
+"""Image size -> number of 4x4 stride-2 (de)convolutions that reach the 4x4 bottleneck."""
+
+
+class VAEOutput(NamedTuple):
+    """Everything one forward pass produces.
+
+    Fields:
+        mu: ``[B, D]`` posterior mean.
+        logvar: ``[B, D]`` posterior log-variance.
+        z_dec: ``[B, D]`` sample fed to the decoder (gradient gated by the mask).
+        z_reg: ``[B, D]`` the same sample with an un-gated gradient (for MMD-type regularisers).
+        logits: ``[B, C, H, W]`` decoder output before the sigmoid.
+    """
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    z_dec: torch.Tensor
+    z_reg: torch.Tensor
+    logits: torch.Tensor
+
+
+def layer_channels(image_size: int, channels: Sequence[int]) -> list[int]:
+    """Per-layer encoder widths for ``image_size``.
+
+    Raises:
+        ValueError: if ``image_size`` is not 32, 64 or 128, or ``channels`` is empty or has a
+            non-positive entry.
+    """
+    if image_size not in SUPPORTED_IMAGE_SIZES:
+        raise ValueError(
+            f"image_size must be one of {sorted(SUPPORTED_IMAGE_SIZES)}, got {image_size!r}"
+        )
+    channels = list(channels)
+    if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
+        raise ValueError(
+            f"channels must be a non-empty list of positive integers, got {channels!r}"
+        )
+    n_layers = SUPPORTED_IMAGE_SIZES[image_size]
+    return (channels + [channels[-1]] * n_layers)[:n_layers]
+
+
+def _positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class Encoder(nn.Module):
+    """``x_BCHW -> (mu_BD, logvar_BD)``: stride-2 convolutions, a dense layer, two heads."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int], hidden: int, latent_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for width in widths:
+            layers += [nn.Conv2d(prev, width, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+            prev = width
+        layers += [
+            nn.Flatten(),
+            nn.Linear(prev * BOTTLENECK * BOTTLENECK, hidden),
+            nn.ReLU(),
+        ]
+        self.trunk = nn.Sequential(*layers)
+        # Two separate heads (as in disentanglement_lib) so each latent dim owns one row of each.
+        self.mu_head = nn.Linear(hidden, latent_dim)
+        self.logvar_head = nn.Linear(hidden, latent_dim)
+
+    def forward(self, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h_BF = self.trunk(x_BCHW)
+        return self.mu_head(h_BF), self.logvar_head(h_BF)
+
+
+class Decoder(nn.Module):
+    """``z_BD -> logits_BCHW``: the encoder mirrored with transposed convolutions."""
+
+    def __init__(self, out_channels: int, widths: Sequence[int], hidden: int, latent_dim: int):
+        super().__init__()
+        self.bottleneck_channels = widths[-1]
+        self.fc = nn.Sequential(
+            nn.Linear(latent_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, widths[-1] * BOTTLENECK * BOTTLENECK),
+            nn.ReLU(),
+        )
+        # Encoder widths reversed: the first deconv keeps the bottleneck width, the last one
+        # produces the image channels (64x4x4 -> 64 -> 32 -> 32 -> C for the reference net).
+        outs = list(reversed(widths[:-1])) + [out_channels]
+        layers: list[nn.Module] = []
+        prev = widths[-1]
+        for i, width in enumerate(outs):
+            layers.append(nn.ConvTranspose2d(prev, width, kernel_size=4, stride=2, padding=1))
+            if i < len(outs) - 1:
+                layers.append(nn.ReLU())
+            prev = width
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z_BD: torch.Tensor) -> torch.Tensor:
+        h_BF = self.fc(z_BD)
+        h_BCHW = h_BF.unflatten(1, (self.bottleneck_channels, BOTTLENECK, BOTTLENECK))
+        return self.deconv(h_BCHW)
+
+
+class GatedVAE(nn.Module):
+    """Conv VAE whose decoder-path gradient into the latent is gated per example and per dim.
+
+    Args:
+        in_channels: image channels C (1 or 3); the decoder outputs as many logit channels.
+        image_size: H = W, one of 32, 64, 128.
+        latent_dim: D.
+        channels: encoder conv widths (see module docstring for how they fit the layer count).
+        hidden: width of the dense layer on each side of the latent.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        latent_dim: int,
+        channels: Sequence[int] = (32, 32, 64, 64),
+        hidden: int = 256,
+    ):
+        super().__init__()
+        _positive_int("in_channels", in_channels)
+        _positive_int("latent_dim", latent_dim)
+        _positive_int("hidden", hidden)
+        widths = layer_channels(image_size, channels)
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.latent_dim = latent_dim
+        self.encoder = Encoder(in_channels, widths, hidden, latent_dim)
+        self.decoder = Decoder(in_channels, widths, hidden, latent_dim)
+
+    def encode(self, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_BCHW`` in [0, 1] -> ``(mu_BD, logvar_BD)``."""
+        return self.encoder(x_BCHW)
+
+    def decode(self, z_BD: torch.Tensor) -> torch.Tensor:
+        """``z_BD`` -> ``logits_BCHW`` (apply a sigmoid for pixel means)."""
+        return self.decoder(z_BD)
+
+    def forward(
+        self,
+        x_BCHW: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        eps_BD: torch.Tensor | None = None,
+    ) -> VAEOutput:
+        """Encode, sample with a gated reparameterisation, decode.
+
+        Args:
+            x_BCHW: input images.
+            mask: ``[B, D]`` or ``[D]`` gate (1 = reconstruction gradient reaches that dim),
+                or None for the un-gated model.
+            eps_BD: standard normal noise; drawn with ``torch.randn_like(mu)`` when None.
+
+        Returns:
+            ``VAEOutput(mu, logvar, z_dec, z_reg, logits)``.
+        """
+        mu_BD, logvar_BD = self.encode(x_BCHW)
+        if eps_BD is None:
+            eps_BD = torch.randn_like(mu_BD)
+        z_dec_BD, z_reg_BD = gated_reparameterize(mu_BD, logvar_BD, eps_BD, mask)
+        logits_BCHW = self.decode(z_dec_BD)
+        return VAEOutput(mu_BD, logvar_BD, z_dec_BD, z_reg_BD, logits_BCHW)

@@ -1,0 +1,312 @@
+"""VAE objectives: reconstruction likelihoods and the beta / InfoVAE-MMD / DIP-VAE regularisers.
+
+Sources:
+    - beta-VAE: Higgins et al., ICLR 2017; closed-form Gaussian KL as in Kingma & Welling 2014
+      (appendix B) and disentanglement_lib's ``compute_gaussian_kl``.
+    - InfoVAE (MMD-VAE): Zhao, Song, Ermon, AAAI 2019, eq. (6): KL weight ``1 - alpha``, MMD
+      weight ``alpha + lambda - 1``. Unbiased MMD estimator: Gretton et al., JMLR 2012, eq. (3);
+      RBF and multi-scale IMQ kernels with ``C = 2 * D * scale`` as in the WAE reference code
+      (Tolstikhin et al., ICLR 2018).
+    - DIP-VAE-I/II: Kumar, Sattigeri, Balakrishnan, ICLR 2018, eqs. (6)-(7);
+      disentanglement_lib's ``compute_covariance_z_mean`` / ``regularize_diag_off_diag_dip``.
+
+Loss convention (disentanglement_lib's): the reconstruction term is summed over pixels and the
+KL over latent dims, and both are averaged over the batch. ``beta``, ``lambda_od``/``lambda_d``
+and the MMD weight therefore mean what the papers mean. The Gaussian reconstruction loss omits
+its constant ``0.5 * log(2 * pi * std^2)`` per pixel (see ``reconstruction_loss``).
+
+Computation is promoted to at least float32 so that bf16 autocast outputs are not summed over
+thousands of pixels in bf16.
+
+Legend: B batch, C channels, H/W height/width, D latent dims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from gvae_dist.gate import gate_gradient
+
+__all__ = [
+    "KERNELS",
+    "LIKELIHOODS",
+    "REGULARIZERS",
+    "ObjectiveConfigLike",
+    "dip_covariance",
+    "dip_penalty",
+    "gaussian_kl",
+    "mmd",
+    "objective",
+    "reconstruction_loss",
+    "validate_objective",
+]
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+KERNELS = ("rbf", "imq")
+
+
+class ObjectiveConfigLike(Protocol):
+    """The fields of ``gvae_dist.config.ObjectiveConfig`` that the objective reads."""
+
+    name: str
+    likelihood: str
+    beta: float
+    alpha: float
+    mmd_lambda: float
+    kernel: str
+    kernel_scales: Sequence[float]
+    lambda_od: float
+    lambda_d: float
+    gaussian_std: float
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """Promote half/bf16 to float32; leave float32/float64 alone (gradcheck uses float64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+# --------------------------------------------------------------------------- likelihoods
+
+
+def reconstruction_loss(
+    logits_BCHW: torch.Tensor,
+    target_BCHW: torch.Tensor,
+    likelihood: str,
+    gaussian_std: float = 1.0,
+) -> torch.Tensor:
+    """Per-example negative log-likelihood of ``target`` under the decoder, summed over pixels.
+
+    - ``"bernoulli"``: ``sum BCE_with_logits(logits, target)``; exact ``-log p`` for binary
+      targets, the usual continuous relaxation for targets in [0, 1].
+    - ``"gaussian"``: mean ``sigmoid(logits)``, fixed std ``gaussian_std``:
+      ``sum (target - mean)^2 / (2 * std^2)``. The constant ``C*H*W * 0.5 * log(2 pi std^2)``
+      is omitted (it has no gradient and would make the loss negative for small std).
+
+    Args:
+        logits_BCHW: decoder output. target_BCHW: images in [0, 1], same shape.
+
+    Returns:
+        ``loss_B``.
+    """
+    if logits_BCHW.shape != target_BCHW.shape:
+        raise ValueError(
+            f"logits shape {tuple(logits_BCHW.shape)} != target shape {tuple(target_BCHW.shape)}"
+        )
+    logits_BCHW, target_BCHW = _fp32(logits_BCHW), _fp32(target_BCHW)
+    if likelihood == "bernoulli":
+        nll_BCHW = F.binary_cross_entropy_with_logits(logits_BCHW, target_BCHW, reduction="none")
+    elif likelihood == "gaussian":
+        if not gaussian_std > 0:
+            raise ValueError(f"objective.gaussian_std must be > 0, got {gaussian_std!r}")
+        err_BCHW = target_BCHW - torch.sigmoid(logits_BCHW)
+        nll_BCHW = err_BCHW.square() / (2.0 * gaussian_std**2)
+    else:
+        raise ValueError(
+            f"objective.likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}"
+        )
+    return nll_BCHW.flatten(1).sum(1)
+
+
+# --------------------------------------------------------------------------- divergences
+
+
+def gaussian_kl(mu_BD: torch.Tensor, logvar_BD: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, exp(logvar)) || N(0, 1))`` per example and per dim, shape ``[B, D]``."""
+    mu_BD, logvar_BD = _fp32(mu_BD), _fp32(logvar_BD)
+    return 0.5 * (mu_BD.square() + logvar_BD.exp() - 1.0 - logvar_BD)
+
+
+def mmd(
+    z_BD: torch.Tensor,
+    prior_BD: torch.Tensor,
+    kernel: str,
+    scales: Sequence[float],
+) -> torch.Tensor:
+    """Unbiased estimate of MMD^2 between the samples ``z_BD`` and ``prior_BD`` (a 0-d tensor).
+
+    ``MMD^2_u = mean_{i!=j} k(z_i, z_j) + mean_{i!=j} k(p_i, p_j) - 2 mean_{i,j} k(z_i, p_j)``.
+    The kernel is a sum over ``scales`` with ``C = 2 * D * scale`` (2 * D is the WAE choice:
+    twice the expected squared distance scale of a standard normal in D dims):
+
+    - ``"rbf"``: ``k(x, y) = sum_s exp(-|x - y|^2 / C_s)``;
+    - ``"imq"``: ``k(x, y) = sum_s C_s / (C_s + |x - y|^2)``.
+
+    Being unbiased, the estimate can be slightly negative.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"objective.kernel must be one of {list(KERNELS)}, got {kernel!r}")
+    scales = list(scales)
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"objective.kernel_scales must be non-empty and positive, got {scales!r}")
+    if z_BD.ndim != 2 or z_BD.shape != prior_BD.shape:
+        raise ValueError(
+            f"z and prior must both be [B, D] of the same shape, got {tuple(z_BD.shape)} "
+            f"and {tuple(prior_BD.shape)}"
+        )
+    n, dim = z_BD.shape
+    if n < 2:
+        raise ValueError(f"the unbiased MMD needs a batch of at least 2, got {n}")
+    z_BD, prior_BD = _fp32(z_BD), _fp32(prior_BD)
+    x_ND = torch.cat([z_BD, prior_BD])
+    # Squared distances from the Gram matrix; clamp the tiny negatives that rounding produces.
+    sq_N = x_ND.square().sum(1)
+    d2_NN = (sq_N[:, None] + sq_N[None, :] - 2.0 * x_ND @ x_ND.T).clamp_min(0.0)
+    k_NN = torch.zeros_like(d2_NN)
+    for scale in scales:
+        c = 2.0 * dim * scale
+        k_NN = k_NN + (torch.exp(-d2_NN / c) if kernel == "rbf" else c / (c + d2_NN))
+    k_zz, k_pp, k_zp = k_NN[:n, :n], k_NN[n:, n:], k_NN[:n, n:]
+    off_diag = n * (n - 1)
+    return (
+        (k_zz.sum() - k_zz.diagonal().sum()) / off_diag
+        + (k_pp.sum() - k_pp.diagonal().sum()) / off_diag
+        - 2.0 * k_zp.mean()
+    )
+
+
+def dip_covariance(mu_BD: torch.Tensor, logvar_BD: torch.Tensor, variant: str) -> torch.Tensor:
+    """Covariance of the aggregate posterior that DIP-VAE pushes towards the identity, ``[D, D]``.
+
+    - ``"dip1"``: ``Cov_p(x)[mu(x)]`` (batch covariance of the means, divided by B as in
+      disentanglement_lib).
+    - ``"dip2"``: ``Cov[mu] + E_p(x)[diag(sigma^2(x))]``. The expectation of the diagonal
+      matrices is ``torch.diag(var_BD.mean(0))``; ``torch.diag(var_BD)`` on the ``[B, D]``
+      tensor would instead return a vector and add it to every row.
+    """
+    if variant not in ("dip1", "dip2"):
+        raise ValueError(f"DIP-VAE variant must be 'dip1' or 'dip2', got {variant!r}")
+    mu_BD, logvar_BD = _fp32(mu_BD), _fp32(logvar_BD)
+    centered_BD = mu_BD - mu_BD.mean(0, keepdim=True)
+    cov_DD = centered_BD.T @ centered_BD / mu_BD.shape[0]
+    if variant == "dip2":
+        cov_DD = cov_DD + torch.diag(logvar_BD.exp().mean(0))
+    return cov_DD
+
+
+def dip_penalty(cov_DD: torch.Tensor, lambda_od: float, lambda_d: float) -> torch.Tensor:
+    """``lambda_od * sum_{i!=j} cov_ij^2 + lambda_d * sum_i (cov_ii - 1)^2`` (a 0-d tensor)."""
+    diag_D = cov_DD.diagonal()
+    off_diag_sq = cov_DD.square().sum() - diag_D.square().sum()
+    return lambda_od * off_diag_sq + lambda_d * (diag_D - 1.0).square().sum()
+
+
+# --------------------------------------------------------------------------- regularisers
+#
+# One seam: every regulariser maps (cfg, kl, mu, logvar, z_reg, prior) to its weighted scalar
+# and its own extra (undetached) terms. ``kl`` is the batch-mean KL summed over dims.
+
+Regularizer = Callable[
+    [
+        ObjectiveConfigLike,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor | None,
+    ],
+    tuple[torch.Tensor, dict[str, torch.Tensor]],
+]
+
+
+def _beta(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD):
+    return cfg.beta * kl, {}
+
+
+def _infovae(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD):
+    if prior_BD is None:
+        prior_BD = torch.randn_like(z_reg_BD)
+    mmd_value = mmd(z_reg_BD, prior_BD, cfg.kernel, cfg.kernel_scales)
+    return (1.0 - cfg.alpha) * kl + (cfg.alpha + cfg.mmd_lambda - 1.0) * mmd_value, {
+        "mmd": mmd_value
+    }
+
+
+def _dip(variant: str) -> Regularizer:
+    def regularizer(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD):
+        penalty = dip_penalty(
+            dip_covariance(mu_BD, logvar_BD, variant), cfg.lambda_od, cfg.lambda_d
+        )
+        return kl + penalty, {"dip": penalty}
+
+    return regularizer
+
+
+REGULARIZERS: dict[str, Regularizer] = {
+    "beta": _beta,
+    "infovae": _infovae,
+    "dip2": _dip("dip2"),
+    "dip1": _dip("dip1"),
+}
+"""Objective name -> regulariser. ``beta`` is read only by "beta"; DIP-VAE keeps KL weight 1."""
+
+
+def validate_objective(cfg: ObjectiveConfigLike) -> None:
+    """Raise ``ValueError`` naming the offending ``objective.*`` key if ``cfg`` is unusable."""
+    if cfg.name not in REGULARIZERS:
+        raise ValueError(f"objective.name must be one of {list(REGULARIZERS)}, got {cfg.name!r}")
+    if cfg.likelihood not in LIKELIHOODS:
+        raise ValueError(
+            f"objective.likelihood must be one of {list(LIKELIHOODS)}, got {cfg.likelihood!r}"
+        )
+    if not cfg.gaussian_std > 0:
+        raise ValueError(f"objective.gaussian_std must be > 0, got {cfg.gaussian_std!r}")
+    if not cfg.beta >= 0:
+        raise ValueError(f"objective.beta must be >= 0 (a negative KL weight), got {cfg.beta!r}")
+    for key in ("lambda_od", "lambda_d"):
+        if not getattr(cfg, key) >= 0:
+            raise ValueError(f"objective.{key} must be >= 0, got {getattr(cfg, key)!r}")
+    if cfg.kernel not in KERNELS:
+        raise ValueError(f"objective.kernel must be one of {list(KERNELS)}, got {cfg.kernel!r}")
+    scales = list(cfg.kernel_scales)
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"objective.kernel_scales must be non-empty and positive, got {scales!r}")
+    if cfg.name == "infovae":
+        # A negative weight would reward a large divergence instead of penalising it.
+        if not cfg.alpha + cfg.mmd_lambda - 1.0 > 0:
+            raise ValueError(
+                "objective.alpha + objective.mmd_lambda - 1 is the MMD weight and must be > 0, "
+                f"got alpha={cfg.alpha!r}, mmd_lambda={cfg.mmd_lambda!r}"
+            )
+        if not cfg.alpha <= 1.0:
+            raise ValueError(
+                f"objective.alpha must be <= 1 (1 - alpha is the KL weight), got {cfg.alpha!r}"
+            )
+
+
+def objective(
+    cfg: ObjectiveConfigLike,
+    recon_B: torch.Tensor,
+    mu_BD: torch.Tensor,
+    logvar_BD: torch.Tensor,
+    z_reg_BD: torch.Tensor,
+    prior_BD: torch.Tensor | None = None,
+    kl_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss ``mean_B(recon_B) + regulariser`` for ``cfg.name``.
+
+    Args:
+        cfg: objective config (see ``ObjectiveConfigLike``); validated here.
+        recon_B: per-example reconstruction loss from ``reconstruction_loss``.
+        mu_BD, logvar_BD: posterior parameters.
+        z_reg_BD: posterior sample with un-gated gradient (used by InfoVAE's MMD).
+        prior_BD: prior samples for the MMD; ``torch.randn_like(z_reg_BD)`` when None.
+        kl_mask: optional ``[B, D]`` or ``[D]`` gate on the KL gradient (value unchanged).
+
+    Returns:
+        ``(loss, terms)``: ``loss`` a 0-d tensor with gradient; ``terms`` detached tensors
+        ``recon``, ``kl`` (0-d), ``kl_per_dim`` (``[D]``, batch mean), ``loss``, plus ``mmd``
+        (unweighted MMD^2 estimate) for InfoVAE or ``dip`` (weighted penalty) for DIP-VAE.
+    """
+    validate_objective(cfg)
+    kl_BD = gate_gradient(gaussian_kl(mu_BD, logvar_BD), kl_mask)
+    kl_per_dim_D = kl_BD.mean(0)
+    kl = kl_per_dim_D.sum()
+    recon = _fp32(recon_B).mean()
+    reg, extra = REGULARIZERS[cfg.name](cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD)
+    loss = recon + reg
+    terms = {"recon": recon, "kl": kl, "kl_per_dim": kl_per_dim_D, **extra, "loss": loss}
+    return loss, {k: v.detach() for k, v in terms.items()}

@@ -1,0 +1,285 @@
+"""``train_loop(config)``: the only training loop.
+
+It runs unchanged in a plain process, under ``torchrun`` / ``accelerate launch`` and inside a
+Ray Train worker. Accelerate is the only wrapper (DDP, autocast, GradScaler); launchers differ
+only in the :class:`RunHooks` they pass (where to report metrics and checkpoints, where to
+restore from). Nothing here imports Ray or ``torch.distributed`` directly.
+
+One step: next batch -> pairing (targets + gate masks) -> model (gated reparameterisation) ->
+objective -> backward -> optimizer. Loss terms are accumulated on the device and read back once
+per ``run.log_every`` steps, so the loop has no per-step host sync.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gvae_dist.config import Config, config_from_dict, save_config
+from gvae_dist.data.loader import build_train_loader
+from gvae_dist.data.pairing import KIND_NAMES, PairingPlan, make_pairs
+from gvae_dist.model import GatedVAE
+from gvae_dist.objective import objective, reconstruction_loss
+from gvae_dist.tracking import make_tracker
+
+__all__ = ["RunHooks", "train_loop", "build_model", "TrainResult"]
+
+log = logging.getLogger("gvae_dist.train")
+
+
+class RunHooks:
+    """What a launcher supplies to the loop. The default: a local run directory.
+
+    ``restore_dir`` returns a checkpoint directory to resume from (or None); ``report`` is
+    called on every rank at every checkpoint with the metrics and, on the main rank, the
+    checkpoint directory just written (None elsewhere).
+    """
+
+    def restore_dir(self, cfg: Config) -> Path | None:
+        return latest_checkpoint(cfg.run_dir() / "checkpoints") if cfg.run.resume else None
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    step: int
+    metrics: dict[str, float]
+    eval_metrics: dict[str, Any] | None
+    run_dir: Path
+    checkpoint: Path | None
+    tracking_run_id: str | None
+
+
+def build_model(cfg: Config, channels: int) -> GatedVAE:
+    m = cfg.model
+    return GatedVAE(in_channels=channels, image_size=cfg.data.image_size, latent_dim=m.latent_dim,
+                    channels=tuple(m.channels), hidden=m.hidden)
+
+
+def _resolve_device(cfg: Config) -> str:
+    if cfg.run.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.run.device
+
+
+def _rng_state(pair_gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "pairing": pair_gen.get_state(),
+             "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], pair_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    pair_gen.set_state(state["pairing"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _print(is_main: bool, msg: str) -> None:
+    if is_main:
+        print(msg, flush=True)
+
+
+def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainResult:
+    """Train a (gated) VAE as configured; returns the final metrics. See module docstring."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    cfg = config if isinstance(config, Config) else config_from_dict(config)
+    hooks = hooks or RunHooks()
+    device_kind = _resolve_device(cfg)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    o = cfg.optim
+    accelerator = Accelerator(cpu=device_kind == "cpu", mixed_precision=o.mixed_precision,
+                              gradient_accumulation_steps=o.grad_accum)
+    rank, world, is_main, device = (accelerator.process_index, accelerator.num_processes,
+                                    accelerator.is_main_process, accelerator.device)
+    per_rank = o.batch_size // world
+    if per_rank * world != o.batch_size or per_rank % o.grad_accum:
+        raise ValueError(f"optim.batch_size={o.batch_size} must split evenly over {world} workers and "
+                         f"optim.grad_accum={o.grad_accum} micro-batches")
+    micro = per_rank // o.grad_accum
+    _print(is_main, f"[gvae-dist] {world} process(es) on {device}; global batch {o.batch_size} = "
+                    f"{world} x {o.grad_accum} micro-batches of {micro}; precision {o.mixed_precision}")
+
+    run_dir = cfg.run_dir()
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    random.seed(cfg.run.seed)
+
+    loader = build_train_loader(cfg, rank, world, device, batch_size=micro)
+    info = loader.info
+    raw_model = build_model(cfg, info.channels).to(device)
+    if o.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                  weight_decay=o.weight_decay)
+    model = torch.compile(raw_model) if o.compile else raw_model
+    model, optimizer = accelerator.prepare(model, optimizer)
+    plan = PairingPlan.from_config(cfg, info.label_names, device=device)
+    spec = cfg.partition_spec()
+    masks_PD = spec.masks().to(device)
+    pair_gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
+    torch.manual_seed(cfg.run.seed * 1000 + rank + 1)  # per-rank reparameterisation noise
+
+    step, run_id = 0, None
+    restore = hooks.restore_dir(cfg)
+    if restore is not None:
+        state = load_checkpoint(restore, map_location="cpu")
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(state["scaler"])
+        step, run_id = int(state["step"]), state.get("tracking_run_id")
+        rngs, positions = state["rng"], state["data"]
+        if len(rngs) == world:
+            _set_rng_state(rngs[rank], pair_gen)
+            loader.load_state_dict(positions[rank])
+        else:
+            log.warning("checkpoint has %d ranks' RNG/data state but this run has %d: reseeding",
+                        len(rngs), world)
+        _print(is_main, f"[gvae-dist] resumed from {restore} at step {step}")
+
+    tracker = make_tracker(cfg, is_main, run_id=run_id)
+    if is_main and restore is None:
+        tracker.log_params(cfg.to_dict())
+        tracker.log_artifact(run_dir / "config.yaml")
+
+    def checkpoint(at_step: int, metrics: dict[str, float]) -> Path | None:
+        rng_all = gather_object([_rng_state(pair_gen)])
+        data_all = gather_object([loader.state_dict()])
+        path = None
+        if is_main:
+            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
+                     "step": at_step, "rng": rng_all, "data": data_all,
+                     "tracking_run_id": tracker.run_id, "world_size": world}
+            path = save_checkpoint(run_dir / "checkpoints", at_step, state,
+                                   yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                                   keep=cfg.run.keep_checkpoints, meta={"metrics": metrics})
+        hooks.report(metrics, path)
+        return path
+
+    # Running sums on the device; read back once per log interval.
+    K = len(KIND_NAMES)
+    sums: dict[str, torch.Tensor] = {}
+    kind_sum_K = torch.zeros(K, device=device)
+    kind_cnt_K = torch.zeros(K, device=device)
+    n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
+    metrics: dict[str, float] = {}
+    last_ckpt: Path | None = restore
+    model.train()
+    while step < o.steps:
+        for _ in range(o.grad_accum):
+            t0 = time.perf_counter()
+            batch = next(loader)
+            t_data += time.perf_counter() - t0
+            x = batch.image
+            if o.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            pairs = make_pairs(x, batch.labels, plan, pair_gen)
+            with accelerator.accumulate(model), accelerator.autocast():
+                out = model(x, mask=pairs.mask_BD if cfg.gate.enabled else None)
+                recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW,
+                                              cfg.objective.likelihood, cfg.objective.gaussian_std)
+                loss, terms = objective(cfg.objective, recon_B, out.mu.float(), out.logvar.float(),
+                                        out.z_reg.float(),
+                                        kl_mask=pairs.mask_BD if cfg.gate.kl and cfg.gate.enabled else None)
+                accelerator.backward(loss)
+                if o.grad_clip > 0 and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                terms = dict(terms)
+                terms["gate/open_fraction"] = pairs.mask_BD.float().mean()
+                terms["pairing/found"] = pairs.found
+                kl_P = masks_PD @ terms.pop("kl_per_dim")
+                for p, part in enumerate(spec):
+                    terms[f"kl/{part.name}"] = kl_P[p]
+                for k, v in terms.items():
+                    sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float().clone()
+                kind_sum_K.scatter_add_(0, pairs.kind_B, recon_B.detach().float())
+                kind_cnt_K += torch.bincount(pairs.kind_B, minlength=K).float()
+            n_acc += 1
+        step += 1
+
+        at_log = step % cfg.run.log_every == 0 or step == o.steps
+        at_ckpt = step % cfg.run.checkpoint_every == 0 or step == o.steps
+        if at_log or at_ckpt:
+            keys = list(sums)
+            values = torch.stack([sums[k] for k in keys] + [*kind_sum_K, *kind_cnt_K]).tolist()  # one sync
+            metrics = {k: v / n_acc for k, v in zip(keys, values[: len(keys)])}
+            ks, kc = values[len(keys) : len(keys) + K], values[len(keys) + K :]
+            for name, s, c in zip(KIND_NAMES, ks, kc):
+                if c > 0:
+                    metrics[f"recon/{name}"] = s / c
+            now = time.perf_counter()
+            imgs = n_acc * micro * world
+            metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
+            metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
+            metrics["data/skipped_samples"] = float(getattr(loader, "skipped", 0))
+            metrics["step"] = step
+            if not all(math.isfinite(v) for v in metrics.values()):
+                bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+                raise FloatingPointError(f"non-finite {bad} at step {step}; last good checkpoint: "
+                                         f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip")
+            tracker.log_metrics(metrics, step)
+            _print(is_main, f"step {step:>6}/{o.steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
+                            f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
+                            f"  {metrics['perf/images_per_s']:.0f} img/s"
+                            f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%")
+            sums.clear()
+            kind_sum_K.zero_()
+            kind_cnt_K.zero_()
+            n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
+            if at_ckpt:
+                last_ckpt = checkpoint(step, metrics) or last_ckpt
+            if cfg.eval.every and step % cfg.eval.every == 0 and step != o.steps and is_main:
+                _evaluate(cfg, raw_model, info, device, tracker, step, run_dir / f"eval_step_{step}")
+                raw_model.train()
+
+    eval_metrics = None
+    if cfg.eval.at_end and is_main:
+        eval_metrics = _evaluate(cfg, raw_model, info, device, tracker, step, run_dir / "eval")
+    if is_main:
+        (run_dir / "metrics.json").write_text(json.dumps({"train": metrics, "eval": eval_metrics}, indent=2))
+        tracker.log_artifact(run_dir / "metrics.json")
+    tracker.finish()
+    accelerator.wait_for_everyone()
+    return TrainResult(step, metrics, eval_metrics, run_dir, last_ckpt, tracker.run_id)
+
+
+def _evaluate(cfg: Config, model: GatedVAE, info, device, tracker, step: int, out_dir: Path) -> dict:
+    from gvae_dist.eval_runner import evaluate_model
+
+    t0 = time.perf_counter()
+    result = evaluate_model(cfg, model, device, out_dir)
+    flat = {f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)}
+    tracker.log_metrics(flat, step)
+    for png in sorted(out_dir.glob("*.png")):
+        tracker.log_artifact(png, "eval")
+    print(f"[gvae-dist] evaluation at step {step} ({time.perf_counter() - t0:.1f}s): "
+          f"DCI disentanglement {result['disentanglement']:.3f}  completeness {result['completeness']:.3f}"
+          f"  informativeness {result['informativeness']:.3f}"
+          + (f"  partition purity {result['partition_purity']:.3f}" if "partition_purity" in result else ""),
+          flush=True)
+    return result
