@@ -98,6 +98,7 @@ def _print(is_main: bool, msg: str) -> None:
 def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainResult:
     """Train a (gated) VAE as configured; returns the final metrics. See module docstring."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import gather_object
 
     cfg = config if isinstance(config, Config) else config_from_dict(config)
@@ -106,6 +107,9 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     o = cfg.optim
+    # Accelerate keeps a process-wide singleton; a second run in the same process (tests, Tune
+    # trials, studies) may ask for another precision, so start from a clean accelerator state.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=device_kind == "cpu", mixed_precision=o.mixed_precision,
                               gradient_accumulation_steps=o.grad_accum)
     rank, world, is_main, device = (accelerator.process_index, accelerator.num_processes,
@@ -146,6 +150,8 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
         state = load_checkpoint(restore, map_location="cpu")
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the config, not the checkpoint, sets the schedule
+            group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         if state.get("scaler") is not None and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
         step, run_id = int(state["step"]), state.get("tracking_run_id")
@@ -243,6 +249,9 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
                 raise FloatingPointError(f"non-finite {bad} at step {step}; last good checkpoint: "
                                          f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip")
             tracker.log_metrics(metrics, step)
+            if is_main:
+                with open(run_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
             _print(is_main, f"step {step:>6}/{o.steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
                             f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
                             f"  {metrics['perf/images_per_s']:.0f} img/s"

@@ -1,0 +1,76 @@
+"""Config tree: presets, overrides, validation messages, round trip."""
+
+from pathlib import Path
+
+import pytest
+
+from gvae_dist.config import ConfigError, load_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_preset_loads(preset):
+    cfg = load_config(CONFIGS / preset)
+    assert sum(p.size for p in cfg.partitions) == cfg.model.latent_dim
+
+
+def test_ungated_twin_differs_only_in_gate_and_name():
+    a = load_config(CONFIGS / "faces_dip2_gated.yaml").to_dict()
+    b = load_config(CONFIGS / "faces_dip2_ungated.yaml").to_dict()
+    assert a["gate"]["enabled"] and not b["gate"]["enabled"]
+    assert a["objective"]["name"] == b["objective"]["name"] == "dip2"
+    for section in a:
+        if section not in ("gate", "run"):
+            assert a[section] == b[section], section
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["objective.beta=8", "optim.lr=1e-4", "optim.betas=[0.5, 0.9]", "partitions.0.size=3",
+                             "partitions.2.size=3", "gate.enabled=false", "tracking.uri=null"])
+    assert cfg.objective.beta == 8.0 and isinstance(cfg.objective.beta, float)
+    assert cfg.optim.lr == 1e-4  # YAML 1.1 parses 1e-4 as a string
+    assert cfg.optim.betas == [0.5, 0.9] and not cfg.gate.enabled
+    assert [p.size for p in cfg.partitions] == [3, 4, 3]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("objective.bta=2", "objective.bta: unknown key (did you mean 'beta'?)"),
+    ("objective.name=vae", "objective.name: 'vae' is not allowed; choose one of 'beta', 'infovae'"),
+    ("optim.steps=ten", "optim.steps: expected an integer"),
+    ("optim.steps=0", "optim.steps: must be > 0"),
+    ("data.label_flip_prob=1.5", "data.label_flip_prob: must be in [0, 1]"),
+    ("model.latent_dim=12", "sizes add up to 10"),
+    ("partitions.0.factors=[nose]", "partitions.0.factors: 'nose' is not a factor"),
+    ("objective.name=infovae", None),
+    ("data.source=shards", "data.path"),
+    ("nosection.x=1", "nosection: unknown key"),
+    ("pairing.identity_partitions=[face]", "pairing.identity_partitions: unknown partition 'face'"),
+])
+def test_bad_values_name_the_key(override, message):
+    if message is None:  # a valid override for contrast
+        load_config(None, [override])
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_infovae_negative_mmd_weight_rejected():
+    with pytest.raises(ConfigError, match="mmd_lambda"):
+        load_config(None, ["objective.name=infovae", "objective.alpha=0", "objective.mmd_lambda=0.5"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(CONFIGS / "faces_infovae_ungated.yaml", ["objective.mmd_lambda=100"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(path) == cfg
+
+
+def test_extends_loop_and_missing_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
