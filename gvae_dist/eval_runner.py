@@ -16,7 +16,7 @@ import torch
 from gvae_dist.config import Config
 from gvae_dist.data.loader import load_eval_arrays
 
-__all__ = ["encode", "evaluate_model", "evaluate_checkpoint"]
+__all__ = ["encode", "evaluate_model", "evaluate_checkpoint", "summarize"]
 
 
 @torch.no_grad()
@@ -49,11 +49,32 @@ def evaluate_model(cfg: Config, model, device, out_dir: str | Path | None = None
         partitions=spec.sizes(), intended={p.name: list(p.factors) for p in spec if p.factors},
         method=e.method, seed=cfg.run.seed,
     )
+    result = {**summarize(result), "details": result}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def summarize(result: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of an ``evaluate_codes`` result, flat and named for what they hold."""
+    d = result["dci"]
+    out = {
+        "disentanglement": d["disentanglement"],
+        "completeness": d["completeness"],
+        "informativeness": d["informativeness"],
+        "informativeness_error": d["informativeness_error"],
+        "mig": result["mig"]["mig"],
+        "sap": result["sap"]["sap"],
+    }
+    parts = result.get("partitions")
+    if parts:
+        out["partition_disentanglement"] = parts["disentanglement"]
+        out["partition_completeness"] = parts["completeness"]
+        if parts.get("purity"):
+            out["partition_purity"] = parts["purity"]["mean"]
+    return out
 
 
 def evaluate_checkpoint(checkpoint: str | Path, cfg: Config | None = None, out_dir: str | Path | None = None,

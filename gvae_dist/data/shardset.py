@@ -1,0 +1,294 @@
+"""Open a shard directory for reading: check it against its manifest, find bad samples, and
+index the good ones for the loaders.
+
+What is checked at start-up (``data.verify``):
+
+- ``checksum`` (default): the manifest must be consistent and list at least one shard; every
+  tar's sha256 must equal the manifest's. A tar that matches is trusted (``data build`` decoded
+  nothing it had not encoded itself). A tar that does not match is scanned sample by sample
+  (below), so a damaged shard is reported by key rather than as a bare checksum failure.
+- ``full``: every sample of every shard is scanned.
+- ``none``: the index files are trusted as they are; a bad sample then surfaces while loading
+  (named by the WebDataset backend, as a DALI error by the DALI backend).
+
+The per-sample scan reads the tar and flags: a missing component, a label/factor payload of the
+wrong byte size, a ``.json`` that does not parse or whose labels disagree with ``.labels.i64``,
+image bytes that do not decode, an image whose size differs from the manifest, a member cut off
+by a truncated tar. Shard-level problems: a missing tar, a sample count or checksum that differs
+from the manifest.
+
+``data.on_bad_sample=error`` raises one ``ValueError`` listing the problems (shard and key);
+``skip`` warns, leaves the bad samples out of the index every backend reads (the DALI backend gets
+a rewritten index file), and counts them: ``skipped`` = samples the manifest lists minus samples
+that can be read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gvae_dist.data.loader import DatasetInfo
+from gvae_dist.data.shards import (
+    FACTORS_EXT,
+    JSON_EXT,
+    LABELS_EXT,
+    index_entries,
+    read_index,
+    read_manifest,
+    sha256_file,
+    split_member,
+    write_index,
+)
+
+__all__ = ["BadSample", "ShardSet", "open_shards", "check_sample"]
+
+log = logging.getLogger("gvae_dist.data")
+_Entry = list[tuple[str, int, int, str]]  # one sample: (ext, data offset, size, member name) per component
+
+
+@dataclass
+class BadSample:
+    shard: str
+    key: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.shard}: key {self.key}: {self.reason}" if self.key else f"{self.shard}: {self.reason}"
+
+
+@dataclass
+class _Shard:
+    tar: Path
+    index: Path
+    entries: list[_Entry]  # good samples only, in stored order
+    rewritten: bool  # entries differ from the index file on disk
+
+
+@dataclass
+class ShardSet:
+    """The readable samples of a shard directory (positions 0..num_samples-1, stored order)."""
+
+    root: Path
+    manifest: dict
+    shards: list[_Shard]
+    bad: list[BadSample] = field(default_factory=list)
+    problems: list[BadSample] = field(default_factory=list)  # shard-level mismatches
+
+    def __post_init__(self) -> None:
+        counts = [len(s.entries) for s in self.shards]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._fds: dict[int, int] = {}
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def skipped(self) -> int:
+        return max(0, int(self.manifest["num_samples"]) - self.num_samples)
+
+    def info(self) -> DatasetInfo:
+        m = self.manifest
+        return DatasetInfo(
+            channels=int(m["channels"]), image_size=int(m["image_size"]),
+            factor_names=[f["name"] for f in m["factors"]],
+            factor_discrete=[bool(f["discrete"]) for f in m["factors"]],
+            label_names=[lab["name"] for lab in m["labels"]], num_samples=self.num_samples,
+            extra={"path": str(self.root), "image_format": m["image_format"],
+                   "label_classes": [int(lab["num_classes"]) for lab in m["labels"]],
+                   "skipped": self.skipped, "bad_samples": [str(b) for b in self.bad[:20]]},
+        )
+
+    def locate(self, pos: int) -> tuple[int, int]:
+        """Global position -> (shard number, sample number within the shard's good samples)."""
+        s = int(np.searchsorted(self.starts, pos, side="right")) - 1
+        return s, pos - int(self.starts[s])
+
+    def key(self, pos: int) -> str:
+        s, j = self.locate(pos)
+        return split_member(self.shards[s].entries[j][0][3])[0]
+
+    def read(self, pos: int) -> dict[str, bytes]:
+        """The components of the sample at ``pos``: ``{ext: bytes}`` (random access by offset)."""
+        s, j = self.locate(pos)
+        fd = self._fds.get(s)
+        if fd is None:
+            fd = self._fds[s] = os.open(self.shards[s].tar, os.O_RDONLY)
+        return {ext: os.pread(fd, size, off) for ext, off, size, _ in self.shards[s].entries[j]}
+
+    def dali_inputs(self, tmpdir: str | Path) -> tuple[list[str], list[str]]:
+        """Tar and index paths for ``fn.readers.webdataset``; rewritten indexes go to tmpdir."""
+        tars, idxs = [], []
+        for sh in self.shards:
+            if not sh.entries:
+                continue
+            idx = sh.index
+            if sh.rewritten:
+                idx = Path(tmpdir) / sh.index.name
+                write_index(idx, sh.entries)
+            tars.append(str(sh.tar))
+            idxs.append(str(idx))
+        return tars, idxs
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __getstate__(self):  # file descriptors do not travel to other processes
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
+
+
+def check_sample(comps: dict[str, bytes], manifest: dict) -> str | None:
+    """Why the sample ``{ext: bytes}`` is unusable, or None if it is fine."""
+    from PIL import Image
+
+    fmt, size = manifest["image_format"], int(manifest["image_size"])
+    num_l, num_f = len(manifest["labels"]), len(manifest["factors"])
+    for ext in (fmt, LABELS_EXT, FACTORS_EXT, JSON_EXT):
+        if ext not in comps:
+            return f"missing component .{ext} (has {sorted(comps)})"
+    for ext, width, n in ((LABELS_EXT, 8, num_l), (FACTORS_EXT, 4, num_f)):
+        if len(comps[ext]) != width * n:
+            return f".{ext} holds {len(comps[ext])} bytes, expected {width * n} ({n} values)"
+    try:
+        meta = json.loads(comps[JSON_EXT])
+        named = meta["labels"]
+        labels = [int(named[lab["name"]]) for lab in manifest["labels"]]
+    except (ValueError, TypeError, KeyError) as exc:
+        return f"malformed .json ({type(exc).__name__}: {exc})"
+    if labels != np.frombuffer(comps[LABELS_EXT], "<i8").tolist():
+        return f"the .json labels {labels} disagree with .{LABELS_EXT}"
+    try:
+        with Image.open(io.BytesIO(comps[fmt])) as img:
+            img.load()
+            if img.size != (size, size):
+                return f"image is {img.size[0]}x{img.size[1]}, the manifest says {size}x{size}"
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt bytes
+        return f"image bytes do not decode as .{fmt} ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _scan(tar: Path, manifest: dict, name: str) -> tuple[list[_Entry], list[BadSample], int]:
+    """Check every sample of a tar: (good entries, bad samples, samples seen)."""
+    good: list[_Entry] = []
+    bad: list[BadSample] = []
+    file_size = tar.stat().st_size
+    groups: list[tuple[str, _Entry, dict[str, bytes]]] = []
+    try:
+        with tarfile.open(tar, "r:") as tf:
+            for m in tf:
+                if not m.isreg():
+                    continue
+                key, ext = split_member(m.name)
+                if not key or key.rsplit("/", 1)[-1].startswith("."):
+                    continue
+                if not groups or groups[-1][0] != key:
+                    groups.append((key, [], {}))
+                groups[-1][1].append((ext, m.offset_data, m.size, m.name))
+                if m.offset_data + m.size > file_size:
+                    groups[-1][2]["!truncated"] = b""
+                else:
+                    groups[-1][2][ext] = tf.extractfile(m).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        bad.append(BadSample(name, None, f"the tar is damaged after {len(groups)} samples "
+                                         f"({type(exc).__name__}: {exc})"))
+        if groups:  # the sample being read when the archive ended may lack components
+            groups[-1][2]["!truncated"] = b""
+    for key, entry, comps in groups:
+        reason = ("cut off by a truncated tar" if "!truncated" in comps
+                  else check_sample(comps, manifest))
+        if reason:
+            bad.append(BadSample(name, key, reason))
+        else:
+            good.append(entry)
+    return good, bad, len(groups)
+
+
+def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum") -> ShardSet:
+    """Read the manifest, check the shards (see module docstring) and index the good samples."""
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"data.on_bad_sample must be 'error' or 'skip', got {on_bad!r}")
+    if verify not in ("checksum", "full", "none"):
+        raise ValueError(f"data.verify must be 'checksum', 'full' or 'none', got {verify!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"data.path {root} is not a directory")
+    manifest = read_manifest(root)
+    shards, bad, problems = [], [], []
+    for rec in manifest["shards"]:
+        name, count = rec["tar"], int(rec["count"])
+        tar, idx = root / name, root / rec.get("index", Path(name).stem + ".idx")
+        if not tar.is_file():
+            problems.append(BadSample(name, None, f"listed in manifest.json ({count} samples) but missing"))
+            continue
+        sha_ok = verify == "none" or sha256_file(tar) == rec.get("sha256")
+        if verify == "full" or not sha_ok:
+            entries, found, seen = _scan(tar, manifest, name)
+            bad += found
+            if seen != count:
+                problems.append(BadSample(name, None, f"holds {seen} samples, manifest.json lists {count}"))
+            elif not found and not sha_ok:
+                problems.append(BadSample(name, None, "sha256 differs from manifest.json (the shard "
+                                                      "changed after `data build`)"))
+            rewritten = True
+        else:
+            entries = _trusted_index(idx, rec, verify, name)
+            rewritten = entries is None
+            if entries is None:  # index missing or stale: rebuild it from the (trusted) tar
+                entries, found = _scan_plain(tar, name)
+                bad += found
+            if verify != "none" and len(entries) != count:
+                problems.append(BadSample(name, None, f"holds {len(entries)} samples, manifest.json "
+                                                      f"lists {count}"))
+        shards.append(_Shard(tar, idx, entries, rewritten))
+    sset = ShardSet(root, manifest, shards, bad, problems)
+    issues = problems + bad
+    if issues:
+        listing = "\n  ".join(str(b) for b in issues[:10])
+        more = f"\n  ... and {len(issues) - 10} more" if len(issues) > 10 else ""
+        if on_bad == "error":
+            raise ValueError(f"shards in {root} failed verification ({len(issues)} problems):\n  {listing}"
+                             f"{more}\nSet data.on_bad_sample=skip to leave the bad samples out, or "
+                             f"rebuild with `gvae-dist data build`.")
+        log.warning("shards in %s: skipping %d of %d samples (%d problems):\n  %s%s", root,
+                    sset.skipped, manifest["num_samples"], len(issues), listing, more)
+    if sset.num_samples == 0:
+        raise ValueError(f"shards in {root}: no readable samples left (of {manifest['num_samples']} listed)")
+    return sset
+
+
+def _index_matches(idx: Path, rec: dict) -> bool:
+    return idx.is_file() and "index_sha256" in rec and sha256_file(idx) == rec["index_sha256"]
+
+
+def _trusted_index(idx: Path, rec: dict, verify: str, name: str) -> list[_Entry] | None:
+    if not idx.is_file():
+        log.warning("%s: index %s is missing; rebuilding it in memory", name, idx.name)
+        return None
+    if verify != "none" and "index_sha256" in rec and not _index_matches(idx, rec):
+        log.warning("%s: index %s does not match manifest.json; rebuilding it in memory", name, idx.name)
+        return None
+    try:
+        return read_index(idx)
+    except (ValueError, OSError) as exc:
+        log.warning("%s: %s; rebuilding the index in memory", name, exc)
+        return None
+
+
+def _scan_plain(tar: Path, name: str) -> tuple[list[_Entry], list[BadSample]]:
+    """Index a trusted tar without checking its samples."""
+    try:
+        return index_entries(tar), []
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        return [], [BadSample(name, None, f"not a readable tar ({exc})")]

@@ -1,0 +1,182 @@
+"""Streaming the shards of ``gvae-dist data build`` into the :class:`Batch` contract.
+
+Two backends behind one contract (``data.backend``):
+
+- ``dali`` (:mod:`gvae_dist.data.stream_dali`): ``fn.readers.webdataset`` + ``fn.decoders.image``
+  (``device="mixed"`` when batches go to a CUDA device, ``"cpu"`` otherwise), resize and
+  normalisation in the pipeline; labels and factors read as int64/float32 components.
+- ``webdataset`` (:mod:`gvae_dist.data.stream_wds`): WebDataset tar streaming + PIL decoding in
+  ``torch.utils.data.DataLoader`` workers. ``auto`` picks DALI when it can be imported.
+
+Epoch and padding policy (both backends; it is DALI's reader policy with ``pad_last_batch``):
+the N readable samples in stored order are split into ``world`` contiguous slices,
+``[N*s//world, N*(s+1)//world)``; in epoch e rank r reads slice ``(r + e) % world``, shuffled
+with a seeded buffer of ``data.shuffle_buffer`` samples. Every rank yields
+``ceil(ceil(N / world) / B)`` batches per epoch (equal counts keep DDP in step); a rank whose
+slice is shorter than that repeats its last sample to fill them. So across ranks one epoch sees
+every sample exactly once plus ``padded`` repeats, reported by :func:`epoch_layout` and in
+``loader.info.extra["epoch"]``. Loaders iterate forever; ``state_dict()`` holds the position.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import numpy as np
+import torch
+
+from gvae_dist.data.loader import Batch, DatasetInfo
+
+__all__ = ["build_stream_loader", "choose_backend", "decode_image", "epoch_layout", "load_eval_arrays",
+           "open_from_config", "rank_range"]
+
+log = logging.getLogger("gvae_dist.data")
+
+
+def rank_range(n: int, rank: int, world: int, epoch: int) -> tuple[int, int]:
+    """Positions ``[lo, hi)`` that ``rank`` reads in ``epoch`` (see module docstring)."""
+    s = (rank + epoch) % world
+    return n * s // world, n * (s + 1) // world
+
+
+def epoch_layout(n: int, world: int, batch_size: int) -> dict:
+    """Batches per rank per epoch and how many samples are repeats (padding)."""
+    if n < world:
+        raise ValueError(f"{n} readable samples cannot be split over {world} ranks")
+    per_rank = math.ceil(math.ceil(n / world) / batch_size)
+    yielded = per_rank * batch_size * world
+    return {"samples": n, "world": world, "batch_size": batch_size, "batches_per_rank": per_rank,
+            "yielded": yielded, "padded": yielded - n,
+            "policy": "each rank repeats the last sample of its slice to fill its batches"}
+
+
+def choose_backend(cfg) -> str:
+    """``dali`` or ``webdataset`` for ``data.backend`` (``auto``: DALI if it imports)."""
+    backend = cfg.data.backend
+    if backend == "memory":
+        raise ValueError("data.backend=memory holds generated data in RAM; with data.source=shards "
+                         "use data.backend=auto, dali or webdataset")
+    if backend == "webdataset":
+        return backend
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken CUDA/DALI install raises more than ImportError
+        if backend == "dali":
+            raise ImportError(f"data.backend=dali but nvidia-dali cannot be imported ({exc}); install "
+                              "nvidia-dali-cuda120 or set data.backend=webdataset") from exc
+        log.warning("DALI cannot be imported (%s): reading shards with the WebDataset backend", exc)
+        return "webdataset"
+    return "dali"
+
+
+def open_from_config(cfg):
+    """The checked :class:`ShardSet` of ``data.path`` (raises if ``data.source`` is not shards)."""
+    from gvae_dist.data.shardset import open_shards
+
+    d = cfg.data
+    if d.source != "shards" or not d.path:
+        raise ValueError(f"data.backend={d.backend} reads shards: set data.source=shards and data.path "
+                         "(build shards with `gvae-dist data build --source faces --out DIR`)")
+    return open_shards(d.path, d.on_bad_sample, d.verify)
+
+
+def build_stream_loader(cfg, rank: int, world: int, device: torch.device, batch_size: int):
+    """The training loader over ``data.path`` for this rank (see module docstring)."""
+    backend = choose_backend(cfg)
+    shards = open_from_config(cfg)
+    if backend == "dali":
+        from gvae_dist.data.stream_dali import DaliLoader as cls
+    else:
+        from gvae_dist.data.stream_wds import WdsLoader as cls
+    loader = cls(shards, cfg, rank, world, torch.device(device), batch_size)
+    if rank == 0:
+        lay = loader.layout
+        print(f"[gvae-dist] data: {backend} backend, {shards.num_samples} samples in {len(shards.shards)} "
+              f"shards ({loader.skipped} skipped as bad); {lay['batches_per_rank']} batches of "
+              f"{batch_size} per rank per epoch, {lay['padded']} padded (repeated) samples per epoch",
+              flush=True)
+    return loader
+
+
+class StreamLoaderBase:
+    """What both backends share: the info, the epoch layout, the position and its state."""
+
+    backend = "?"
+
+    def __init__(self, shards, cfg, rank: int, world: int, device: torch.device, batch_size: int):
+        d = cfg.data
+        self.shards, self.rank, self.world, self.device = shards, rank, world, device
+        self.batch_size, self.seed = batch_size, cfg.run.seed
+        self.image_size, self.channels = d.image_size, int(shards.manifest["channels"])
+        self.native_size = int(shards.manifest["image_size"])
+        self.layout = epoch_layout(shards.num_samples, world, batch_size)
+        self.skipped = shards.skipped  # bad samples left out (reaches metrics as data/skipped_samples)
+        self.info: DatasetInfo = shards.info()
+        self.info.image_size = self.image_size
+        self.info.extra["epoch"] = self.layout
+        self.info.extra["backend"] = self.backend
+        self.epoch, self.batch = 0, 0  # position: batches consumed in the current epoch
+        if self.native_size != self.image_size:
+            log.warning("shards hold %dx%d images; resizing to data.image_size=%d while loading",
+                        self.native_size, self.native_size, self.image_size)
+
+    def _advance(self) -> None:
+        self.batch += 1
+        if self.batch == self.layout["batches_per_rank"]:
+            self.epoch, self.batch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"backend": self.backend, "epoch": self.epoch, "batch": self.batch}
+
+    def __iter__(self):
+        return self
+
+    def _batch(self, image_BCHW, labels_BL, factors_BF, keys) -> Batch:
+        return Batch(image_BCHW, labels_BL.to(self.device, non_blocking=True),
+                     factors_BF.to(self.device, non_blocking=True), keys)
+
+
+def decode_image(data: bytes, channels: int, size: int, native: int) -> np.ndarray:
+    """PNG/JPEG bytes of a ``native`` x ``native`` image -> uint8 [size, size, channels].
+
+    ``ValueError`` if the image is not ``native`` pixels square (the manifest's size).
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        if img.size != (native, native):
+            raise ValueError(f"image is {img.size[0]}x{img.size[1]}, the manifest says {native}x{native}")
+        img = img.convert("L" if channels == 1 else "RGB")
+        if native != size:  # data.image_size differs from the shards: resize (antialiased)
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img).reshape(size, size, channels)
+
+
+def load_eval_arrays(cfg, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+    """The first ``limit`` readable samples (stored order, which ``data build`` shuffled) as
+    uint8 images ``[N, H, W, C]`` and factors float32 ``[N, F]``, plus the DatasetInfo."""
+    from gvae_dist.data.shards import FACTORS_EXT
+
+    shards = open_from_config(cfg)
+    n = min(limit or shards.num_samples, shards.num_samples)
+    fmt, size = shards.manifest["image_format"], cfg.data.image_size
+    channels, native = int(shards.manifest["channels"]), int(shards.manifest["image_size"])
+    num_f = len(shards.manifest["factors"])
+    images = np.empty((n, size, size, channels), np.uint8)
+    factors = np.empty((n, num_f), np.float32)
+    try:
+        for pos in range(n):
+            comps = shards.read(pos)
+            try:
+                images[pos] = decode_image(comps[fmt], channels, size, native)
+                factors[pos] = np.frombuffer(comps[FACTORS_EXT], "<f4")
+            except Exception as exc:  # noqa: BLE001 - only with data.verify=none
+                s, _ = shards.locate(pos)
+                raise ValueError(f"{shards.shards[s].tar}: key {shards.key(pos)}: {exc}") from exc
+    finally:
+        shards.close()
+    info = shards.info()
+    info.image_size = size
+    return images, factors, info

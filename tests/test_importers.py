@@ -1,0 +1,158 @@
+"""Importers: tiny files in the exact dSprites .npz, 3dshapes .h5 and folder + CSV formats."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import tarfile
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from gvae_dist.config import DataConfig
+from gvae_dist.data.importers import build_dataset
+
+
+def _samples(out):
+    """{source_row: (image uint8 HWC, labels, factors, meta)} over all shards of ``out``."""
+    man = json.loads((out / "manifest.json").read_text())
+    found = {}
+    for rec in man["shards"]:
+        with tarfile.open(out / rec["tar"]) as tf:
+            m = {x.name: tf.extractfile(x).read() for x in tf}
+        for name in m:
+            if name.endswith(".json"):
+                key = name.split(".")[0]
+                meta = json.loads(m[name])
+                img = np.asarray(Image.open(io.BytesIO(m[f"{key}.{man['image_format']}"])))
+                found[meta["source_row"]] = (img.reshape(*img.shape[:2], -1),
+                                             np.frombuffer(m[f"{key}.labels.i64"], "<i8"),
+                                             np.frombuffer(m[f"{key}.factors.f32"], "<f4"), meta)
+    return man, found
+
+
+def _dsprites_npz(path, n=24):
+    """The dSprites layout: imgs [N, 64, 64] uint8 in {0, 1}; latents [N, 6] (color .. posY)."""
+    rng = np.random.default_rng(0)
+    classes = np.stack([np.zeros(n, int), rng.integers(0, 3, n), rng.integers(0, 6, n),
+                        rng.integers(0, 40, n), rng.integers(0, 32, n), rng.integers(0, 32, n)], 1)
+    values = np.stack([np.ones(n), classes[:, 1] + 1.0, 0.5 + classes[:, 2] * 0.1,
+                       classes[:, 3] * (2 * np.pi / 39), classes[:, 4] / 31, classes[:, 5] / 31], 1)
+    imgs = (rng.random((n, 64, 64)) < 0.2).astype(np.uint8)
+    np.savez_compressed(path, imgs=imgs, latents_values=values, latents_classes=classes,
+                        metadata=np.array("meta"))
+    return imgs, values, classes
+
+
+def test_dsprites_npz(tmp_path):
+    imgs, values, classes = _dsprites_npz(tmp_path / "dsprites.npz")
+    d = DataConfig(label_bins=4, seed=5)
+    man = build_dataset("dsprites", tmp_path / "out", d, input_path=str(tmp_path / "dsprites.npz"),
+                        shard_size=10, progress=False)
+    assert man["num_samples"] == 24 and man["channels"] == 1 and man["image_size"] == 64
+    assert [f["name"] for f in man["factors"]] == ["shape", "scale", "orientation", "posX", "posY"]
+    assert any("color" in note for note in man["notes"])  # constant: dropped
+    shape_meta = man["labels"][0]
+    assert shape_meta["discrete"] and shape_meta["num_classes"] == len(np.unique(classes[:, 1]))
+    _, found = _samples(tmp_path / "out")
+    assert sorted(found) == list(range(24))
+    for row, (img, labels, factors, _) in found.items():
+        np.testing.assert_array_equal(img[..., 0], imgs[row] * 255)
+        np.testing.assert_allclose(factors, [classes[row, 1], *values[row, 2:]], rtol=1e-6)
+        assert labels[0] == classes[row, 1]  # discrete latent: its class is the label
+        assert all(0 <= v < 4 for v in labels[1:])
+    # stored in a seeded shuffled order, not in the file's factor order
+    assert [found[r][3]["key"] for r in range(24)] != [f"{i:08d}" for i in range(24)]
+
+
+def test_3dshapes_h5_with_subset(tmp_path):
+    n = 30
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    grid = np.array(list(itertools.product(range(10), range(4))))[:n]
+    labels = np.stack([grid[:, 0] / 10, rng.integers(0, 10, n) / 10, rng.integers(0, 10, n) / 10,
+                       0.75 + rng.integers(0, 8, n) / 14, grid[:, 1].astype(float),
+                       np.linspace(-30, 30, n)], 1)
+    with h5py.File(tmp_path / "3dshapes.h5", "w") as fh:
+        fh["images"], fh["labels"] = images, labels
+    man = build_dataset("3dshapes", tmp_path / "out", DataConfig(image_size=32), num=12,
+                        input_path=str(tmp_path / "3dshapes.h5"), workers=2, shard_size=5, progress=False)
+    names = [f["name"] for f in man["factors"]]
+    assert names == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
+    assert [f["discrete"] for f in man["factors"]] == [False] * 4 + [True, False]
+    _, found = _samples(tmp_path / "out")
+    assert len(found) == 12 and len(set(found)) == 12
+    for row, (img, lab, factors, meta) in found.items():
+        assert img.shape == (32, 32, 3)  # resized to data.image_size
+        np.testing.assert_allclose(factors, labels[row], rtol=1e-6)
+        assert lab[4] == labels[row, 4] and meta["labels"]["shape"] == int(labels[row, 4])
+        ref = np.asarray(Image.fromarray(images[row]).resize((32, 32), Image.BILINEAR))
+        np.testing.assert_array_equal(img, ref)
+
+
+def _folder(tmp_path, rows):
+    root = tmp_path / "faces"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for i, size in enumerate([(40, 30), (30, 50), (64, 64), (20, 20), (33, 47), (50, 40)]):
+        arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        mode = "L" if i == 3 else "RGB"
+        Image.fromarray(arr).convert(mode).save(root / f"img.{i}.{'jpg' if i == 4 else 'png'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_folder_with_labels_csv(tmp_path):
+    root = _folder(tmp_path, ["yaw,filename,expression,person",
+                              "-40.5,img.0.png,happy,3", "12.25,img.1.png,sad,3", "0.0,img.2.png,happy,7",
+                              "33.1,img.3.png,neutral,9", "-5,img.4.jpg,sad,7", "20,img.5.png,happy,3"])
+    man = build_dataset("folder", tmp_path / "out", DataConfig(image_size=32, label_bins=3),
+                        input_path=str(root), shard_size=4, progress=False)
+    assert [f["name"] for f in man["factors"]] == ["yaw", "expression", "person"]
+    by = {f["name"]: f for f in man["factors"]}
+    assert not by["yaw"]["discrete"] and (by["yaw"]["low"], by["yaw"]["high"]) == (-40.5, 33.1)
+    assert by["expression"]["categories"] == ["happy", "neutral", "sad"]
+    assert by["person"]["discrete"] and by["person"]["categories"] == [3, 7, 9]  # few integers: classes
+    _, found = _samples(tmp_path / "out")
+    assert len(found) == 6
+    yaw_bins = {0: 0, 1: 2, 2: 1, 3: 2, 4: 1, 5: 2}  # 3 uniform bins over [-40.5, 33.1]
+    expr = {0: 0, 1: 2, 2: 0, 3: 1, 4: 2, 5: 0}
+    yaw = [-40.5, 12.25, 0.0, 33.1, -5, 20]
+    for row, (img, labels, factors, meta) in found.items():
+        assert img.shape == (32, 32, 3)
+        assert labels.tolist()[:2] == [yaw_bins[row], expr[row]]
+        assert factors[:2].tolist() == [np.float32(yaw[row]), expr[row]]
+        assert meta["file"].startswith(f"img.{row}.")
+
+
+@pytest.mark.parametrize("rows, message", [
+    (["file,yaw", "img.0.png,1.0", "missing.png,2.0", "img.2.png,3"], "not in"),
+    (["file,yaw", "img.0.png,1.0", "img.1.png,", "img.2.png,3"], "line 3: column 'yaw' is empty"),
+    (["file,yaw", "img.0.png,1.0", "img.1.png,1.0"], "constant"),
+    (["file,yaw", "img.0.png,1.0,7", "img.1.png,2"], "line 2: 3 fields"),
+])
+def test_folder_csv_errors(tmp_path, rows, message):
+    root = _folder(tmp_path, rows)
+    with pytest.raises(ValueError, match=message):
+        build_dataset("folder", tmp_path / "out", DataConfig(), input_path=str(root), progress=False)
+
+
+def test_importer_input_errors(tmp_path):
+    np.savez(tmp_path / "bad.npz", imgs=np.zeros((2, 64, 64), np.uint8))
+    with pytest.raises(ValueError, match=r"latents_values"):
+        build_dataset("dsprites", tmp_path / "o", input_path=str(tmp_path / "bad.npz"), progress=False)
+    with h5py.File(tmp_path / "bad.h5", "w") as fh:
+        fh["images"] = np.zeros((2, 64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"\['labels'\]"):
+        build_dataset("3dshapes", tmp_path / "o", input_path=str(tmp_path / "bad.h5"), progress=False)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="not a readable HDF5"):
+        build_dataset("3dshapes", tmp_path / "o", input_path=str(tmp_path / "junk.h5"), progress=False)
+    _dsprites_npz(tmp_path / "ok.npz", n=5)
+    with pytest.raises(ValueError, match="exceeds"):
+        build_dataset("dsprites", tmp_path / "o", num=6, input_path=str(tmp_path / "ok.npz"), progress=False)
+    with pytest.raises(ValueError, match="needs --input"):
+        build_dataset("folder", tmp_path / "o", progress=False)
