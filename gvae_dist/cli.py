@@ -3,14 +3,23 @@
     gvae-dist train  --config FILE [--set key=value ...] [--workers N] [--address ADDR]
     gvae-dist eval   --checkpoint DIR [--set key=value ...]
     gvae-dist config --config FILE [--set ...] [--explain]
+    gvae-dist data build --source faces|shapes|dsprites|3dshapes|folder --out DIR [--num N]
+                         [--format png|jpg] [--shard-size K] [--workers W] [--input PATH]
+                         [--labels-csv CSV] [--config FILE] [--set data.key=value ...]
+    gvae-dist data verify DIR [--full]
 
 New knobs go into the config tree (``--set``), not onto the command line.
+
+Exit codes: 0 done; 2 bad config or input; 75 (``EX_TEMPFAIL``) stopped early on
+``run.checkpoint_signal`` / ``run.stop_file`` after writing a checkpoint: run the same command
+again to resume (the SLURM scripts in cluster/slurm requeue the job on it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config, or --explain every key")
     _add_config_args(p)
     p.add_argument("--explain", action="store_true", help="list every key with its type, default and doc")
+
+    p = sub.add_parser("data", help="build WebDataset shards (+ DALI indexes, manifest) or check them")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    b = data_sub.add_parser("build", help="write shards from a generator or an imported dataset; "
+                                          "resumable; labels etc. from the data.* config keys")
+    b.add_argument("--source", required=True, choices=["faces", "shapes", "dsprites", "3dshapes", "folder"])
+    b.add_argument("--out", required=True, help="shard directory to write")
+    b.add_argument("--num", type=int, help="samples (default: data.num_train generated, or all imported)")
+    b.add_argument("--format", choices=["png", "jpg"], help="image encoding (sets data.image_format)")
+    b.add_argument("--shard-size", type=int, default=2000, help="samples per tar (default 2000)")
+    b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel writer processes")
+    b.add_argument("--input", help="dSprites .npz, 3dshapes .h5, or the image folder")
+    b.add_argument("--labels-csv", help="per-image labels for --source folder (default <input>/labels.csv)")
+    _add_config_args(b)
+    v = data_sub.add_parser("verify", help="check shards against manifest.json and list bad samples")
+    v.add_argument("path", help="shard directory")
+    v.add_argument("--full", action="store_true", help="decode-check every sample, not only changed shards")
     return parser
 
 
@@ -56,14 +82,22 @@ def cmd_train(args) -> int:
     if args.address:
         extra.append(f"distributed.address={args.address}")
     cfg = _load(args, extra)
-    if cfg.distributed.workers > 0:
-        from gvae_dist.launch import launch
+    from gvae_dist.train import Preempted
 
-        result = launch(cfg)
-    else:
-        from gvae_dist.train import train_loop
+    try:
+        if cfg.distributed.workers > 0:
+            from gvae_dist.launch import launch
 
-        result = train_loop(cfg)
+            result = launch(cfg)
+        else:
+            from gvae_dist.train import train_loop
+
+            result = train_loop(cfg)
+    except Preempted as exc:
+        print(f"gvae-dist: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if os.environ.get("RANK", "0") != "0":  # torchrun: the summary is rank 0's to print
+        return 0
     print(f"[gvae-dist] run directory: {result.run_dir}")
     if result.checkpoint:
         print(f"[gvae-dist] last checkpoint: {result.checkpoint}")
@@ -99,7 +133,36 @@ def cmd_config(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "config": cmd_config}
+def cmd_data(args) -> int:
+    if args.data_command == "verify":
+        import logging
+
+        from gvae_dist.data.shardset import open_shards
+
+        logging.getLogger("gvae_dist.data").setLevel(logging.ERROR)  # the problems are printed below
+        shards = open_shards(args.path, on_bad="skip", verify="full" if args.full else "checksum")
+        issues = shards.problems + shards.bad
+        for issue in issues:
+            print(f"BAD {issue}")
+        print(f"{shards.num_samples} of {shards.manifest['num_samples']} samples readable in "
+              f"{len(shards.shards)} shards; {len(issues)} problems")
+        return 1 if issues else 0
+    from gvae_dist.data.importers import build_dataset
+
+    cfg = _load(args, [f"data.image_format={args.format}"] if args.format else [])
+    manifest = build_dataset(args.source, args.out, cfg.data, num=args.num, shard_size=args.shard_size,
+                             workers=args.workers, input_path=args.input, labels_csv=args.labels_csv)
+    built = manifest["built"]
+    print(f"[gvae-dist] {manifest['num_samples']} samples in {len(manifest['shards'])} shards at {args.out} "
+          f"({built['skipped_complete_shards']} were already complete; {built['seconds']}s); weak labels: "
+          f"{', '.join(lab['name'] for lab in manifest['labels'])}")
+    for note in manifest["notes"]:
+        print(f"[gvae-dist] note: {note}")
+    print(f"[gvae-dist] train on it: gvae-dist train --set data.source=shards --set data.path={args.out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

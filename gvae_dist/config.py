@@ -56,6 +56,8 @@ class DataConfig:
     on_bad_sample: Literal["error", "skip"] = f("error", "a corrupt sample stops with an error naming it, or is skipped and counted")
     num_workers: int = f(2, "decoding threads (DALI) or DataLoader workers (WebDataset backend)")
     image_format: Literal["png", "jpg"] = f("png", "image encoding when shards are written")
+    verify: Literal["checksum", "full", "none"] = f("checksum", "shard check at loader start: sha256 vs manifest (changed shards are scanned sample by sample), 'full' scans every sample, 'none' trusts the files")
+    shuffle_buffer: int = f(1024, "samples in the shard loaders' shuffle buffer (DALI initial_fill)")
 
 
 @dataclass
@@ -165,6 +167,8 @@ class RunConfig:
     resume: bool = f(True, "resume from the newest checkpoint in the run directory if there is one")
     device: Literal["auto", "cpu", "cuda"] = f("auto", "training device; auto = cuda when available")
     threads: int = f(0, "torch CPU threads per process (0 = torch default)")
+    checkpoint_signal: Literal["none", "USR1", "USR2", "TERM", "INT", "HUP"] = f("USR1", "on this signal the loop checkpoints at the next step boundary (log step when multi-process) and stops with exit code 75 so a SLURM job can requeue itself; 'none' = default signal action")
+    stop_file: str | None = f(None, "a file whose appearance (checked at log steps) acts like run.checkpoint_signal: for training processes no signal reaches (Ray workers)")
 
 
 @dataclass
@@ -283,6 +287,7 @@ def validate(cfg: Config) -> None:
     """Cross-field checks; raises ConfigError naming the key."""
     d, o, p = cfg.data, cfg.optim, cfg.pairing
     for key, val in [("data.num_train", d.num_train), ("data.num_eval", d.num_eval),
+                     ("data.shuffle_buffer", d.shuffle_buffer),
                      ("optim.batch_size", o.batch_size), ("optim.steps", o.steps),
                      ("optim.grad_accum", o.grad_accum), ("optim.lr", o.lr),
                      ("model.latent_dim", cfg.model.latent_dim), ("model.hidden", cfg.model.hidden),

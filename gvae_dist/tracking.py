@@ -2,24 +2,43 @@
 
 The train loop calls ``tracker.log_metrics(...)`` unconditionally (nanochat's DummyWandb pattern).
 An unreachable or failing tracking backend never stops training: the first failure is warned
-about once, and the tracker turns itself into a null tracker.
+about once, and the tracker turns itself into a null tracker. HTTP retries and timeouts are
+bounded (``MLFLOW_HTTP_REQUEST_*``, overridable) so a dead server costs seconds, not minutes.
 
-Default store: ``sqlite:///<run.output_dir>/mlflow.db`` (open it with
-``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``); ``$MLFLOW_TRACKING_URI`` or
-``tracking.uri`` point at a server instead.
+Stores: ``sqlite:///<run.output_dir>/mlflow.db`` by default (browse with
+``mlflow ui --backend-store-uri sqlite:///<abs path>/mlflow.db``), its artifacts in
+``<run.output_dir>/mlartifacts`` (MLflow would otherwise use ``./mlruns`` in the working
+directory); ``$MLFLOW_TRACKING_URI`` or ``tracking.uri`` point at a server instead
+(``ops/mlflow_server.sh``), which then decides where artifacts go.
+
+Run identity: a launcher that may restart workers (Ray Train) opens the run up front with
+:func:`open_run`, keyed by a ``gvae_dist.run_key`` tag, and hands its id to the workers; the id
+is also stored in every checkpoint, so restarts and resumes log into the same run.
+
+Also here: the reconstruction and latent-traversal grids logged as PNG artifacts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
-__all__ = ["NullTracker", "MLflowTracker", "make_tracker", "default_tracking_uri"]
+__all__ = ["NullTracker", "MLflowTracker", "make_tracker", "open_run", "close_run", "default_tracking_uri",
+           "image_grids", "log_image_grids", "posterior_mean", "RUN_KEY_TAG"]
+
+RUN_KEY_TAG = "gvae_dist.run_key"
+
+# Bounded HTTP behaviour unless the user set these: one retry, ~1 s back-off, 10 s timeout.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class NullTracker:
@@ -30,7 +49,7 @@ class NullTracker:
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_model(self, model, input_example) -> None: ...
+    def log_model(self, model, input_example: np.ndarray, name: str = "model") -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -40,6 +59,36 @@ def default_tracking_uri(output_dir: str | Path) -> str:
     if uri:
         return uri
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store live next to its database file; a server decides its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):]).resolve()
+    return (db.parent / "mlartifacts").as_uri()
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).resolve().parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, uri: str, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(experiment, artifact_location=_artifact_location(uri))
+
+
+def _warn(what: str, exc: Exception) -> None:
+    warnings.warn(f"MLflow {what} failed ({type(exc).__name__}: {exc}); training continues without "
+                  "tracking", RuntimeWarning, stacklevel=3)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -56,33 +105,56 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def open_run(cfg, run_key: str, reuse: bool) -> str | None:
+    """Id of the MLflow run for ``run_key``: the newest run tagged with it when ``reuse``, else a
+    new run. None when tracking is off or the store is unreachable (warned once)."""
+    if not cfg.tracking.enabled:
+        return None
+    uri = cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
+    try:
+        client = _client(uri)
+        exp_id = _experiment_id(client, uri, cfg.tracking.experiment)
+        if reuse:
+            key = run_key.replace("'", "\\'")
+            found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+            if found:
+                return found[0].info.run_id
+        return client.create_run(exp_id, run_name=cfg.run.name, tags={RUN_KEY_TAG: run_key}).info.run_id
+    except Exception as exc:  # tracking must never stop a launch
+        _warn("run set-up", exc)
+        return None
+
+
+def close_run(cfg, run_id: str | None, status: str) -> None:
+    """Mark a run ``FINISHED`` / ``FAILED`` / ``KILLED`` from outside the workers (best effort)."""
+    if run_id is None or not cfg.tracking.enabled:
+        return
+    uri = cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
+    try:
+        _client(uri).set_terminated(run_id, status)
+    except Exception as exc:
+        _warn("run status update", exc)
+
+
 class MLflowTracker:
-    """MLflow run (created, or resumed by ``run_id``) with warn-once failure handling."""
+    """MLflow run (created, or continued by ``run_id``) with warn-once failure handling."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None,
                  tags: dict[str, str] | None = None):
-        import mlflow
-
-        self._mlflow = mlflow
+        self.uri, self.run_id = uri, None
         self._client = None
-        self.run_id = None
         self._broken = False
-        self._call(self._start, uri, experiment, run_name, run_id, tags or {})
+        self._call(self._start, experiment, run_name, run_id, tags or {})
 
-    def _start(self, uri, experiment, run_name, run_id, tags):
-        from mlflow.tracking import MlflowClient
-
-        # short HTTP retries: an unreachable server should cost seconds, not minutes
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        client = MlflowClient(tracking_uri=uri)
+    def _start(self, experiment, run_name, run_id, tags):
+        client = _client(self.uri)
         if run_id is None:
-            exp = client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+            exp_id = _experiment_id(client, self.uri, experiment)
             run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         else:
             client.update_run(run_id, status="RUNNING")
-        self._client, self.run_id, self.uri = client, run_id, uri
+        self._client, self.run_id = client, run_id
 
     def _call(self, fn, *args) -> Any:
         if self._broken:
@@ -91,8 +163,7 @@ class MLflowTracker:
             return fn(*args)
         except Exception as exc:  # tracking must never kill training
             self._broken = True
-            warnings.warn(f"MLflow tracking disabled after an error ({type(exc).__name__}: {exc}); "
-                          "training continues without tracking", RuntimeWarning, stacklevel=3)
+            _warn("tracking", exc)
             return None
 
     @property
@@ -102,31 +173,34 @@ class MLflowTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = _flatten(params)
-        items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
         for i in range(0, len(items), 100):
             self._call(self._client.log_batch, self.run_id, [], items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k.replace("/", "."), float(v), ts, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
             self._call(self._client.log_batch, self.run_id, items[i : i + 500])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
-    def log_model(self, model, input_example) -> None:
+    def log_model(self, model, input_example: np.ndarray, name: str = "model") -> None:
+        """``mlflow.pytorch.log_model`` in the pt2 (torch.export) format; the signature is
+        inferred from ``input_example`` (batch dim dynamic). Pinning the requirement skips
+        MLflow's slow import-scanning subprocess."""
         def _log():
-            mlflow = self._mlflow
+            import mlflow
+            import torch
+
             mlflow.set_tracking_uri(self.uri)
+            torch_req = f"torch=={torch.__version__.split('+')[0]}"
             with mlflow.start_run(run_id=self.run_id):
-                mlflow.pytorch.log_model(model, name="model", input_example=input_example,
-                                         serialization_format="pickle")
+                mlflow.pytorch.log_model(model, name=name, input_example=input_example,
+                                         serialization_format="pt2", pip_requirements=[torch_req])
         self._call(_log)
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -143,5 +217,75 @@ def make_tracker(cfg, is_main: bool, run_id: str | None = None):
     if not (is_main and cfg.tracking.enabled):
         return NullTracker()
     uri = cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
-    tracker = MLflowTracker(uri, cfg.tracking.experiment, cfg.run.name, run_id)
+    tracker = MLflowTracker(uri, cfg.tracking.experiment, cfg.run.name, run_id,
+                            tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())})
     return tracker if tracker.active else NullTracker()
+
+
+# ---------------------------------------------------------------------------------------------
+# Image grids (legend: N images, C channels, H/W height/width, D latent dims, S traversal steps)
+
+
+def _tile(images_RSCHW) -> np.ndarray:
+    """``[R, S, C, H, W]`` floats in [0, 1] -> one ``uint8 [R*(H+1)+1, S*(W+1)+1, 3]`` grid."""
+    R, S, C, H, W = images_RSCHW.shape
+    grid = np.ones((R * (H + 1) + 1, S * (W + 1) + 1, 3), dtype=np.float32)
+    for r in range(R):
+        for s in range(S):
+            img = np.moveaxis(images_RSCHW[r, s], 0, -1)
+            grid[1 + r * (H + 1) : 1 + r * (H + 1) + H, 1 + s * (W + 1) : 1 + s * (W + 1) + W] = (
+                img if C == 3 else np.repeat(img, 3, axis=-1))
+    return (grid.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, np.ndarray]:
+    """PNG-ready grids for a (gated) VAE: ``reconstruction`` (row 1 inputs, row 2 decoded
+    posterior means) and ``traversal`` (row d: latent dim d swept over ``[-span, span]`` around
+    the first image's posterior mean, other dims fixed)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        mu_ND, _ = model.encode(x_NCHW)
+        recon_NCHW = torch.sigmoid(model.decode(mu_ND).float())
+        D = mu_ND.shape[1]
+        z_DSD = mu_ND[:1].expand(D * steps, D).clone().view(D, steps, D)
+        sweep_S = torch.linspace(-span, span, steps, device=mu_ND.device)
+        for d in range(D):
+            z_DSD[d, :, d] = sweep_S
+        trav = torch.sigmoid(model.decode(z_DSD.view(D * steps, D)).float())
+    model.train(was_training)
+    recon = torch.stack([x_NCHW.float(), recon_NCHW]).cpu().numpy()
+    return {"reconstruction": _tile(recon),
+            "traversal": _tile(trav.view(D, steps, *trav.shape[1:]).cpu().numpy())}
+
+
+def log_image_grids(tracker, model, x_NCHW, step: int, out_dir: Path) -> None:
+    """Write the :func:`image_grids` of ``model`` as PNGs under ``out_dir`` and log them."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, grid in image_grids(model, x_NCHW).items():
+        path = out_dir / f"{name}_step_{step:08d}.png"
+        Image.fromarray(grid).save(path)
+        tracker.log_artifact(path, "images")
+
+
+def posterior_mean(model):
+    """A CPU fp32 copy of a VAE as the module MLflow logs: images ``[N, C, H, W]`` in [0, 1] ->
+    posterior means ``[N, D]`` (the codes the evaluation scores). One tensor in, one out, so
+    ``torch.export`` and the pyfunc signature work without gvae_dist installed."""
+    import copy
+
+    import torch
+
+    class PosteriorMean(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, x_NCHW):
+            return self.vae.encode(x_NCHW)[0]
+
+    return PosteriorMean(copy.deepcopy(model).cpu().float().eval()).eval()

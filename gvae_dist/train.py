@@ -8,14 +8,22 @@ restore from). Nothing here imports Ray or ``torch.distributed`` directly.
 One step: next batch -> pairing (targets + gate masks) -> model (gated reparameterisation) ->
 objective -> backward -> optimizer. Loss terms are accumulated on the device and read back once
 per ``run.log_every`` steps, so the loop has no per-step host sync.
+
+Preemption: ``run.checkpoint_signal`` (default SIGUSR1, e.g. SLURM's ``--signal``) or the
+appearance of ``run.stop_file`` asks the loop to write a checkpoint at the next step boundary and
+raise :class:`Preempted`; the CLI turns that into exit code 75 (``EX_TEMPFAIL``: run again to
+resume). Several processes agree on the stop at a log step, so all ranks stop at the same step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +34,13 @@ import yaml
 
 from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gvae_dist.config import Config, config_from_dict, save_config
-from gvae_dist.data.loader import build_train_loader
+from gvae_dist.data.loader import build_train_loader, load_eval_arrays
 from gvae_dist.data.pairing import KIND_NAMES, PairingPlan, make_pairs
 from gvae_dist.model import GatedVAE
 from gvae_dist.objective import objective, reconstruction_loss
-from gvae_dist.tracking import make_tracker
+from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean
 
-__all__ = ["RunHooks", "train_loop", "build_model", "TrainResult"]
+__all__ = ["RunHooks", "train_loop", "build_model", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE"]
 
 log = logging.getLogger("gvae_dist.train")
 
@@ -42,11 +50,16 @@ class RunHooks:
 
     ``restore_dir`` returns a checkpoint directory to resume from (or None); ``report`` is
     called on every rank at every checkpoint with the metrics and, on the main rank, the
-    checkpoint directory just written (None elsewhere).
+    checkpoint directory just written (None elsewhere); ``tracking_run_id`` names an MLflow run
+    the launcher opened (a checkpoint's run id takes precedence), so a run restarted before its
+    first checkpoint still logs into the same run.
     """
 
     def restore_dir(self, cfg: Config) -> Path | None:
         return latest_checkpoint(cfg.run_dir() / "checkpoints") if cfg.run.resume else None
+
+    def tracking_run_id(self, cfg: Config) -> str | None:
+        return None
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         pass
@@ -90,13 +103,96 @@ def _set_rng_state(state: dict[str, Any], pair_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _param_digest(model: torch.nn.Module) -> str:
+    """Bitwise fingerprint of the weights: DDP ranks in sync report the same digest."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _grid_inputs(cfg: Config, device, n: int = 8) -> torch.Tensor:
+    """A fixed set of held-out images ``[n, C, H, W]`` for the logged image grids."""
+    images_NHWC, _, _ = load_eval_arrays(cfg, limit=n)
+    return torch.from_numpy(images_NHWC[:n]).to(device).permute(0, 3, 1, 2).float().div(255.0)
+
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped early on request, run again to resume
+
+
+class Preempted(RuntimeError):
+    """The loop stopped early on request after writing a checkpoint; rerun to resume."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, step: int, checkpoint: Path | None, reason: str):
+        super().__init__(f"stopped at step {step} on {reason}; checkpoint "
+                         f"{checkpoint or '(written by the main process)'}; "
+                         "run the same command again to resume")
+        self.step, self.checkpoint, self.reason = step, checkpoint, reason
+
+    def __reduce__(self):  # picklable with its arguments (Ray ships worker errors to the driver)
+        return type(self), (self.step, self.checkpoint, self.reason)
+
+
+class _StopRequest:
+    """Checkpoint-and-stop requests: a signal handler that sets a flag, plus an optional stop file.
+
+    Python delivers signals to the main thread only, so the handler is installed only there
+    (plain runs, torchrun workers); elsewhere (Ray workers) only the stop file works. The
+    previous handler is restored on exit.
+    """
+
+    def __init__(self, signame: str, stop_file: str | None):
+        self.signame, self.stop_file = signame, Path(stop_file) if stop_file else None
+        self.received, self.reason = False, ""
+        self._sig, self._old = None, None
+        if signame != "none" and threading.current_thread() is threading.main_thread():
+            self._sig = getattr(signal, f"SIG{signame}")
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+
+    def __enter__(self) -> _StopRequest:
+        if self._sig is not None:
+            self._old = signal.signal(self._sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._sig is not None:
+            signal.signal(self._sig, self._old if self._old is not None else signal.SIG_DFL)
+
+    def agreed(self, accelerator, check_file: bool) -> bool:
+        """Whether any rank was asked to stop; collective when there are several processes."""
+        by_file = bool(check_file and self.stop_file and self.stop_file.exists())
+        mine = self.received or by_file
+        anyone = mine
+        if accelerator.num_processes > 1:
+            flag = torch.tensor([float(mine)], device=accelerator.device)
+            anyone = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        if anyone:
+            self.reason = (f"SIG{self.signame}" if self.received else
+                           f"stop file {self.stop_file}" if by_file else "another rank's stop request")
+        return anyone
+
+
 def _print(is_main: bool, msg: str) -> None:
     if is_main:
         print(msg, flush=True)
 
 
 def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainResult:
-    """Train a (gated) VAE as configured; returns the final metrics. See module docstring."""
+    """Train a (gated) VAE as configured; returns the final metrics. See module docstring.
+
+    Raises :class:`Preempted` after checkpointing when a stop was requested (see module doc).
+    """
+    cfg = config if isinstance(config, Config) else config_from_dict(config)
+    with _StopRequest(cfg.run.checkpoint_signal, cfg.run.stop_file) as stop:
+        return _train_loop(cfg, hooks, stop)
+
+
+def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopRequest) -> TrainResult:
+    """The loop of :func:`train_loop`; ``stop`` carries checkpoint-and-stop requests."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import gather_object
@@ -144,7 +240,7 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
     pair_gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
     torch.manual_seed(cfg.run.seed * 1000 + rank + 1)  # per-rank reparameterisation noise
 
-    step, run_id = 0, None
+    step, run_id = 0, hooks.tracking_run_id(cfg)
     restore = hooks.restore_dir(cfg)
     if restore is not None:
         state = load_checkpoint(restore, map_location="cpu")
@@ -154,7 +250,7 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
             group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         if state.get("scaler") is not None and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
-        step, run_id = int(state["step"]), state.get("tracking_run_id")
+        step, run_id = int(state["step"]), state.get("tracking_run_id") or run_id
         rngs, positions = state["rng"], state["data"]
         if len(rngs) == world:
             _set_rng_state(rngs[rank], pair_gen)
@@ -168,19 +264,27 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
     if is_main and restore is None:
         tracker.log_params(cfg.to_dict())
         tracker.log_artifact(run_dir / "config.yaml")
+    if restore is not None:  # each restart shows in the run's history
+        tracker.log_metrics({"run/resumed_from_step": step}, step)
+    grid_x = _grid_inputs(cfg, device) if is_main and cfg.tracking.enabled else None
 
     def checkpoint(at_step: int, metrics: dict[str, float]) -> Path | None:
         rng_all = gather_object([_rng_state(pair_gen)])
         data_all = gather_object([loader.state_dict()])
+        digests = gather_object([_param_digest(raw_model)])
         path = None
         if is_main:
+            if len(set(digests)) > 1:
+                log.warning("ranks hold different weights at step %d (%s): gradients are not "
+                            "synchronised", at_step, digests)
             state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
                      "step": at_step, "rng": rng_all, "data": data_all,
                      "tracking_run_id": tracker.run_id, "world_size": world}
             path = save_checkpoint(run_dir / "checkpoints", at_step, state,
                                    yaml.safe_dump(cfg.to_dict(), sort_keys=False),
-                                   keep=cfg.run.keep_checkpoints, meta={"metrics": metrics})
+                                   keep=cfg.run.keep_checkpoints,
+                                   meta={"metrics": metrics, "param_digests": digests})
         hooks.report(metrics, path)
         return path
 
@@ -189,9 +293,11 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
     sums: dict[str, torch.Tensor] = {}
     kind_sum_K = torch.zeros(K, device=device)
     kind_cnt_K = torch.zeros(K, device=device)
+    kl_sum_D = torch.zeros(cfg.model.latent_dim, device=device)
     n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
     metrics: dict[str, float] = {}
     last_ckpt: Path | None = restore
+    preempt = False
     model.train()
     while step < o.steps:
         for _ in range(o.grad_accum):
@@ -218,7 +324,9 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
                 terms = dict(terms)
                 terms["gate/open_fraction"] = pairs.mask_BD.float().mean()
                 terms["pairing/found"] = pairs.found
-                kl_P = masks_PD @ terms.pop("kl_per_dim")
+                kl_D = terms.pop("kl_per_dim").detach().float()
+                kl_sum_D += kl_D
+                kl_P = masks_PD @ kl_D
                 for p, part in enumerate(spec):
                     terms[f"kl/{part.name}"] = kl_P[p]
                 for k, v in terms.items():
@@ -230,11 +338,17 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
 
         at_log = step % cfg.run.log_every == 0 or step == o.steps
         at_ckpt = step % cfg.run.checkpoint_every == 0 or step == o.steps
+        # One process checks its flag every step; several agree at log steps (one all-reduce).
+        preempt = step < o.steps and (world == 1 or at_log) and stop.agreed(accelerator, at_log)
+        at_ckpt = at_ckpt or preempt
         if at_log or at_ckpt:
             keys = list(sums)
-            values = torch.stack([sums[k] for k in keys] + [*kind_sum_K, *kind_cnt_K]).tolist()  # one sync
+            values = torch.cat([torch.stack([sums[k] for k in keys]), kind_sum_K, kind_cnt_K,
+                                kl_sum_D]).tolist()  # one sync
             metrics = {k: v / n_acc for k, v in zip(keys, values[: len(keys)])}
-            ks, kc = values[len(keys) : len(keys) + K], values[len(keys) + K :]
+            ks, kc = values[len(keys) : len(keys) + K], values[len(keys) + K : len(keys) + 2 * K]
+            for d, v in enumerate(values[len(keys) + 2 * K :]):
+                metrics[f"kl_dim/{d:02d}"] = v / n_acc
             for name, s, c in zip(KIND_NAMES, ks, kc):
                 if c > 0:
                     metrics[f"recon/{name}"] = s / c
@@ -259,12 +373,22 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
             sums.clear()
             kind_sum_K.zero_()
             kind_cnt_K.zero_()
-            n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
+            kl_sum_D.zero_()
             if at_ckpt:
                 last_ckpt = checkpoint(step, metrics) or last_ckpt
+            if preempt:
+                break
             if cfg.eval.every and step % cfg.eval.every == 0 and step != o.steps and is_main:
                 _evaluate(cfg, raw_model, info, device, tracker, step, run_dir / f"eval_step_{step}")
                 raw_model.train()
+            n_acc, t_data, t_last = 0, 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
+        if grid_x is not None and cfg.tracking.image_every and step % cfg.tracking.image_every == 0:
+            log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
+
+    if preempt:
+        tracker.finish("KILLED")  # a resumed run sets it RUNNING again
+        accelerator.wait_for_everyone()
+        raise Preempted(step, last_ckpt, stop.reason)
 
     eval_metrics = None
     if cfg.eval.at_end and is_main:
@@ -272,6 +396,10 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
     if is_main:
         (run_dir / "metrics.json").write_text(json.dumps({"train": metrics, "eval": eval_metrics}, indent=2))
         tracker.log_artifact(run_dir / "metrics.json")
+    if grid_x is not None:
+        if not (cfg.tracking.image_every and step % cfg.tracking.image_every == 0):
+            log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
+        tracker.log_model(posterior_mean(raw_model), grid_x[:2].cpu().numpy(), name="encoder")
     tracker.finish()
     accelerator.wait_for_everyone()
     return TrainResult(step, metrics, eval_metrics, run_dir, last_ckpt, tracker.run_id)

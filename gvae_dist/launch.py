@@ -1,0 +1,279 @@
+"""Ray Train driver: run the one ``train_loop`` on ``distributed.workers`` Ray workers.
+
+``launch(cfg)`` builds a ``TorchTrainer`` (Ray Train V2) whose workers each call
+``train_loop(cfg, RayHooks(...))``; Accelerate inside the loop picks up the process group Ray
+sets up (``Accelerator(cpu=True)`` on CPU workers, see ``train.py``).
+
+- Cluster: ``distributed.address`` or ``$RAY_ADDRESS`` (set by ``ray job submit``) joins that
+  cluster; otherwise a private local cluster is started with its own temp dir, no dashboard and
+  exactly the CPUs of this machine, and shut down afterwards. Nothing attaches to another Ray on
+  the machine by accident.
+- Resources are checked before ``fit()``: an unsatisfiable ``ScalingConfig`` would otherwise
+  wait forever.
+- Run identity: ``RunConfig(name=run.name, storage_path=distributed.storage_path or
+  <run.output_dir>/ray)``. Re-running the same name resumes it (Ray restores the newest
+  reported checkpoint); worker failures restart the group from it, up to
+  ``distributed.max_failures`` times.
+- MLflow: the driver opens (or, when resuming, finds by tag) the run and passes its id to the
+  workers, so a restart before the first checkpoint logs into the same run; the checkpoint
+  carries the id from then on.
+- Paths are made absolute on the driver before the config is shipped: workers do not share
+  the driver's working directory (``ray job submit`` runs the driver in a temporary copy).
+- Preemption (``run.stop_file``): the workers checkpoint, report and *return*, so Ray keeps that
+  checkpoint; the driver then raises ``train.Preempted`` (the CLI exits 75 to be requeued).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from gvae_dist.config import Config, ConfigError, config_from_dict
+from gvae_dist.train import Preempted, RunHooks, TrainResult, train_loop
+
+__all__ = ["launch", "RayHooks", "resolve_config", "check_resources", "local_cpus", "free_port"]
+
+
+class RayHooks(RunHooks):
+    """Report metrics and checkpoints to Ray Train; restore from its latest checkpoint."""
+
+    def __init__(self, tracking_run_id: str | None = None):
+        self._run_id = tracking_run_id
+
+    def tracking_run_id(self, cfg: Config) -> str | None:
+        return self._run_id
+
+    def restore_dir(self, cfg: Config) -> Path | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        # a private local copy: storage may be remote, and ranks on one node must not race
+        local = cfg.run_dir() / ".restore" / f"rank{ray.train.get_context().get_world_rank()}"
+        shutil.rmtree(local, ignore_errors=True)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        return Path(ckpt.to_directory(str(local)))
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step_{int(metrics['step']):08d}",
+                         delete_local_checkpoint_after_upload=False)
+
+
+def _quiet_report_log() -> None:
+    """Ray Train 2.60 logs every report with its whole metrics dict at INFO through a logger
+    named after its file path (``getLogger(__file__)``), so ``LoggingConfig`` cannot filter it."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Runs on every Ray worker; rank 0's return value comes back as ``Result.return_value``."""
+    _quiet_report_log()
+    try:
+        result = train_loop(config["config"], RayHooks(config["tracking_run_id"]))
+    except Preempted as stop:
+        # a worker that raises makes Ray Train drop the checkpoint it just reported and restart
+        # the group; returning keeps it, and the driver re-raises (exit 75: requeue and resume)
+        return {"preempted": {"step": stop.step, "reason": stop.reason}}
+    return {"step": result.step, "metrics": result.metrics, "eval_metrics": result.eval_metrics,
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "tracking_run_id": result.tracking_run_id}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_config(cfg: Config) -> Config:
+    """The config the workers get: absolute output/storage/data paths, explicit tracking URI."""
+    from gvae_dist.tracking import default_tracking_uri
+
+    data = cfg.to_dict()
+    out = Path(cfg.run.output_dir).expanduser().resolve()
+    data["run"]["output_dir"] = str(out)
+    storage = cfg.distributed.storage_path or str(out / "ray")
+    data["distributed"]["storage_path"] = storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
+    if cfg.data.path and not _is_uri(cfg.data.path):
+        data["data"]["path"] = str(Path(cfg.data.path).expanduser().resolve())
+    if cfg.run.stop_file:
+        data["run"]["stop_file"] = str(Path(cfg.run.stop_file).expanduser().resolve())
+    if cfg.tracking.enabled:
+        data["tracking"]["uri"] = cfg.tracking.uri or default_tracking_uri(out)
+    return config_from_dict(data)
+
+
+def local_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def check_resources(cfg: Config, nodes: list[dict[str, float]]) -> None:
+    """Raise ``ConfigError`` unless ``distributed.workers`` workers fit on ``nodes`` (each a
+    Ray resource dict such as ``{"CPU": 2.0, "GPU": 1.0}``) by capacity."""
+    d = cfg.distributed
+    need = {"CPU": float(d.cpus_per_worker)}
+    if d.use_gpu:
+        need["GPU"] = 1.0
+    fits = sum(int(min(node.get(k, 0.0) // v for k, v in need.items())) for node in nodes)
+    if fits < d.workers:
+        cpus = sum(node.get("CPU", 0.0) for node in nodes)
+        gpus = sum(node.get("GPU", 0.0) for node in nodes)
+        raise ConfigError(
+            f"distributed.workers={d.workers} x distributed.cpus_per_worker={d.cpus_per_worker}"
+            + (" (+1 GPU each, distributed.use_gpu)" if d.use_gpu else "")
+            + f" cannot be placed: the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs on "
+            f"{len(nodes)} node(s), room for {fits} such worker(s). Lower distributed.workers or "
+            "distributed.cpus_per_worker, or add nodes")
+
+
+def _validate(cfg: Config) -> None:
+    d = cfg.distributed
+    if d.workers < 1:
+        raise ConfigError("distributed.workers: launch() needs at least 1 Ray worker "
+                          "(0 means: run train_loop in this process)")
+    if d.cpus_per_worker < 1:
+        raise ConfigError(f"distributed.cpus_per_worker: must be >= 1, got {d.cpus_per_worker}")
+    if cfg.optim.mixed_precision == "fp16" and not d.use_gpu:
+        raise ConfigError("optim.mixed_precision: fp16 runs only on GPU workers (set "
+                          "distributed.use_gpu=true), use 'bf16' or 'no' on CPU workers")
+    if d.use_gpu and cfg.run.device == "cpu":
+        raise ConfigError("run.device: 'cpu' contradicts distributed.use_gpu=true")
+
+
+def _run_exists(storage: str, name: str) -> bool:
+    import pyarrow.fs
+
+    if _is_uri(storage):
+        fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+    else:
+        fs, root = pyarrow.fs.LocalFileSystem(), storage
+    return fs.get_file_info(f"{root.rstrip('/')}/{name}").type != pyarrow.fs.FileType.NotFound
+
+
+def _connect(cfg: Config) -> str | None:
+    """Join the configured cluster or start a private local one; returns the temp dir of a
+    cluster this call started (to clean up), else None."""
+    import ray
+
+    if ray.is_initialized():  # the caller (a test, a Tune trial) chose the cluster
+        return None
+    address = cfg.distributed.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return None
+    import torch
+
+    # check before paying for a cluster start
+    check_resources(cfg, [{"CPU": float(local_cpus()), "GPU": float(torch.cuda.device_count())}])
+    temp_dir = tempfile.mkdtemp(prefix="gvae-ray-")  # short: Ray puts Unix sockets in it
+    # The dashboard serves the state API that Ray Train V2's placement-group cleaner polls
+    # (without it, it warns every second); keep it on loopback. The cleaner finds the API by
+    # auto-detection, which picks the newest of *all* Ray clusters on the machine and can then
+    # declare our controller dead and remove our workers' placement group: pin it to ours
+    # (the cluster's processes inherit this environment).
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ctx = ray.init(address="local", num_cpus=local_cpus(), include_dashboard=True,
+                   dashboard_host="127.0.0.1", dashboard_port=port, _temp_dir=temp_dir,
+                   log_to_driver=True)
+    print(f"[gvae-dist] local Ray cluster (temp dir {temp_dir}); dashboard http://{ctx.dashboard_url}",
+          flush=True)
+    return temp_dir
+
+
+def launch(cfg: Config) -> TrainResult:
+    """Train ``cfg`` on a Ray cluster with ``distributed.workers`` workers; see module doc."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from gvae_dist.tracking import close_run, open_run
+
+    _validate(cfg)
+    cfg = resolve_config(cfg)
+    d, storage, name = cfg.distributed, cfg.distributed.storage_path, cfg.run.name
+    exists = _run_exists(storage, name)
+    if exists and not cfg.run.resume:
+        raise ConfigError(f"run.resume: false, but Ray Train run {storage}/{name} exists and would be "
+                          "resumed; delete it, pick another run.name, or set run.resume=true")
+    temp_dir = _connect(cfg)
+    ok = False
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        check_resources(cfg, nodes)
+        if len(nodes) > 1 and cfg.tracking.enabled and cfg.tracking.uri.startswith("sqlite:"):
+            warnings.warn(f"tracking.uri={cfg.tracking.uri} is a file on this machine, but rank 0 may "
+                          "run on another node (then the run is not tracked): use a tracking server "
+                          "(ops/mlflow_server.sh) or a path on a shared filesystem", RuntimeWarning,
+                          stacklevel=2)
+        run_key = f"{storage}/{name}"
+        run_id = open_run(cfg, run_key, reuse=exists)
+        per_worker = {"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})}
+        print(f"[gvae-dist] Ray Train: {d.workers} worker(s) x {per_worker} on "
+              f"{ray.get_runtime_context().gcs_address}; {'resuming' if exists else 'new'} run "
+              f"{run_key}; MLflow run {run_id} at {cfg.tracking.uri if cfg.tracking.enabled else '-'}",
+              flush=True)
+        trainer = TorchTrainer(
+            _train_worker,
+            train_loop_config={"config": cfg.to_dict(), "tracking_run_id": run_id},
+            scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=d.use_gpu,
+                                         resources_per_worker=per_worker),
+            run_config=RunConfig(name=name, storage_path=storage,
+                                 failure_config=FailureConfig(max_failures=d.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+                                 logging_config=LoggingConfig(log_level="WARNING"),
+                                 # Ray Train's print patch tees every print() twice to the driver
+                                 worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
+        )
+        try:
+            result = trainer.fit()
+        except BaseException:
+            close_run(cfg, run_id, "FAILED")
+            raise
+        ok = True
+    finally:
+        if temp_dir is not None:
+            ray.shutdown()
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+            if ok:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+            else:
+                print(f"[gvae-dist] Ray logs kept in {temp_dir}", flush=True)
+    back = result.return_value or {}
+    ckpt = result.checkpoint
+    if "preempted" in back:
+        raise Preempted(back["preempted"]["step"], Path(ckpt.path) if ckpt else None,
+                        back["preempted"]["reason"])
+    return TrainResult(
+        step=int(back.get("step") or (result.metrics or {}).get("step", 0)),
+        metrics=back.get("metrics") or result.metrics or {},
+        eval_metrics=back.get("eval_metrics"),
+        run_dir=cfg.run_dir(),
+        checkpoint=Path(ckpt.path) if ckpt is not None and not _is_uri(storage) else
+        (Path(back["checkpoint"]) if back.get("checkpoint") else None),
+        tracking_run_id=back.get("tracking_run_id") or run_id,
+    )

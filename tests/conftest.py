@@ -1,0 +1,174 @@
+"""Shared fixtures for integration tests: isolated Ray clusters and an MLflow server.
+
+Every Ray started here gets its own short temp dir (``RAY_TMPDIR``, which also holds the
+``ray_current_cluster`` address file), explicit free ports and a dashboard on 127.0.0.1, with
+token authentication on. Teardown stops only the processes these fixtures started (by their
+process group), never ``ray stop``.
+
+Ray reads ``RAY_AUTH_MODE`` when it is first imported and keeps the token it first loads, so
+both are fixed here, at collection time, for the whole session: token mode, with a private
+token file named by ``RAY_AUTH_TOKEN_PATH`` (the user's ``~/.ray`` is never touched).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+_AUTH_DIR = Path(tempfile.mkdtemp(prefix="gvae-test-auth-"))
+atexit.register(shutil.rmtree, _AUTH_DIR, True)
+RAY_TOKEN_FILE = _AUTH_DIR / "auth_token"
+RAY_TOKEN_FILE.touch(mode=0o600)
+RAY_TOKEN_FILE.write_text(secrets.token_hex(32))
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(RAY_TOKEN_FILE),
+                  RAY_USAGE_STATS_ENABLED="0")
+os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+def free_port() -> int:
+    from gvae_dist.launch import free_port as _free_port
+
+    return _free_port()
+
+
+def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers (any HTTP status) or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a process this suite started with ``start_new_session=True``, and everything it
+    spawned: SIGTERM to its group, then SIGKILL to the group and any descendant left over."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=grace)
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    """Environment for the Ray processes of one test module: own temp dir, no inherited
+    cluster address or tracking URI, the venv's tools on PATH."""
+    tmp = Path(tempfile.mkdtemp(prefix="gr-"))  # short: Ray puts Unix sockets under it
+    (tmp / "ray").mkdir()  # $RAY_TMPDIR/ray/ray_current_cluster: the address file of our heads
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_TMPDIR", str(tmp))
+    mp.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    mp.delenv("RAY_ADDRESS", raising=False)
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield SimpleNamespace(tmp=tmp, token_file=RAY_TOKEN_FILE)
+    mp.undo()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_env):
+    """A two-node local cluster (``ray.cluster_utils.Cluster``, 1 CPU per node) with this
+    process connected as its driver. Dashboard on 127.0.0.1 at a free port."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    assert not ray.is_initialized(), "another Ray connection is open in this process"
+    port = free_port()
+    # Ray Train's placement-group cleaner otherwise auto-detects "the newest cluster on the
+    # machine", which may be someone else's (see gvae_dist.launch)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "temp_dir": str(ray_env.tmp), "include_dashboard": True,
+        "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        cluster.connect()
+        yield SimpleNamespace(cluster=cluster, head=cluster.head_node, worker=worker,
+                              address=cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def ray_head(ray_env):
+    """``ray start --head --block`` on 127.0.0.1 with its own ports and temp dir; yields its
+    addresses and the environment (with the auth token) clients must use."""
+    ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
+                                            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                            "metrics-export-port", "runtime-env-agent-port",
+                                            "node-manager-port", "object-manager-port")}
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+           "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus", "2",
+           "--temp-dir", str(ray_env.tmp), "--disable-usage-stats",
+           *[arg for name, port in ports.items() for arg in (f"--{name}", str(port))]]
+    env = {**os.environ, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['dashboard-port']}"}
+    log = open(ray_env.tmp / "ray-start.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
+        wait_for_http(f"{dashboard}/api/version", timeout=90, proc=proc)
+        yield SimpleNamespace(proc=proc, dashboard=dashboard, gcs=f"127.0.0.1:{ports['port']}",
+                              env=env, temp_dir=ray_env.tmp, token_file=ray_env.token_file)
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``ops/mlflow_server.sh`` on a free loopback port with a SQLite store and artifact root."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(["bash", str(REPO / "ops" / "mlflow_server.sh"), str(port),
+                             f"sqlite:///{root / 'db.sqlite'}", str(root / "artifacts")],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/health", timeout=120, proc=proc)
+        yield SimpleNamespace(url=url, root=root, proc=proc)
+    finally:
+        stop_group(proc)
+        log.close()
