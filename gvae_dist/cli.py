@@ -7,6 +7,9 @@
                          [--format png|jpg] [--shard-size K] [--workers W] [--input PATH]
                          [--labels-csv CSV] [--config FILE] [--set data.key=value ...]
     gvae-dist data verify DIR [--full]
+    gvae-dist bench [--quick] [--suite NAME ...] [--device cpu|cuda] [--out FILE.json]
+    gvae-dist tune   --space tune_spaces/FILE.yaml [--set key=value | --set tune.field=value ...]
+    gvae-dist study  --config configs/study_faces.yaml [--set key=value ...]
 
 New knobs go into the config tree (``--set``), not onto the command line.
 
@@ -68,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     v = data_sub.add_parser("verify", help="check shards against manifest.json and list bad samples")
     v.add_argument("path", help="shard directory")
     v.add_argument("--full", action="store_true", help="decode-check every sample, not only changed shards")
+
+    p = sub.add_parser("bench", help="performance benchmarks (gate, train step, vs a plain loop, "
+                                     "end to end, scaling): table + JSON")
+    from gvae_dist.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p)
+
+    p = sub.add_parser("tune", help="hyperparameter sweep (Ray Tune over Ray Train runs, MLflow parent + "
+                                    "child runs); re-run the same command to resume an interrupted sweep")
+    p.add_argument("--space", required=True, help="search space file (see tune_spaces/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config key, or a space field as tune.FIELD=VALUE (repeatable)")
+
+    p = sub.add_parser("study", help="gated vs un-gated x objectives x seeds x label noise, run in sequence "
+                                     "into results.csv/.md/.png; re-run the same command to resume")
+    p.add_argument("--config", "-c", required=True, help="study file (see configs/study_faces.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in every cell, after study.overrides (repeatable)")
     return parser
 
 
@@ -162,7 +183,41 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "data": cmd_data}
+def cmd_bench(args) -> int:
+    from gvae_dist.bench import cmd_bench as run_bench
+
+    return run_bench(args)
+
+
+def cmd_tune(args) -> int:
+    from gvae_dist.tune import format_table, load_space, run_sweep
+
+    space = load_space(args.space, args.overrides)
+    out = run_sweep(space)
+    print(format_table(space, out["rows"]))
+    print(f"[gvae-dist] sweep {out['path']}: {out['seconds']:.0f}s; MLflow parent run {out['parent_run_id']}")
+    if out["interrupted"]:
+        print("gvae-dist: sweep interrupted; run the same command again to resume it", file=sys.stderr)
+        return 75
+    if out["best"]:
+        print(f"[gvae-dist] best trial {out['best']['trial']}: "
+              + ", ".join(f"{k}={out['best'][k]}" for k in space.params)
+              + f"; {space.metric}={out['best'][space.metric]:.4g}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from gvae_dist.study import load_study, run_study
+
+    out = run_study(load_study(args.config, args.overrides))
+    print(out["paths"]["table"].read_text(), end="")
+    print(f"[gvae-dist] study: ran {len(out['ran'])}, skipped {len(out['skipped'])} finished; "
+          + ", ".join(f"{k} {v}" for k, v in out["paths"].items()))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "data": cmd_data,
+            "bench": cmd_bench, "tune": cmd_tune, "study": cmd_study}
 
 
 def main(argv: list[str] | None = None) -> int:

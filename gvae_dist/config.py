@@ -167,6 +167,7 @@ class RunConfig:
     resume: bool = f(True, "resume from the newest checkpoint in the run directory if there is one")
     device: Literal["auto", "cpu", "cuda"] = f("auto", "training device; auto = cuda when available")
     threads: int = f(0, "torch CPU threads per process (0 = torch default)")
+    retain_freed_memory: bool = f(True, "CPU runs: keep freed heap memory in the process (glibc mallopt) instead of page-faulting it back every step: ~1.3x images/s on CPU; holds the peak heap (docs/performance.md)")
     checkpoint_signal: Literal["none", "USR1", "USR2", "TERM", "INT", "HUP"] = f("USR1", "on this signal the loop checkpoints at the next step boundary (log step when multi-process) and stops with exit code 75 so a SLURM job can requeue itself; 'none' = default signal action")
     stop_file: str | None = f(None, "a file whose appearance (checked at log steps) acts like run.checkpoint_signal: for training processes no signal reaches (Ray workers)")
 

@@ -72,9 +72,13 @@ def run_gate(batches=(64, 256, 1024, 4096), latents=(10, 64, 256), modes=("eager
     """One row per (mode, batch, latent, variant); see module doc."""
     rows = []
     for mode in modes:
-        forwards = {n: gate_forward(n, compiled=mode == "compile") for n in VARIANTS}
         for B in batches:
             for D in latents:
+                if mode == "compile":
+                    # one static graph per shape; without the reset dynamo stops compiling after
+                    # its recompile limit and silently runs the remaining shapes eagerly
+                    torch._dynamo.reset()
+                forwards = {n: gate_forward(n, compiled=mode == "compile") for n in VARIANTS}
                 args, grads = _inputs(B, D, device, dtype)
                 # enough repetitions per timed call to rise well above timer and launch noise
                 inner = max(1, min(200, math.ceil(65536 / (B * D))))

@@ -11,13 +11,15 @@ Every result is one flat dict (a row): ``suite``, ``name``, the parameters, then
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["Timings", "device_sync", "interleave", "peak_memory", "saved_tensor_bytes"]
+__all__ = ["Timings", "device_sync", "interleave", "load_average", "minor_faults_per_call", "peak_memory",
+           "saved_tensor_bytes"]
 
 
 def device_sync(device: torch.device | str) -> None:
@@ -97,3 +99,23 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str) -> int | N
     fn()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - start
+
+
+def minor_faults_per_call(fn: Callable[[], object], calls: int = 3) -> float | None:
+    """Minor page faults of this process per call of ``fn`` (allocation churn; None off Unix)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def load_average() -> float | None:
+    """1-minute load average of this machine (a noise indicator), None where unavailable."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gvae_dist.bench.harness import interleave
+from gvae_dist.bench.harness import interleave, minor_faults_per_call
 from gvae_dist.data.pairing import KIND_NAMES, PairingPlan, make_pairs
 from gvae_dist.gate import PartitionSpec
 from gvae_dist.model import GatedVAE
@@ -200,6 +200,15 @@ class PlainStep:
         self.last_loss = loss.item()
 
 
+def retain_memory_like_train_loop() -> bool:
+    """Apply ``train.retain_freed_memory`` as ``train_loop`` does on CPU (False without it)."""
+    try:
+        from gvae_dist.train import retain_freed_memory
+    except ImportError:  # a bare box without the training stack: time the allocator as it is
+        return False
+    return retain_freed_memory()
+
+
 def plain_images(data: RandomImages) -> torch.Tensor:
     """The same images as float NCHW in [0, 1], contiguous (a ``ToTensor``-style dataset)."""
     return data.images_NHWC.permute(0, 3, 1, 2).float().div(255.0).contiguous()
@@ -223,29 +232,38 @@ def _row(name: str, spec: StepSpec, seconds: float, **extra) -> dict:
 
 
 def run_step(specs: list[StepSpec], base: StepSpec, rounds: int = 20, device="cpu",
-             plain: bool = True, steps_per_call: int = 1) -> list[dict]:
+             plain: bool = True) -> list[dict]:
     """Time ``specs`` (and the plain loop at ``base.batch``) interleaved in this process.
 
-    Rows give images/s and ``speedup_vs_base`` / ``speedup_vs_plain`` (median per-round ratios).
+    Rows give images/s, ``speedup_vs_base`` / ``speedup_vs_plain`` (median per-round ratios),
+    ``gate_overhead`` (gated vs its un-gated twin) and minor page faults per step. On CPU the
+    allocator is set up as ``train_loop`` sets it (``run.retain_freed_memory``) for every
+    variant, the plain loop included: this suite compares compute; the ``vs_plain`` suite
+    compares against the plain loop as a researcher runs it.
     """
     assert base in specs, "the base spec must be one of the timed specs"
+    if torch.device(device).type == "cpu":
+        retain_memory_like_train_loop()
     data = RandomImages(max(1024, 4 * base.batch), base.image_size, base.channels, device)
     steps = {s.label(): GvaeStep(s, device, data) for s in specs}
-    fns = {k: (lambda st=st: [st() for _ in range(steps_per_call)]) for k, st in steps.items()}
+    fns: dict = dict(steps)
     if plain:
-        p = PlainStep(plain_images(data), base.batch, device)
-        fns["plain"] = lambda: [p() for _ in range(steps_per_call)]
+        fns["plain"] = PlainStep(plain_images(data), base.batch, device)
     t = interleave(fns, rounds=rounds, warmup=3, device=device)
+    faults = {k: minor_faults_per_call(fn) for k, fn in fns.items()}
     rows = []
     for s in specs:
-        k = s.label()
-        rows.append(_row(k, s, t.median(k) / steps_per_call, speedup_vs_base=t.ratio(k, base.label()),
-                         speedup_vs_plain=t.ratio(k, "plain") if plain else None, spread=t.spread(k)))
+        k, twin = s.label(), dataclasses.replace(s, gated=False).label()
+        # the gate's cost: median per-round t_gated / t_ungated - 1, when the twin was timed
+        overhead = t.ratio(twin, k) - 1.0 if s.gated and twin in steps else None
+        rows.append(_row(k, s, t.median(k), speedup_vs_base=t.ratio(k, base.label()),
+                         speedup_vs_plain=t.ratio(k, "plain") if plain else None,
+                         gate_overhead=overhead, spread=t.spread(k), page_faults=faults[k]))
     if plain:
         spec = dataclasses.replace(base, gated=False)
-        rows.append({**_row("plain", spec, t.median("plain") / steps_per_call),
+        rows.append({**_row("plain", spec, t.median("plain")),
                      "objective": "beta", "gated": None, "speedup_vs_base": t.ratio("plain", base.label()),
-                     "speedup_vs_plain": 1.0, "spread": t.spread("plain")})
+                     "speedup_vs_plain": 1.0, "spread": t.spread("plain"), "page_faults": faults["plain"]})
     return rows
 
 
@@ -259,6 +277,8 @@ def run_regularizer_share(objectives=("beta", "infovae", "dip2"), batches=(64, 2
     from gvae_dist.bench.gate import _fwd_bwd, _inputs, gate_forward
 
     dev, rows = torch.device(device), []
+    if dev.type == "cpu":
+        retain_memory_like_train_loop()
     for B in batches:
         spec = StepSpec(batch=B)
         fns = {"step": GvaeStep(spec, dev)}

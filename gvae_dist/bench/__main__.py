@@ -1,0 +1,5 @@
+import sys
+
+from gvae_dist.bench import main
+
+sys.exit(main())
