@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "prune_checkpoints",
+           "CheckpointError"]
 
 STATE_FILE, META_FILE, CONFIG_FILE = "state.pt", "meta.json", "config.yaml"
 
@@ -32,7 +33,7 @@ def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     done = [p for p in root.glob("step_*") if (p / META_FILE).is_file() and (p / STATE_FILE).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+    return sorted(done, key=_step_of)
 
 
 def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
@@ -58,9 +59,29 @@ def save_checkpoint(ckpt_root: str | Path, step: int, state: dict[str, Any], con
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(root, step, keep)
     return final
+
+
+def prune_checkpoints(ckpt_root: str | Path, step: int, keep: int) -> list[Path]:
+    """After writing ``step``, keep it and the ``keep - 1`` newest older checkpoints.
+
+    Checkpoints of a *later* step belong to a timeline this run abandoned when it resumed from
+    an older checkpoint (Ray Train / Tune restore from the newest checkpoint *they* persisted,
+    which may lag the run directory). They are removed, not kept: ranking by step alone would
+    otherwise delete the checkpoint just written. Returns what was removed.
+    """
+    found = list_checkpoints(ckpt_root)
+    stale = [p for p in found if _step_of(p) > step]
+    current = [p for p in found if _step_of(p) <= step]
+    removed = stale + current[: max(0, len(current) - max(1, keep))]
+    for old in removed:
+        shutil.rmtree(old, ignore_errors=True)
+    return removed
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split("_")[1])
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
