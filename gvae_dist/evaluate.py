@@ -20,6 +20,7 @@ Legend: N samples, C code dims, F factors, P partitions, K classes.
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -55,6 +56,13 @@ METHODS = ("gbt", "lasso", "forest")
 MIN_SAMPLES = 10
 # Eastwood & Williams' lasso strength, on standardised codes and targets.
 LASSO_ALPHA = 0.02
+# sklearn >= 1.8 deprecates LogisticRegression(penalty=...) in favour of l1_ratio alone;
+# older versions ignore l1_ratio unless penalty="elasticnet".
+_L1_LOGISTIC: dict[str, Any] = (
+    {"l1_ratio": 1.0}
+    if inspect.signature(LogisticRegression).parameters["penalty"].default == "deprecated"
+    else {"penalty": "l1"}
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,8 +183,11 @@ def _make_model(method: str, discrete: bool, seed: int, n_train: int) -> Any:
         # L1 logistic regression; sklearn's C multiplies the summed loss, so C = 1 / (alpha N)
         # matches Lasso's alpha on the mean loss.
         return LogisticRegression(
-            l1_ratio=1.0, solver="saga", C=1.0 / (LASSO_ALPHA * n_train),
-            max_iter=2000, random_state=seed,
+            solver="saga",
+            C=1.0 / (LASSO_ALPHA * n_train),
+            max_iter=2000,
+            random_state=seed,
+            **_L1_LOGISTIC,
         )
     return Lasso(alpha=LASSO_ALPHA, max_iter=10000)
 
@@ -352,16 +363,27 @@ def dci(
     """
     start = time.perf_counter()
     imp_CF, infos = importance_matrix(
-        codes_train_NC, factors_train_NF, codes_test_NC, factors_test_NF,
-        discrete, method=method, seed=seed, n_jobs=n_jobs,
+        codes_train_NC,
+        factors_train_NF,
+        codes_test_NC,
+        factors_test_NF,
+        discrete,
+        method=method,
+        seed=seed,
+        n_jobs=n_jobs,
     )
     names = _factor_names(factor_names, imp_CF.shape[1])
     comp_F = completeness_per_factor(imp_CF)
     test_F = [_score(info, bool(discrete[j])) for j, info in enumerate(infos)]
     train_F = [_score(info, bool(discrete[j]), "_train") for j, info in enumerate(infos)]
     per_factor = [
-        {"name": names[j], "discrete": bool(discrete[j]), "informativeness": test_F[j],
-         "completeness": float(comp_F[j]), **info}
+        {
+            "name": names[j],
+            "discrete": bool(discrete[j]),
+            "informativeness": test_F[j],
+            "completeness": float(comp_F[j]),
+            **info,
+        }
         for j, info in enumerate(infos)
     ]
     score = float(np.mean(test_F))
@@ -386,8 +408,7 @@ def _factor_names(factor_names: list[str] | None, n_factors: int) -> list[str]:
     names = list(factor_names)
     if len(names) != n_factors or len(set(names)) != n_factors:
         raise ValueError(
-            f"factor_names must be {n_factors} distinct names (one per factor column), "
-            f"got {names}"
+            f"factor_names must be {n_factors} distinct names (one per factor column), got {names}"
         )
     return names
 
@@ -508,11 +529,15 @@ def mig(
     codes_bin_NC = discretize(codes_NC, num_bins)
     labels_NF = _factor_labels(factors_NF, discrete, num_bins)
     n_codes, n_factors = codes_NC.shape[1], factors_NF.shape[1]
-    mi_CF = np.array([
-        [mutual_info_score(labels_NF[:, j], codes_bin_NC[:, i]) for j in range(n_factors)]
-        for i in range(n_codes)
-    ])
-    entropy_F = np.array([mutual_info_score(labels_NF[:, j], labels_NF[:, j]) for j in range(n_factors)])
+    mi_CF = np.array(
+        [
+            [mutual_info_score(labels_NF[:, j], codes_bin_NC[:, i]) for j in range(n_factors)]
+            for i in range(n_codes)
+        ]
+    )
+    entropy_F = np.array(
+        [mutual_info_score(labels_NF[:, j], labels_NF[:, j]) for j in range(n_factors)]
+    )
     sorted_CF = np.sort(mi_CF, axis=0)
     gap_F = (sorted_CF[-1] - sorted_CF[-2]) / entropy_F
     return {
@@ -559,7 +584,11 @@ def sap(
                     score_CF[i, j] = cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1])
     sorted_CF = np.sort(score_CF, axis=0)
     gap_F = sorted_CF[-1] - sorted_CF[-2]
-    return {"sap": float(gap_F.mean()), "sap_per_factor": gap_F.tolist(), "score_matrix": score_CF.tolist()}
+    return {
+        "sap": float(gap_F.mean()),
+        "sap_per_factor": gap_F.tolist(),
+        "score_matrix": score_CF.tolist(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,8 +625,17 @@ def evaluate_codes(
         _check_partitions(partitions, xtr_NC.shape[1])
     if intended is not None and partitions is None:
         raise ValueError("intended needs partitions; pass partitions=[(name, size), ...] too")
-    dci_out = dci(xtr_NC, ytr_NF, xte_NC, yte_NF, discrete, method=method, seed=seed,
-                  n_jobs=n_jobs, factor_names=names)
+    dci_out = dci(
+        xtr_NC,
+        ytr_NF,
+        xte_NC,
+        yte_NF,
+        discrete,
+        method=method,
+        seed=seed,
+        n_jobs=n_jobs,
+        factor_names=names,
+    )
     out: dict[str, Any] = {
         "factor_names": names,
         "discrete": [bool(d) for d in discrete],
@@ -619,6 +657,8 @@ def evaluate_codes(
             "importance": imp_PF.tolist(),
             "disentanglement": disentanglement(imp_PF),
             "completeness": completeness(imp_PF),
-            "purity": partition_purity(imp_CF, partitions, intended, names) if has_intended else None,
+            "purity": partition_purity(imp_CF, partitions, intended, names)
+            if has_intended
+            else None,
         }
     return out

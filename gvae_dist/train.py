@@ -320,6 +320,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     kl_sum_D = torch.zeros(cfg.model.latent_dim, device=device)
     n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
     metrics: dict[str, float] = {}
+    eval_metrics: dict | None = None
     last_ckpt: Path | None = restore
     preempt = False
     model.train()
@@ -398,13 +399,19 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             kind_sum_K.zero_()
             kind_cnt_K.zero_()
             kl_sum_D.zero_()
+            # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
+            final = step == o.steps
+            if is_main and not preempt and ((final and cfg.eval.at_end)
+                                            or (cfg.eval.every and step % cfg.eval.every == 0 and not final)):
+                result = _evaluate(cfg, raw_model, info, device, tracker, step,
+                                   run_dir / ("eval" if final else f"eval_step_{step}"))
+                raw_model.train()
+                metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)})
+                eval_metrics = result if final else eval_metrics
             if at_ckpt:
                 last_ckpt = checkpoint(step, metrics) or last_ckpt
             if preempt:
                 break
-            if cfg.eval.every and step % cfg.eval.every == 0 and step != o.steps and is_main:
-                _evaluate(cfg, raw_model, info, device, tracker, step, run_dir / f"eval_step_{step}")
-                raw_model.train()
             n_acc, t_data, t_last = 0, 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
         if grid_x is not None and cfg.tracking.image_every and step % cfg.tracking.image_every == 0:
             log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
@@ -414,11 +421,11 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
         accelerator.wait_for_everyone()
         raise Preempted(step, last_ckpt, stop.reason)
 
-    eval_metrics = None
-    if cfg.eval.at_end and is_main:
+    if eval_metrics is None and cfg.eval.at_end and is_main:  # resumed a run that had already finished
         eval_metrics = _evaluate(cfg, raw_model, info, device, tracker, step, run_dir / "eval")
     if is_main:
-        (run_dir / "metrics.json").write_text(json.dumps({"train": metrics, "eval": eval_metrics}, indent=2))
+        train_metrics = {k: v for k, v in metrics.items() if not k.startswith("eval/")}
+        (run_dir / "metrics.json").write_text(json.dumps({"train": train_metrics, "eval": eval_metrics}, indent=2))
         tracker.log_artifact(run_dir / "metrics.json")
     if grid_x is not None:
         if not (cfg.tracking.image_every and step % cfg.tracking.image_every == 0):

@@ -256,3 +256,17 @@ def test_retain_freed_memory_stops_refaulting_freed_blocks():
         churn()
     per_call = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
     assert per_call < 2000, per_call  # glibc's default mmaps each block afresh: 16384 faults
+
+
+def test_dci_cost_script_times_every_method(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dci_cost", REPO / "ops" / "bench" / "dci_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "dci.json"
+    assert mod.main(["--n-train", "300", "--n-test", "100", "--method", "gbt", "--method", "lasso",
+                     "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["gbt", "lasso"]
+    assert all(r["seconds"] > 0 and 0.0 <= r["disentanglement"] <= 1.0 for r in rows)

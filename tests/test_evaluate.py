@@ -120,7 +120,9 @@ def test_dci_signal_codes_recover_permutation(data):
     assert imp.shape == (6, 4) and (imp >= 0).all()
     np.testing.assert_allclose(imp.sum(axis=0), 1.0)
     # factor j was placed at code position where perm == j
-    np.testing.assert_array_equal(imp.argmax(axis=0), [int(np.flatnonzero(data["perm"] == j)[0]) for j in range(4)])
+    np.testing.assert_array_equal(
+        imp.argmax(axis=0), [int(np.flatnonzero(data["perm"] == j)[0]) for j in range(4)]
+    )
     assert out["disentanglement"] > 0.8
     assert out["completeness"] > 0.8
     assert out["informativeness"] > 0.9
@@ -133,7 +135,9 @@ def test_dci_signal_codes_recover_permutation(data):
     # NRMSE is RMSE / std on the same split, so NRMSE^2 == 1 - R^2
     for p in pf[2:]:
         assert p["informativeness_nrmse"] ** 2 == pytest.approx(1 - p["informativeness_r2"])
-        assert p["informativeness_nrmse_train"] ** 2 == pytest.approx(1 - p["informativeness_r2_train"])
+        assert p["informativeness_nrmse_train"] ** 2 == pytest.approx(
+            1 - p["informativeness_r2_train"]
+        )
     assert out["informativeness"] == pytest.approx(np.mean([p["informativeness"] for p in pf]))
 
 
@@ -158,8 +162,12 @@ def test_other_methods_find_the_same_structure(data, method):
 
 
 def test_parallel_matches_serial(data):
-    a, info_a = importance_matrix(data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, n_jobs=1)
-    b, info_b = importance_matrix(data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, n_jobs=2)
+    a, info_a = importance_matrix(
+        data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, n_jobs=1
+    )
+    b, info_b = importance_matrix(
+        data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, n_jobs=2
+    )
     np.testing.assert_array_equal(a, b)
     assert info_a == info_b
 
@@ -221,7 +229,9 @@ def test_partition_level_dc_of_block_diagonal_is_perfect():
 
 
 def test_partition_purity_hand_computed():
-    out = partition_purity(IMP, PARTS, {"pose": ["yaw"], "expr": ["smile"], "rest": []}, ["yaw", "smile", "light"])
+    out = partition_purity(
+        IMP, PARTS, {"pose": ["yaw"], "expr": ["smile"], "rest": []}, ["yaw", "smile", "light"]
+    )
     assert out == pytest.approx({"yaw": 0.8, "smile": 0.6, "mean": 0.7})
 
 
@@ -261,12 +271,16 @@ def test_mig_hand_computed():
     out = mig(codes, y[:, None], [True], num_bins=2)
     assert out["mig"] == pytest.approx(0.75 * h / math.log(2))
     assert out["factor_entropy"] == pytest.approx([math.log(2)])
-    np.testing.assert_allclose(np.asarray(out["mutual_info"])[:, 0], [math.log(2), math.log(2) - 0.75 * h])
+    np.testing.assert_allclose(
+        np.asarray(out["mutual_info"])[:, 0], [math.log(2), math.log(2) - 0.75 * h]
+    )
 
 
 def test_mig_codes_equal_factors_duplicated_and_random():
     rng = np.random.default_rng(1)
-    f = np.column_stack([rng.integers(0, 5, 3000), rng.integers(0, 4, 3000), rng.uniform(size=3000)]).astype(float)
+    f = np.column_stack(
+        [rng.integers(0, 5, 3000), rng.integers(0, 4, 3000), rng.uniform(size=3000)]
+    ).astype(float)
     disc = [True, True, False]
     equal = mig(f, f, disc)
     assert equal["mig"] > 0.95
@@ -305,12 +319,29 @@ def test_evaluate_codes_is_json_serialisable(data):
     names = ["shape", "size", "x", "y"]
     # partitions over the 6 code dims in perm order
     out = evaluate_codes(
-        data["xtr"], data["ftr"], data["xte"], data["fte"], names, DISCRETE,
-        partitions=[("a", 3), ("b", 3)], intended={"a": ["shape"], "b": ["x"]}, n_jobs=1,
+        data["xtr"],
+        data["ftr"],
+        data["xte"],
+        data["fte"],
+        names,
+        DISCRETE,
+        partitions=[("a", 3), ("b", 3)],
+        intended={"a": ["shape"], "b": ["x"]},
+        n_jobs=1,
     )
     text = json.dumps(out, allow_nan=False)
     back = json.loads(text)
-    assert set(back) == {"factor_names", "discrete", "n_train", "n_test", "n_codes", "dci", "mig", "sap", "partitions"}
+    assert set(back) == {
+        "factor_names",
+        "discrete",
+        "n_train",
+        "n_test",
+        "n_codes",
+        "dci",
+        "mig",
+        "sap",
+        "partitions",
+    }
     assert back["dci"]["per_factor"][0]["name"] == "shape"
     part = back["partitions"]
     assert part["names"] == ["a", "b"] and np.asarray(part["importance"]).shape == (2, 4)

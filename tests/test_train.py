@@ -71,3 +71,22 @@ def test_failed_run_leaves_last_checkpoint_intact(tmp_path):
     after = load_checkpoint(latest_checkpoint(result.run_dir / "checkpoints"))
     assert after["step"] == 10
     assert all(torch.equal(before[k], after["model"][k]) for k in before)
+
+
+def test_periodic_and_final_evaluation_reach_the_checkpoint_reports(tmp_path):
+    """eval.every + at_end: each evaluation runs before its step's checkpoint, so the report
+    (checkpoint meta, what Ray Tune sees) carries eval/*; rerunning a finished run keeps the
+    final evaluation."""
+    cfg = _cfg(tmp_path, "optim.steps=10", "run.checkpoint_every=5", "eval.every=5", "eval.at_end=true",
+               "eval.num_train=100", "eval.num_test=100", "run.keep_checkpoints=3")
+    result = train_loop(cfg)
+    run = result.run_dir
+    assert (run / "eval_step_5" / "metrics.json").is_file() and (run / "eval" / "traversals.png").is_file()
+    for step in (5, 10):
+        meta = json.loads((run / "checkpoints" / f"step_{step:08d}" / "meta.json").read_text())["metrics"]
+        assert 0.0 <= meta["eval/dci_mean"] <= 1.0 and meta["eval/neg_elbo"] > 0, meta
+    final = json.loads((run / "metrics.json").read_text())
+    assert final["eval"]["neg_elbo"] == pytest.approx(final["eval"]["recon"] + final["eval"]["kl"])
+    assert not any(k.startswith("eval/") for k in final["train"])
+    again = train_loop(cfg)  # nothing left to train: evaluates the restored model once more
+    assert again.step == 10 and again.eval_metrics["dci_mean"] == pytest.approx(result.eval_metrics["dci_mean"])

@@ -1,0 +1,195 @@
+"""Evaluation pictures: latent traversals grouped by partition, DCI heatmaps, KL per latent dim.
+
+What to draw follows the Gated-VAE paper's figures (Vowels et al., arXiv 1911.06443, traversals
+per partition) and Eastwood & Williams 2018 (the importance matrix as a Hinton-style heatmap).
+The image tiling is :func:`gvae_dist.tracking._tile`, shared with the training-time grids.
+
+Every figure has a fixed pixel size (``figsize * dpi``, no tight bounding box) so callers and
+tests know what they get. matplotlib is imported here only, with the Agg backend.
+
+Legend: N images, C channels, H/W height/width, D latent dims, S traversal steps, K seed images,
+F factors, P partitions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["kl_per_dim", "traversal_figsize", "plot_traversals", "plot_heatmap", "plot_kl",
+           "plot_side_by_side", "write_eval_plots"]
+
+DPI = 100
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # headless: rank-0 workers and CI have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def kl_per_dim(mu_ND: np.ndarray, logvar_ND: np.ndarray) -> np.ndarray:
+    """``KL(q(z_d|x) || N(0, 1))`` averaged over images: ``[D]`` nats.
+
+    ``0.5 * mean_n(mu^2 + exp(logvar) - logvar - 1)``; a collapsed (unused) dim scores ~0.
+    """
+    mu_ND = np.asarray(mu_ND, dtype=np.float64)
+    logvar_ND = np.asarray(logvar_ND, dtype=np.float64)
+    if mu_ND.shape != logvar_ND.shape or mu_ND.ndim != 2:
+        raise ValueError(f"mu and logvar must both be [N, D], got {mu_ND.shape} and {logvar_ND.shape}")
+    return 0.5 * (mu_ND**2 + np.exp(logvar_ND) - logvar_ND - 1.0).mean(axis=0)
+
+
+def _partition_rows(spec) -> list[tuple[str, int, int]]:
+    """``[(name, start, size), ...]`` from a PartitionSpec (or None: one 'latent' block)."""
+    return [(p.name, p.start, p.size) for p in spec]
+
+
+def traversal_figsize(latent_dim: int, seeds: int, steps: int) -> tuple[float, float]:
+    """Inches of :func:`plot_traversals`' figure: 0.5 in per tile plus room for labels."""
+    return seeds * steps * 0.5 + 1.5, latent_dim * 0.5 + 1.0
+
+
+def plot_traversals(model, x_KCHW, spec, path: str | Path, span: float = 3.0, steps: int = 7) -> Path:
+    """One panel per seed image; row d sets latent dim d to ``linspace(-span, span, steps)``
+    (prior standard deviations; the other dims stay at the image's posterior mean).
+
+    Rows are in latent order, so partitions are contiguous blocks: each row is labelled
+    ``partition:d`` and blocks are separated by a line.
+    """
+    import torch
+
+    from gvae_dist.tracking import _tile
+
+    plt = _pyplot()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        mu_KD, _ = model.encode(x_KCHW)
+        K, D = mu_KD.shape
+        z_KDSD = mu_KD[:, None, None, :].expand(K, D, steps, D).clone()
+        sweep_S = torch.linspace(-span, span, steps, device=mu_KD.device)
+        for d in range(D):
+            z_KDSD[:, d, :, d] = sweep_S
+        imgs = torch.sigmoid(model.decode(z_KDSD.view(K * D * steps, D)).float())
+    model.train(was_training)
+    imgs = imgs.view(K, D, steps, *imgs.shape[1:]).cpu().numpy()
+
+    rows = _partition_rows(spec)
+    labels = [f"{name}:{d - start}" for name, start, size in rows for d in range(start, start + size)]
+    fig, axes = plt.subplots(1, K, figsize=traversal_figsize(D, K, steps), dpi=DPI, squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        grid = _tile(imgs[k])  # [D*(H+1)+1, S*(W+1)+1, 3]
+        H, W = imgs.shape[-2:]
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_yticks([1 + d * (H + 1) + H / 2 for d in range(D)])
+        ax.set_yticklabels(labels if k == 0 else [], fontsize=7)
+        ax.set_xticks([1 + s * (W + 1) + W / 2 for s in range(steps)])
+        ax.set_xticklabels([f"{v:+.1f}" for v in np.linspace(-span, span, steps)], fontsize=6)
+        for _, start, _ in rows[1:]:
+            ax.axhline(start * (H + 1) + 0.5, color="red", linewidth=1.0)
+        ax.set_title(f"seed image {k}", fontsize=8)
+    fig.suptitle(f"latent traversals (values in prior sigmas, ±{span:g})", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_heatmap(matrix_RF: Any, row_labels: list[str], col_labels: list[str], title: str,
+                 path: str | Path) -> Path:
+    """Annotated heatmap of a non-negative ``[rows, factors]`` matrix (e.g. DCI importance)."""
+    plt = _pyplot()
+    m_RF = np.asarray(matrix_RF, dtype=np.float64)
+    if m_RF.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"matrix is {m_RF.shape} but got {len(row_labels)} row and "
+                         f"{len(col_labels)} column labels")
+    R, F = m_RF.shape
+    fig, ax = plt.subplots(figsize=(0.7 * F + 2.5, 0.4 * R + 1.5), dpi=DPI)
+    im = ax.imshow(m_RF, cmap="viridis", vmin=0.0, vmax=max(float(m_RF.max()), 1e-12), aspect="auto")
+    ax.set_xticks(range(F))
+    ax.set_xticklabels(col_labels, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(R))
+    ax.set_yticklabels(row_labels, fontsize=7)
+    for r in range(R):
+        for j in range(F):
+            ax.text(j, r, f"{m_RF[r, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if m_RF[r, j] < 0.5 * m_RF.max() else "black")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_kl(kl_D: np.ndarray, spec, path: str | Path) -> Path:
+    """Bar plot of KL per latent dim, bars coloured by partition."""
+    plt = _pyplot()
+    kl_D = np.asarray(kl_D, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(0.4 * len(kl_D) + 2.0, 3.0), dpi=DPI)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, start, size) in enumerate(_partition_rows(spec)):
+        ax.bar(range(start, start + size), kl_D[start:start + size], color=cmap(i % 10), label=name)
+    ax.set_xticks(range(len(kl_D)))
+    ax.set_xlabel("latent dim")
+    ax.set_ylabel("KL (nats)")
+    ax.set_title("KL(q(z_d|x) || N(0,1)) per latent dim", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_side_by_side(panels: dict[str, str | Path], title: str, path: str | Path) -> Path:
+    """Existing PNGs (e.g. the gated and the un-gated model's ``traversals.png``) next to each
+    other at their own pixel size, each titled with its key."""
+    plt = _pyplot()
+    images = {label: plt.imread(str(p)) for label, p in panels.items()}
+    if not images:
+        raise ValueError("plot_side_by_side: no panels")
+    h = max(im.shape[0] for im in images.values())
+    w = sum(im.shape[1] for im in images.values())
+    fig, axes = plt.subplots(1, len(images), figsize=(w / DPI, h / DPI + 0.5), dpi=DPI, squeeze=False,
+                             gridspec_kw={"width_ratios": [im.shape[1] for im in images.values()]})
+    for ax, (label, im) in zip(axes[0], images.items()):
+        ax.imshow(im, interpolation="nearest")
+        ax.set_title(label, fontsize=11)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.5 / (h / DPI + 0.5), wspace=0.02)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays figsize * dpi
+    plt.close(fig)
+    return path
+
+
+def write_eval_plots(model, images_NHWC: np.ndarray, mu_ND: np.ndarray, logvar_ND: np.ndarray,
+                     result: dict[str, Any], spec, out_dir: str | Path, device, seeds: int = 3) -> list[Path]:
+    """All evaluation pictures for one model into ``out_dir``; returns the PNG paths.
+
+    ``result`` is an ``evaluate_codes`` result (its ``dci.importance`` and ``partitions``).
+    """
+    import torch
+
+    out = Path(out_dir)
+    x_KCHW = torch.from_numpy(images_NHWC[:seeds]).to(device).permute(0, 3, 1, 2).float().div(255.0)
+    names = result["factor_names"]
+    code_labels = [f"{name}:{d - start}" for name, start, size in _partition_rows(spec)
+                   for d in range(start, start + size)]
+    paths = [
+        plot_traversals(model, x_KCHW, spec, out / "traversals.png"),
+        plot_heatmap(result["dci"]["importance"], code_labels, names, "DCI importance (codes x factors)",
+                     out / "importance.png"),
+        plot_kl(kl_per_dim(mu_ND, logvar_ND), spec, out / "kl_per_dim.png"),
+    ]
+    if result.get("partitions"):
+        parts = result["partitions"]
+        paths.append(plot_heatmap(parts["importance"], parts["names"], names,
+                                  "importance summed per partition (partitions x factors)",
+                                  out / "partition_importance.png"))
+    return paths

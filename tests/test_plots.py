@@ -1,0 +1,71 @@
+"""Evaluation pictures: KL per dim by hand, PNG pixel sizes, and evaluate_model writing them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gvae_dist.config import load_config
+from gvae_dist.eval_runner import evaluate_model
+from gvae_dist.plots import (
+    DPI,
+    kl_per_dim,
+    plot_heatmap,
+    plot_kl,
+    plot_traversals,
+    traversal_figsize,
+)
+from gvae_dist.train import build_model
+
+TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_eval=300",
+        "eval.num_train=150", "eval.num_test=100", "tracking.enabled=false"]
+
+
+def _png_size(path) -> tuple[int, int]:
+    assert path.stat().st_size > 0
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_kl_per_dim_matches_hand_values():
+    mu = np.array([[0.0, 1.0], [0.0, 1.0]])
+    logvar = np.array([[0.0, np.log(2.0)], [0.0, np.log(2.0)]])
+    # dim 0 is the prior (KL 0); dim 1: 0.5 * (1 + 2 - ln 2 - 1)
+    np.testing.assert_allclose(kl_per_dim(mu, logvar), [0.0, 0.5 * (2.0 - np.log(2.0))])
+    with pytest.raises(ValueError, match="must both be"):
+        kl_per_dim(mu, logvar[:, :1])
+
+
+def test_pictures_have_the_expected_pixel_size(tmp_path):
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY)
+    spec = cfg.partition_spec()
+    model = build_model(cfg, channels=3)
+    x = torch.rand(2, 3, 32, 32)
+    path = plot_traversals(model, x, spec, tmp_path / "t.png", steps=5)
+    w, h = traversal_figsize(cfg.model.latent_dim, seeds=2, steps=5)
+    assert _png_size(path) == (round(w * DPI), round(h * DPI))
+
+    imp = np.random.default_rng(0).random((10, 6))
+    path = plot_heatmap(imp, [f"z{i}" for i in range(10)], list("abcdef"), "imp", tmp_path / "h.png")
+    assert _png_size(path) == (round((0.7 * 6 + 2.5) * DPI), round((0.4 * 10 + 1.5) * DPI))
+    with pytest.raises(ValueError, match="labels"):
+        plot_heatmap(imp, ["z0"], list("abcdef"), "imp", tmp_path / "bad.png")
+
+    path = plot_kl(np.arange(10.0), spec, tmp_path / "k.png")
+    assert _png_size(path) == (round((0.4 * 10 + 2.0) * DPI), 300)
+
+
+def test_evaluate_model_writes_the_pictures(tmp_path):
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY)
+    model = build_model(cfg, channels=3)
+    result = evaluate_model(cfg, model, "cpu", tmp_path)
+    assert (tmp_path / "metrics.json").is_file()
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == ["importance.png", "kl_per_dim.png", "partition_importance.png", "traversals.png"]
+    w, h = traversal_figsize(cfg.model.latent_dim, seeds=3, steps=7)
+    assert _png_size(tmp_path / "traversals.png") == (round(w * DPI), round(h * DPI))
+    assert "disentanglement" in result
