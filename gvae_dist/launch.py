@@ -205,11 +205,35 @@ def _connect(cfg: Config) -> str | None:
     return temp_dir
 
 
+def _per_worker(cfg: Config) -> dict[str, float]:
+    d = cfg.distributed
+    return {"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})}
+
+
+def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None):
+    """The ``TorchTrainer`` of a resolved config: ``distributed.workers`` workers running
+    :func:`_train_worker`, Ray Train run ``run.name`` under ``distributed.storage_path`` (so a
+    rerun with the same name resumes it). Shared by :func:`launch` and the Tune trials."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    d = cfg.distributed
+    return TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": cfg.to_dict(), "tracking_run_id": run_id},
+        scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=d.use_gpu, resources_per_worker=_per_worker(cfg)),
+        run_config=RunConfig(name=cfg.run.name, storage_path=d.storage_path, callbacks=callbacks,
+                             failure_config=FailureConfig(max_failures=d.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+                             logging_config=LoggingConfig(log_level="WARNING"),
+                             # Ray Train's print patch tees every print() twice to the driver
+                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
+    )
+
+
 def launch(cfg: Config) -> TrainResult:
     """Train ``cfg`` on a Ray cluster with ``distributed.workers`` workers; see module doc."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from gvae_dist.tracking import close_run, open_run
 
@@ -232,23 +256,11 @@ def launch(cfg: Config) -> TrainResult:
                           stacklevel=2)
         run_key = f"{storage}/{name}"
         run_id = open_run(cfg, run_key, reuse=exists)
-        per_worker = {"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})}
-        print(f"[gvae-dist] Ray Train: {d.workers} worker(s) x {per_worker} on "
+        print(f"[gvae-dist] Ray Train: {d.workers} worker(s) x {_per_worker(cfg)} on "
               f"{ray.get_runtime_context().gcs_address}; {'resuming' if exists else 'new'} run "
               f"{run_key}; MLflow run {run_id} at {cfg.tracking.uri if cfg.tracking.enabled else '-'}",
               flush=True)
-        trainer = TorchTrainer(
-            _train_worker,
-            train_loop_config={"config": cfg.to_dict(), "tracking_run_id": run_id},
-            scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=d.use_gpu,
-                                         resources_per_worker=per_worker),
-            run_config=RunConfig(name=name, storage_path=storage,
-                                 failure_config=FailureConfig(max_failures=d.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-                                 logging_config=LoggingConfig(log_level="WARNING"),
-                                 # Ray Train's print patch tees every print() twice to the driver
-                                 worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
-        )
+        trainer = build_trainer(cfg, run_id)
         try:
             result = trainer.fit()
         except BaseException:

@@ -105,6 +105,21 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def prepare_store(cfg) -> str | None:
+    """Create the store's tables and the experiment once, from one process, before several
+    processes open runs in it at the same time (two processes creating a fresh SQLite store
+    race on its schema and one loses tracking). Returns the experiment id, None when off or
+    unreachable (warned)."""
+    if not cfg.tracking.enabled:
+        return None
+    uri = cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
+    try:
+        return _experiment_id(_client(uri), uri, cfg.tracking.experiment)
+    except Exception as exc:  # tracking must never stop a launch
+        _warn("store set-up", exc)
+        return None
+
+
 def open_run(cfg, run_key: str, reuse: bool) -> str | None:
     """Id of the MLflow run for ``run_key``: the newest run tagged with it when ``reuse``, else a
     new run. None when tracking is off or the store is unreachable (warned once)."""

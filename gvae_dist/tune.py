@@ -1,0 +1,384 @@
+"""Hyperparameter sweeps: Ray Tune over Ray Train runs, one nested MLflow run per trial.
+
+A search space file (``tune_spaces/*.yaml``) names a base config preset, the objective metric
+and mode, distributions over dotted config keys, the number of samples, the scheduler and the
+search algorithm; :func:`load_space` validates it before any work starts.
+
+Pattern (Ray Train V2, see docs/notes): ``Tuner`` runs a *function* trainable; each trial builds
+its own ``TorchTrainer`` with a stable run name (``<sweep>_<trial id>``) and
+``TuneReportCallback``, so the checkpoints ``train_loop`` reports (every
+``run.checkpoint_every`` steps) reach Tune and ASHA can stop a trial early. A trial that is
+restored after an interruption re-runs the same Train run name, so Ray Train continues it from
+its newest checkpoint.
+
+MLflow: one parent run per sweep (keyed ``tune:<experiment path>``); each trial opens its child
+run through :func:`gvae_dist.tracking.open_run` (as ``launch`` does) and tags it
+``mlflow.parentRunId``. At the end the parent gets the best trial's params, metric, checkpoint
+and tag ``gvae_dist.best_trial``; the child of the best trial is tagged ``gvae_dist.best=true``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gvae_dist.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+
+__all__ = ["Space", "load_space", "run_sweep", "trial_config"]
+
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
+SEARCHERS = ("random", "optuna")
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass
+class Space:
+    """A validated search space file."""
+
+    path: Path
+    base: Path | None
+    overrides: list[str]
+    metric: str
+    mode: str
+    params: dict[str, dict[str, list]]
+    num_samples: int
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    search: str = "random"
+    max_concurrent: int = 0
+
+    def num_trials(self) -> int:
+        """num_samples x the size of every grid dimension (what Tune will run)."""
+        return self.num_samples * math.prod(len(d["grid"]) for d in self.params.values() if "grid" in d)
+
+
+def _err(path: Path, key: str, msg: str) -> ConfigError:
+    return ConfigError(f"{path}: {key}: {msg}")
+
+
+def _check_dist(path: Path, key: str, spec: Any) -> dict[str, list]:
+    where = f"params.{key}"
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise _err(path, where, f"expected one of {{{', '.join(d + ': [...]' for d in DISTRIBUTIONS)}}}, got {spec!r}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise _err(path, where, f"unknown distribution {kind!r}; choose one of {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(args, list) or not args:
+        raise _err(path, where, f"{kind} needs a non-empty list, got {args!r}")
+    if kind in ("loguniform", "uniform"):
+        try:
+            lo, hi = (float(a) for a in args)  # YAML 1.1 reads `1e-4` as a string
+        except (TypeError, ValueError):
+            raise _err(path, where, f"{kind} needs [low, high] numbers, got {args!r}") from None
+        if not lo < hi or (kind == "loguniform" and lo <= 0):
+            raise _err(path, where, f"{kind} needs {'0 < ' if kind == 'loguniform' else ''}low < high, got {args!r}")
+        args = [lo, hi]
+    return {kind: args}
+
+
+def _corners(params: dict[str, dict[str, list]]) -> list[dict[str, Any]]:
+    """Bounds of every numeric distribution x every choice/grid value: the objective weight
+    constraints are linear in the weights, so a violation is reachable iff one corner violates."""
+    axes = [[(k, v) for v in next(iter(d.values()))] for k, d in params.items()]
+    combos = list(itertools.islice(itertools.product(*axes), 512))
+    return [dict(c) for c in combos]
+
+
+def _build(space: Space, extra: list[str], point: dict[str, Any]) -> Config:
+    base = load_config(space.base, [*space.overrides, *extra]).to_dict()
+    return config_from_dict(apply_overrides(base, [f"{k}={_yaml(v)}" for k, v in point.items()]))
+
+
+def _yaml(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
+    """Read and validate a space file; ``overrides`` are ``--set`` config keys for the base
+    config, or ``tune.<field>=value`` for the space's own fields (``tune.num_samples=4``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    cfg_sets = [o for o in overrides or [] if not o.startswith("tune.")]
+    tune_sets = [o.removeprefix("tune.") for o in overrides or [] if o.startswith("tune.")]
+    raw = apply_overrides(raw, tune_sets)
+    allowed = ("base", "set", "metric", "mode", "params", "num_samples", "scheduler", "search", "max_concurrent")
+    for key in raw:
+        if key not in allowed:
+            raise _err(path, str(key), f"unknown key; allowed keys: {', '.join(allowed)}")
+    base = (path.parent / raw["base"]).resolve() if raw.get("base") else None
+    if base is not None and not base.is_file():
+        raise _err(path, "base", f"config preset {base} does not exist")
+    sets = raw.get("set") or []
+    if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
+        raise _err(path, "set", f"expected a list of 'key=value' strings, got {sets!r}")
+    mode = raw.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise _err(path, "mode", f"'min' or 'max', got {mode!r}")
+    params = raw.get("params") or {}
+    if not isinstance(params, dict) or not params:
+        raise _err(path, "params", "need at least one `dotted.config.key: {distribution: [...]}`")
+    params = {str(k): _check_dist(path, str(k), v) for k, v in params.items()}
+    n = raw.get("num_samples", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise _err(path, "num_samples", f"a positive integer, got {n!r}")
+    sched = raw.get("scheduler") or {"name": "none"}
+    if isinstance(sched, str):
+        sched = {"name": sched}
+    if sched.get("name") not in ("asha", "none"):
+        raise _err(path, "scheduler.name", f"'asha' or 'none', got {sched.get('name')!r}")
+    for key in sched:
+        if key not in ("name", "grace_period", "reduction_factor", "max_t"):
+            raise _err(path, f"scheduler.{key}", "unknown key; allowed: name, grace_period, reduction_factor, max_t")
+    search = raw.get("search", "random")
+    if search not in SEARCHERS:
+        raise _err(path, "search", f"one of {', '.join(SEARCHERS)}, got {search!r}")
+    if search == "optuna" and any("grid" in d for d in params.values()):
+        raise _err(path, "search", "optuna cannot sample 'grid' dimensions; use choice, or search: random")
+    mc = raw.get("max_concurrent", 0)
+    if not isinstance(mc, int) or mc < 0:
+        raise _err(path, "max_concurrent", f"an integer >= 0 (0 = as many as the cluster fits), got {mc!r}")
+    space = Space(path, base, [*sets, *cfg_sets], str(raw.get("metric", "loss")), mode, params, n,
+                  sched, search, mc)
+    try:
+        cfg = load_config(base, space.overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: base config: {exc}") from None
+    _check_metric(path, space.metric, cfg)
+    for point in _corners(params):
+        try:
+            _build(space, [], point)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: params: the point {point} is reachable and invalid: {exc}") from None
+    return space
+
+
+TRAIN_METRICS = ("loss", "recon", "kl")
+
+
+def _check_metric(path: Path, metric: str, cfg: Config) -> None:
+    """Every Tune report (one per checkpoint) must carry the objective metric, or Tune stops
+    the sweep at the first report without it: eval/* needs an evaluation at every checkpoint."""
+    if metric in TRAIN_METRICS:
+        return
+    if not metric.startswith("eval/"):
+        raise _err(path, "metric", f"{metric!r} is not reported; use one of {', '.join(TRAIN_METRICS)} or "
+                                   "eval/<name> (eval/dci_mean, eval/partition_purity, eval/neg_elbo, ...)")
+    every, ckpt = cfg.eval.every, cfg.run.checkpoint_every
+    if not cfg.eval.at_end or not every or ckpt % every:
+        raise _err(path, "metric", f"{metric} is reported only when an evaluation coincides with a checkpoint: "
+                                   f"set eval.every to run.checkpoint_every ({ckpt}) or a divisor of it "
+                                   f"(now {every}) and eval.at_end=true (now {cfg.eval.at_end})")
+
+
+def _tune_param(spec: dict[str, list]):
+    from ray import tune
+
+    (kind, args), = spec.items()
+    return {"loguniform": lambda: tune.loguniform(*args), "uniform": lambda: tune.uniform(*args),
+            "choice": lambda: tune.choice(args), "grid": lambda: tune.grid_search(args)}[kind]()
+
+
+def trial_config(space: Space, extra: list[str], point: dict[str, Any], name: str) -> Config:
+    """The run config of one trial: base + overrides + the sampled point, named ``name``, on
+    at least one Ray worker."""
+    cfg = _build(space, extra, point)
+    data = cfg.to_dict()
+    data["run"]["name"] = name
+    data["distributed"]["workers"] = max(1, cfg.distributed.workers)
+    return config_from_dict(data)
+
+
+def _trial(config: dict[str, Any], space: Space, sweep: str, extra: list[str], parent_run_id: str | None) -> None:
+    """One Tune trial (``config`` = the sampled point): a Ray Train run of ``train_loop``.
+
+    Every checkpoint ``train_loop`` reports reaches Tune through ``TuneReportCallback``; with
+    ``eval.every`` equal to ``run.checkpoint_every`` each report carries the held-out ``eval/*``
+    metrics (the final one always does), so ASHA and the best-trial choice can use them."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from gvae_dist.launch import _run_exists, build_trainer
+    from gvae_dist.tracking import _client, open_run
+
+    point = {k: config[k] for k in space.params}
+    name = f"{sweep}_{tune.get_context().get_trial_id()}"
+    cfg = trial_config(space, extra, point, name)
+    storage = cfg.distributed.storage_path
+    exists = _run_exists(storage, name)
+    run_id = open_run(cfg, f"{storage}/{name}", reuse=exists)
+    if run_id is not None and parent_run_id:
+        client = _client(cfg.tracking.uri)
+        client.set_tag(run_id, PARENT_TAG, parent_run_id)
+        client.set_tag(run_id, "gvae_dist.sweep", sweep)
+        if not exists:
+            for k, v in point.items():
+                client.log_param(run_id, f"tune.{k}", v)
+    build_trainer(cfg, run_id, callbacks=[TuneReportCallback()]).fit()
+
+
+def _parent_run(cfg: Config, key: str, restoring: bool) -> str | None:
+    from gvae_dist.tracking import open_run
+
+    return open_run(cfg, key, reuse=restoring)
+
+
+def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | None = None) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns ``{"rows", "best", "parent_run_id", "interrupted",
+    "path", "seconds"}``."""
+    import time
+
+    import ray
+    from ray import tune
+
+    from gvae_dist.launch import _connect, resolve_config
+    from gvae_dist.tracking import _client
+
+    extra = list(extra or [])
+    base = resolve_config(trial_config(space, extra, {}, "x"))
+    sweep = load_config(space.base, [*space.overrides, *extra]).run.name
+    tune_root = str(Path(base.run.output_dir) / "tune")
+    exp_path = f"{tune_root}/{sweep}"
+    # ship absolute paths to the trials; the trials' Train runs live next to launch's
+    extra = [*extra, f"run.output_dir={base.run.output_dir}",
+             f"distributed.storage_path={base.distributed.storage_path}"]
+    if base.tracking.enabled:
+        extra.append(f"tracking.uri={base.tracking.uri}")
+    temp_dir = _connect(base)
+    t0 = time.perf_counter()
+    try:
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        d = base.distributed
+        per_trial = 1 + d.workers * d.cpus_per_worker  # the trial's driver + its workers
+        fits = max(1, int(cpus // per_trial))
+        concurrent = min(fits, space.max_concurrent) if space.max_concurrent else fits
+        restoring = tune.Tuner.can_restore(exp_path)
+        parent_cfg = config_from_dict({**base.to_dict(), "run": {**base.to_dict()["run"], "name": sweep}})
+        parent = _parent_run(parent_cfg, f"tune:{exp_path}", restoring)
+        # the sweep's fixed arguments stay out of the param space (and of Tune's trial table)
+        trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep=sweep, extra=extra,
+                                                             parent_run_id=parent), {"CPU": 1})
+        if restoring:
+            print(f"[gvae-dist] resuming sweep {exp_path}", flush=True)
+            tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space={k: _tune_param(v) for k, v in space.params.items()},
+                               tune_config=_tune_config(space, concurrent),
+                               run_config=tune.RunConfig(name=sweep, storage_path=tune_root,
+                                                         callbacks=callbacks, verbose=1))
+        print(f"[gvae-dist] sweep {sweep}: {space.num_samples} sample(s), {concurrent} at a time "
+              f"({per_trial} CPU per trial, {cpus:g} CPUs); MLflow parent run {parent}", flush=True)
+        grid = tuner.fit()
+    finally:
+        if temp_dir is not None:
+            ray.shutdown()
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    trials = grid._experiment_analysis.trials
+    # Tune returns normally when interrupted (SIGINT/SIGUSR1): trials then are missing or unfinished
+    interrupted = len(trials) < space.num_trials() or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    rows = _rows(space, trials)
+    best = _pick(space, rows)
+    if parent is not None and not interrupted:
+        client = _client(base.tracking.uri)
+        if best is not None:
+            for k in space.params:
+                client.log_param(parent, f"best.{k}", best[k])
+            client.log_metric(parent, f"best_{space.metric.replace('/', '_')}", best[space.metric])
+            client.set_tag(parent, "gvae_dist.best_trial", best["trial"])
+            # Tune only sees the checkpoint path TuneReportCallback forwards; the run dir always has them
+            ckpt = best.get("checkpoint") or str(Path(base.run.output_dir) / f"{sweep}_{best['trial']}" / "checkpoints")
+            best["checkpoint"] = ckpt
+            client.set_tag(parent, "gvae_dist.best_checkpoint", ckpt)
+            child = _child_of(client, parent, best["trial"], sweep)
+            if child:
+                client.set_tag(child, "gvae_dist.best", "true")
+        client.set_tag(parent, "gvae_dist.summary", format_table(space, rows))
+        client.log_metric(parent, "sweep_seconds", seconds)
+        client.set_terminated(parent, "FINISHED")
+    return {"rows": rows, "best": best, "parent_run_id": parent, "interrupted": interrupted,
+            "path": exp_path, "seconds": seconds}
+
+
+def _tune_config(space: Space, concurrent: int):
+    from ray import tune
+
+    sched = None
+    if space.scheduler.get("name") == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        sched = ASHAScheduler(time_attr="training_iteration",
+                              max_t=int(space.scheduler.get("max_t", 100)),
+                              grace_period=int(space.scheduler.get("grace_period", 1)),
+                              reduction_factor=float(space.scheduler.get("reduction_factor", 2)))
+    searcher = None
+    if space.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError as exc:
+            raise ConfigError(f"{space.path}: search: optuna is not importable ({exc}); pip install optuna "
+                              "or use search: random") from None
+        searcher = OptunaSearch()
+    return tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
+                           scheduler=sched, search_alg=searcher, max_concurrent_trials=concurrent)
+
+
+EVAL_COLUMNS = ("eval/dci_mean", "eval/partition_purity", "eval/neg_elbo")
+
+
+def _rows(space: Space, trials) -> list[dict[str, Any]]:
+    rows = []
+    for t in trials:
+        last = t.last_result or {}
+        rows.append({"trial": t.trial_id, "status": t.status, **{k: t.config.get(k) for k in space.params},
+                     "iters": last.get("training_iteration", 0), "step": last.get("step"),
+                     "loss": last.get("loss"), space.metric: last.get(space.metric),
+                     **{k: last[k] for k in EVAL_COLUMNS if k in last},
+                     "checkpoint": t.checkpoint.path if t.checkpoint else None})
+    return rows
+
+
+def _pick(space: Space, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Best trial among those that trained to the end (ASHA-stopped trials stopped early
+    because they were worse; their last loss is from an earlier step and not comparable)."""
+    done = [r for r in rows if isinstance(r.get(space.metric), float) and math.isfinite(r[space.metric])]
+    full = max((r["step"] or 0 for r in done), default=0)
+    done = [r for r in done if r["step"] == full] or done
+    if not done:
+        return None
+    return (min if space.mode == "min" else max)(done, key=lambda r: r[space.metric])
+
+
+def _child_of(client, parent: str, trial_id: str, sweep: str) -> str | None:
+    exp = client.get_run(parent).info.experiment_id
+    found = client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+    for run in found:
+        if run.info.run_name == f"{sweep}_{trial_id}":
+            return run.info.run_id
+    return None
+
+
+def format_table(space: Space, rows: list[dict[str, Any]]) -> str:
+    cols = ["trial", "status", *space.params, "iters", "step", "loss", space.metric,
+            *(k for k in EVAL_COLUMNS if any(k in r for r in rows))]
+    cols = list(dict.fromkeys(cols))
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
