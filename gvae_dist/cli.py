@@ -8,8 +8,8 @@
                          [--labels-csv CSV] [--config FILE] [--set data.key=value ...]
     gvae-dist data verify DIR [--full]
     gvae-dist bench [--quick] [--suite NAME ...] [--device cpu|cuda] [--out FILE.json]
-    gvae-dist tune   --space tune_spaces/FILE.yaml [--set key=value | --set tune.field=value ...]
-    gvae-dist study  --config configs/study_faces.yaml [--set key=value ...]
+    gvae-dist tune   --space tune_spaces/FILE.yaml [--address ADDR] [--set key=value | --set tune.field=value ...]
+    gvae-dist study  --config configs/study_faces.yaml [--parallel N] [--address ADDR] [--set key=value ...]
 
 New knobs go into the config tree (``--set``), not onto the command line.
 
@@ -83,12 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", required=True, help="search space file (see tune_spaces/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config key, or a space field as tune.FIELD=VALUE (repeatable)")
+    p.add_argument("--address", default=None, help="Ray cluster to run the trials on (default RAY_ADDRESS, "
+                                                   "else a private local cluster)")
 
     p = sub.add_parser("study", help="gated vs un-gated x objectives x seeds x label noise, run in sequence "
                                      "into results.csv/.md/.png; re-run the same command to resume")
     p.add_argument("--config", "-c", required=True, help="study file (see configs/study_faces.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every cell, after study.overrides (repeatable)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="cells at a time (default study.parallel): 1 = in sequence here, N > 1 = N Ray tasks")
+    p.add_argument("--address", default=None, help="Ray cluster for --parallel (default RAY_ADDRESS, else a "
+                                                   "private local cluster)")
     return parser
 
 
@@ -192,7 +198,8 @@ def cmd_bench(args) -> int:
 def cmd_tune(args) -> int:
     from gvae_dist.tune import format_table, load_space, run_sweep
 
-    space = load_space(args.space, args.overrides)
+    overrides = [*args.overrides, *([f"distributed.address={args.address}"] if args.address else [])]
+    space = load_space(args.space, overrides)
     out = run_sweep(space)
     print(format_table(space, out["rows"]))
     print(f"[gvae-dist] sweep {out['path']}: {out['seconds']:.0f}s; MLflow parent run {out['parent_run_id']}")
@@ -207,9 +214,14 @@ def cmd_tune(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from gvae_dist.study import load_study, run_study
+    from gvae_dist.study import StudyError, load_study, run_study
 
-    out = run_study(load_study(args.config, args.overrides))
+    overrides = [*args.overrides, *([f"distributed.address={args.address}"] if args.address else [])]
+    try:
+        out = run_study(load_study(args.config, overrides), parallel=args.parallel)
+    except StudyError as exc:
+        print(f"gvae-dist: {exc}", file=sys.stderr)
+        return 1
     print(out["paths"]["table"].read_text(), end="")
     print(f"[gvae-dist] study: ran {len(out['ran'])}, skipped {len(out['skipped'])} finished; "
           + ", ".join(f"{k} {v}" for k, v in out["paths"].items()))

@@ -1,0 +1,389 @@
+"""The Gated-VAE study: gated vs un-gated x objectives x seeds x label-noise levels.
+
+Vowels et al. (arXiv 1911.06443) claim gating improves the average of DCI disentanglement,
+completeness and informativeness (Eastwood & Williams 2018) over the un-gated models. A study
+file names the grid; every cell is one independent :func:`gvae_dist.train.train_loop` run in its
+own run directory, run in sequence in this process or, with ``parallel: N`` / ``--parallel N``,
+N at a time as Ray tasks (one CPU each) on a Ray cluster (``--address`` / ``RAY_ADDRESS``, or a
+private local one).
+
+A cell whose run directory already holds ``metrics.json`` with evaluation results is skipped, so
+re-running the same command resumes a partly finished study (an interrupted cell resumes from
+its own newest checkpoint through ``run.resume``). Results: ``results.csv``, ``results.md``
+(mean ± std per objective, variant and noise level) and ``results.png`` in ``study.output_dir``.
+
+Study file::
+
+    study:
+      output_dir: runs/study_faces     # relative to the working directory
+      objectives: [beta, infovae, dip2]
+      variants: [gated, ungated]
+      preset: "faces_{objective}_{variant}.yaml"   # relative to the study file
+      seeds: [0, 1, 2]
+      label_flip_probs: [0.0, 0.2]
+      overrides: ["optim.steps=1500"]  # --set style, applied to every cell
+
+or ``presets: [a.yaml, b.yaml]`` instead of objectives/variants/preset (each preset's
+objective and variant are read from its ``objective.name`` and ``gate.enabled``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gvae_dist.config import Config, ConfigError, load_config
+
+__all__ = ["StudySpec", "StudyError", "Cell", "load_study", "plan_cells", "run_study", "collect", "format_table"]
+
+METRICS = {"D": "disentanglement", "C": "completeness", "I": "informativeness",
+           "purity": "partition_purity", "MIG": "mig", "SAP": "sap"}
+VARIANTS = ("gated", "ungated")
+
+
+@dataclass
+class StudySpec:
+    output_dir: str = "runs/study"
+    """parent of the study's run directories and result files"""
+    objectives: list[str] = field(default_factory=list)
+    """objective names filled into ``preset`` (ignored with ``presets``)"""
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    """'gated' and/or 'ungated', filled into ``preset``"""
+    preset: str = "faces_{objective}_{variant}.yaml"
+    """template of the preset file per objective and variant, relative to the study file"""
+    presets: list[str] = field(default_factory=list)
+    """explicit preset files instead of objectives x variants"""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """run.seed values"""
+    label_flip_probs: list[float] = field(default_factory=lambda: [0.0])
+    """data.label_flip_prob values (weak-label noise)"""
+    overrides: list[str] = field(default_factory=list)
+    """``key=value`` overrides applied to every cell before seed and noise"""
+    parallel: int = 1
+    """cells run at a time: 1 = in sequence in this process, N > 1 = N Ray tasks at once"""
+    base_dir: Path = Path(".")
+    """directory the preset paths are relative to (the study file's; not a file key)"""
+
+
+@dataclass
+class Cell:
+    name: str
+    objective: str
+    variant: str
+    seed: int
+    label_flip_prob: float
+    cfg: Config
+
+
+_TYPES = {"output_dir": str, "objectives": list, "variants": list, "preset": str, "presets": list,
+          "seeds": list, "label_flip_probs": list, "overrides": list, "parallel": int}
+
+
+def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> StudySpec:
+    """Read and validate a study file (top-level ``study:`` mapping); ConfigError names the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or set(data) != {"study"} or not isinstance(data["study"], dict):
+        raise ConfigError(f"{path}: expected one top-level key 'study' holding a mapping")
+    body = data["study"]
+    for key, val in body.items():
+        if key not in _TYPES:
+            raise ConfigError(f"study.{key}: unknown key; known keys are {sorted(_TYPES)}")
+        if not isinstance(val, _TYPES[key]):
+            raise ConfigError(f"study.{key}: expected a {_TYPES[key].__name__}, got {val!r}")
+    spec = StudySpec(**body, base_dir=path.parent)
+    spec.overrides = [*spec.overrides, *(extra_overrides or [])]
+    for key, values, kind in [("seeds", spec.seeds, int), ("label_flip_probs", spec.label_flip_probs, (int, float)),
+                              ("objectives", spec.objectives, str), ("presets", spec.presets, str),
+                              ("overrides", spec.overrides, str), ("variants", spec.variants, str)]:
+        bad = [v for v in values if not isinstance(v, kind) or isinstance(v, bool)]
+        if bad:
+            raise ConfigError(f"study.{key}: {bad[0]!r} has the wrong type")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"study.{key}: duplicate entries in {values}")
+    for v in spec.variants:
+        if v not in VARIANTS:
+            raise ConfigError(f"study.variants: {v!r} is not one of {list(VARIANTS)}")
+    for p in spec.label_flip_probs:
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"study.label_flip_probs: {p} is outside [0, 1]")
+    if not spec.seeds or not spec.label_flip_probs:
+        raise ConfigError("study.seeds and study.label_flip_probs must not be empty")
+    if bool(spec.presets) == bool(spec.objectives):
+        raise ConfigError("study: give either study.presets or study.objectives (with study.variants), not both")
+    if spec.objectives and not spec.variants:
+        raise ConfigError("study.variants: must not be empty")
+    for item in spec.overrides:
+        if "=" not in item:
+            raise ConfigError(f"study.overrides: {item!r} is not key=value")
+    return spec
+
+
+def _presets(spec: StudySpec) -> list[Path]:
+    if spec.presets:
+        return [spec.base_dir / p for p in spec.presets]
+    try:
+        return [spec.base_dir / spec.preset.format(objective=o, variant=v)
+                for o in spec.objectives for v in spec.variants]
+    except (KeyError, IndexError) as exc:
+        raise ConfigError(f"study.preset: {spec.preset!r} may use only {{objective}} and {{variant}}: {exc}") from None
+
+
+def plan_cells(spec: StudySpec) -> list[Cell]:
+    """Every cell's resolved, validated config (so a bad cell fails before any training)."""
+    runs = Path(spec.output_dir) / "runs"
+    cells = []
+    for preset in _presets(spec):
+        if not preset.is_file():
+            raise ConfigError(f"study: preset {preset} does not exist (from study.preset/presets)")
+        base = load_config(preset, spec.overrides)
+        objective, variant = base.objective.name, "gated" if base.gate.enabled else "ungated"
+        for p in spec.label_flip_probs:
+            for seed in spec.seeds:
+                name = f"{preset.stem}__noise{p:g}__seed{seed}"
+                cfg = load_config(preset, [*spec.overrides, f"run.seed={seed}", f"data.label_flip_prob={p}",
+                                           f"run.output_dir={runs}", f"run.name={name}"])
+                cells.append(Cell(name, objective, variant, seed, float(p), cfg))
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise ConfigError("study: two cells share a run name; are presets listed twice?")
+    return cells
+
+
+def _finished(cell: Cell) -> dict[str, Any] | None:
+    path = cell.cfg.run_dir() / "metrics.json"
+    if not path.is_file():
+        return None
+    eval_metrics = json.loads(path.read_text()).get("eval")
+    return eval_metrics or None
+
+
+class StudyError(RuntimeError):
+    """Some cells failed; the others finished and are kept. The message names the failed cells."""
+
+
+def run_study(spec: StudySpec, log=print, parallel: int | None = None) -> dict[str, Any]:
+    """Run the unfinished cells, then write results.csv / .md / .png.
+
+    ``parallel`` (default ``study.parallel``) = 1 runs the cells one after another in this
+    process; N > 1 runs N at a time as Ray tasks (one CPU and one torch thread each) on the
+    cluster at ``distributed.address`` / ``RAY_ADDRESS``, or a private local one. A failed cell
+    does not stop the others; :class:`StudyError` names it at the end (rerun to retry it).
+
+    Returns ``{"ran": [names], "skipped": [names], "rows": [...], "paths": {...}}``.
+    """
+    cells = plan_cells(spec)
+    parallel = spec.parallel if parallel is None else parallel
+    if parallel < 1:
+        raise ConfigError(f"study.parallel: must be >= 1, got {parallel}")
+    todo, skipped = [], []
+    for i, cell in enumerate(cells, 1):
+        if _finished(cell) is not None:
+            skipped.append(cell.name)
+            log(f"[gvae-dist study] {i}/{len(cells)} {cell.name}: done already, skipped")
+        elif not cell.cfg.eval.at_end:
+            raise ConfigError(f"study cell {cell.name}: eval.at_end is false, so it would have no metrics")
+        else:
+            todo.append(cell)
+    t_start = time.perf_counter()
+    if parallel == 1 or len(todo) <= 1:
+        failed = _run_here(todo, log)
+    else:
+        failed = _run_on_ray(todo, parallel, log)
+    ran = [c.name for c in todo if c.name not in failed]
+    if todo:
+        log(f"[gvae-dist study] ran {len(ran)} cell(s) in {time.perf_counter() - t_start:.0f}s")
+    rows = [_row(c, ev) for c in cells if (ev := _finished(c)) is not None]
+    paths = collect(rows, Path(spec.output_dir)) if rows else {}
+    if failed:
+        raise StudyError(f"{len(failed)} of {len(cells)} study cells failed (the rest are in "
+                         f"{spec.output_dir}); rerun the same command to retry them:\n"
+                         + "\n".join(f"  {name}: {err}" for name, err in failed.items()))
+    return {"ran": ran, "skipped": skipped, "rows": rows, "paths": paths}
+
+
+def _run_here(todo: list[Cell], log) -> dict[str, str]:
+    from gvae_dist.train import train_loop
+
+    failed = {}
+    for i, cell in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        log(f"[gvae-dist study] {i}/{len(todo)} {cell.name}: training")
+        try:
+            train_loop(cell.cfg)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported with the cell's name, others go on
+            failed[cell.name] = f"{type(exc).__name__}: {exc} (run dir {cell.cfg.run_dir()})"
+            log(f"[gvae-dist study] {i}/{len(todo)} {cell.name}: FAILED: {exc}")
+            continue
+        log(f"[gvae-dist study] {i}/{len(todo)} {cell.name}: done in {time.perf_counter() - t0:.0f}s")
+    return failed
+
+
+def _train_cell(config: dict[str, Any]) -> float:
+    """One cell as a Ray task: ``train_loop`` in the task's process, its output (per-step lines,
+    warnings) in ``<run dir>/train.log`` rather than interleaved on the driver; returns seconds."""
+    import contextlib
+
+    from gvae_dist.config import config_from_dict
+    from gvae_dist.train import train_loop
+
+    cfg = config_from_dict(config)
+    cfg.run_dir().mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(cfg.run_dir() / "train.log", "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        train_loop(cfg)
+    return time.perf_counter() - t0
+
+
+def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
+    import os
+    import shutil
+
+    import ray
+
+    from gvae_dist.launch import _connect
+
+    from gvae_dist.tracking import prepare_store
+
+    for cfg in {c.cfg.tracking.uri or c.cfg.run.output_dir: c.cfg for c in todo}.values():
+        prepare_store(cfg)  # the cells open runs concurrently: create the store first
+    temp_dir = _connect(todo[0].cfg)
+    failed: dict[str, str] = {}
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(_train_cell)
+        queue, pending, n = list(todo), {}, len(todo)
+        log(f"[gvae-dist study] {n} cell(s), {parallel} at a time on Ray "
+            f"({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+        done_count = 0
+        while queue or pending:
+            while queue and len(pending) < parallel:
+                cell = queue.pop(0)
+                data = cell.cfg.to_dict()
+                data["run"]["threads"] = data["run"]["threads"] or 1  # one core per task
+                pending[task.remote(data)] = cell
+                log(f"[gvae-dist study] {cell.name}: started")
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                cell = pending.pop(ref)
+                done_count += 1
+                try:
+                    seconds = ray.get(ref)
+                    log(f"[gvae-dist study] {done_count}/{n} {cell.name}: done in {seconds:.0f}s")
+                except ray.exceptions.RayError as exc:
+                    cause = getattr(exc, "cause", None) or exc
+                    failed[cell.name] = f"{type(cause).__name__}: {cause} (run dir {cell.cfg.run_dir()})"
+                    log(f"[gvae-dist study] {done_count}/{n} {cell.name}: FAILED: {cause}")
+    finally:
+        if temp_dir is not None:
+            ray.shutdown()
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    return failed
+
+
+def _row(cell: Cell, ev: dict[str, Any] | None) -> dict[str, Any]:
+    assert ev is not None, f"{cell.name} finished without eval metrics"
+    row = {"run": cell.name, "objective": cell.objective, "variant": cell.variant, "seed": cell.seed,
+           "label_flip_prob": cell.label_flip_prob}
+    row.update({k: ev.get(src, math.nan) for k, src in METRICS.items()})
+    row["DCI_mean"] = (row["D"] + row["C"] + row["I"]) / 3
+    return row
+
+
+def _group(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["objective"], r["variant"], r["label_flip_prob"]), []).append(r)
+    return groups
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: mean ± std over seeds per objective, variant and noise level."""
+    cols = ["D", "C", "I", "DCI_mean", "purity"]
+    lines = ["| objective | variant | label flip | seeds | " + " | ".join(cols) + " |",
+             "|---|---|---|---|" + "---|" * len(cols)]
+    for (obj, var, p), group in sorted(_group(rows).items()):
+        cells = []
+        for c in cols:
+            mean, std = _mean_std([g[c] for g in group])
+            cells.append(f"{mean:.3f} ± {std:.3f}")
+        lines.append(f"| {obj} | {var} | {p:g} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _bar_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    from gvae_dist.plots import DPI, _pyplot, _save
+
+    plt = _pyplot()
+    groups = sorted(_group(rows).items())
+    labels = [f"{o}\n{v}\nflip {p:g}" for (o, v, p), _ in groups]
+    stats = [_mean_std([g["DCI_mean"] for g in grp]) for _, grp in groups]
+    fig, ax = plt.subplots(figsize=(1.0 * len(groups) + 2.0, 3.5), dpi=DPI)
+    colors = ["tab:blue" if v == "gated" else "tab:orange" for (_, v, _), _ in groups]
+    ax.bar(range(len(groups)), [m for m, _ in stats], yerr=[s for _, s in stats], color=colors, capsize=3)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("mean of D, C, I (± std over seeds)")
+    ax.set_title("Gated (blue) vs un-gated (orange)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def collect(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    """Write ``results.csv``, ``results.md`` and ``results.png`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "results.csv"
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path = out_dir / "results.md"
+    md_path.write_text(format_table(rows))
+    paths = {"csv": csv_path, "table": md_path, "plot": _bar_plot(rows, out_dir / "results.png")}
+    paths.update(_traversal_pairs(rows, out_dir))
+    return paths
+
+
+def _traversal_pairs(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    """Per objective, the gated and the un-gated model's traversals side by side
+    (``traversals_<objective>.png``), from the first seed and noise level both finished."""
+    from gvae_dist.plots import plot_side_by_side
+
+    out: dict[str, Path] = {}
+    runs = out_dir / "runs"
+    for obj in dict.fromkeys(r["objective"] for r in rows):
+        by_key = {(r["variant"], r["seed"], r["label_flip_prob"]): r for r in rows if r["objective"] == obj}
+        for (variant, seed, p), r in sorted(by_key.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+            twin = by_key.get(("ungated", seed, p))
+            if variant != "gated" or twin is None:
+                continue
+            panels = {f"{v} ({row['run']})": runs / row["run"] / "eval" / "traversals.png"
+                      for v, row in (("gated", r), ("un-gated", twin))}
+            if all(path.is_file() for path in panels.values()):
+                out[f"traversals_{obj}"] = plot_side_by_side(
+                    panels, f"{obj}: gated vs un-gated latent traversals (seed {seed}, label flip {p:g})",
+                    out_dir / f"traversals_{obj}.png")
+                break
+    return out
