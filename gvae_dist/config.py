@@ -358,17 +358,25 @@ def validate(cfg: Config) -> None:
 # Files and overrides
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (config, search space, study file); every
+    failure is a ConfigError that names the file (``what`` says which kind it is)."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'extends' loop through {[str(s) for s in seen]}")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loop through {[str(s) for s in seen]}")
+    data = read_yaml_mapping(path)
     parent = data.pop("extends", None)
     if parent is None:
         return data

@@ -37,9 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gvae_dist.config import Config, ConfigError, load_config
+from gvae_dist.config import Config, ConfigError, load_config, read_yaml_mapping
 
 __all__ = ["StudySpec", "StudyError", "Cell", "load_study", "plan_cells", "run_study", "collect", "format_table"]
 
@@ -89,13 +87,8 @@ _TYPES = {"output_dir": str, "objectives": list, "variants": list, "preset": str
 def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> StudySpec:
     """Read and validate a study file (top-level ``study:`` mapping); ConfigError names the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or set(data) != {"study"} or not isinstance(data["study"], dict):
+    data = read_yaml_mapping(path, "study file")
+    if set(data) != {"study"} or not isinstance(data["study"], dict):
         raise ConfigError(f"{path}: expected one top-level key 'study' holding a mapping")
     body = data["study"]
     for key, val in body.items():
@@ -257,7 +250,6 @@ def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
     import ray
 
     from gvae_dist.launch import _connect
-
     from gvae_dist.tracking import prepare_store
 
     for cfg in {c.cfg.tracking.uri or c.cfg.run.output_dir: c.cfg for c in todo}.values():

@@ -29,7 +29,14 @@ from typing import Any
 
 import yaml
 
-from gvae_dist.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from gvae_dist.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    read_yaml_mapping,
+)
 
 __all__ = ["Space", "load_space", "run_sweep", "trial_config"]
 
@@ -103,14 +110,7 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
     """Read and validate a space file; ``overrides`` are ``--set`` config keys for the base
     config, or ``tune.<field>=value`` for the space's own fields (``tune.num_samples=4``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    raw = read_yaml_mapping(path, "search space")
     cfg_sets = [o for o in overrides or [] if not o.startswith("tune.")]
     tune_sets = [o.removeprefix("tune.") for o in overrides or [] if o.startswith("tune.")]
     raw = apply_overrides(raw, tune_sets)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gvae_dist.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                  save_checkpoint)
+from gvae_dist.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def _save(root, step, keep=2):
