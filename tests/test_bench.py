@@ -135,8 +135,18 @@ def test_precision_suite_quick():
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_scaling_suite_quick():
-    rows = _quick("scaling")["results"]
+def test_scaling_suite_quick(tmp_path, ray_env):
+    # In a subprocess, as `gvae-dist bench` runs it: the suite starts and stops private local Ray
+    # clusters, and after that a ray.cluster_utils.Cluster started in the same process fails its
+    # GCS auth check (InvalidAuthToken), which broke later tests in this pytest process.
+    out = tmp_path / "scaling.json"
+    proc = subprocess.run([sys.executable, "-m", "gvae_dist.bench", "--quick", "--suite", "scaling",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "== scaling" in proc.stdout
+    rows = json.loads(out.read_text())["results"]
+    assert rows and all(r["suite"] == "scaling" for r in rows)
+    assert not [r for r in rows if r["name"] == "error"], rows
     assert [r["workers"] for r in rows] == [0, 1, 2]
     for r in rows:
         _finite_positive(r, "images_per_s")
