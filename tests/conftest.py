@@ -30,11 +30,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-_AUTH_DIR = Path(tempfile.mkdtemp(prefix="gvae-test-auth-"))
-atexit.register(shutil.rmtree, _AUTH_DIR, True)
-RAY_TOKEN_FILE = _AUTH_DIR / "auth_token"
-RAY_TOKEN_FILE.touch(mode=0o600)
-RAY_TOKEN_FILE.write_text(secrets.token_hex(32))
+# Once per process tree: importing this file a second time (``tests.conftest`` next to pytest's
+# ``conftest``) or from a child process must not mint a new token and repoint RAY_AUTH_TOKEN_PATH
+# after Ray cached the first one (every later GCS start then fails with InvalidAuthToken).
+if "GVAE_TEST_RAY_TOKEN_FILE" not in os.environ:
+    _auth_dir = Path(tempfile.mkdtemp(prefix="gvae-test-auth-"))
+    atexit.register(shutil.rmtree, _auth_dir, True)
+    (_auth_dir / "auth_token").touch(mode=0o600)
+    (_auth_dir / "auth_token").write_text(secrets.token_hex(32))
+    os.environ["GVAE_TEST_RAY_TOKEN_FILE"] = str(_auth_dir / "auth_token")
+RAY_TOKEN_FILE = Path(os.environ["GVAE_TEST_RAY_TOKEN_FILE"])
 os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(RAY_TOKEN_FILE),
                   RAY_USAGE_STATS_ENABLED="0")
 os.environ.pop("RAY_AUTH_TOKEN", None)

@@ -137,8 +137,7 @@ def test_precision_suite_quick():
 @pytest.mark.integration
 def test_scaling_suite_quick(tmp_path, ray_env):
     # In a subprocess, as `gvae-dist bench` runs it: the suite starts and stops private local Ray
-    # clusters, and after that a ray.cluster_utils.Cluster started in the same process fails its
-    # GCS auth check (InvalidAuthToken), which broke later tests in this pytest process.
+    # clusters, and this pytest process keeps at most one Ray connection at a time.
     out = tmp_path / "scaling.json"
     proc = subprocess.run([sys.executable, "-m", "gvae_dist.bench", "--quick", "--suite", "scaling",
                            "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -93,7 +93,7 @@ def ray_4cpu(ray_env):
     import ray
     from ray.cluster_utils import Cluster
 
-    from tests.conftest import free_port
+    from gvae_dist.launch import free_port
 
     assert not ray.is_initialized()
     port = free_port()
