@@ -210,6 +210,22 @@ def _per_worker(cfg: Config) -> dict[str, float]:
     return {"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})}
 
 
+def worker_env(cfg: Config) -> dict[str, str]:
+    """Environment variables of the Train worker processes (set before they start).
+
+    - ``RAY_TRAIN_ENABLE_PRINT_PATCH=0``: Ray Train's print patch tees every print() twice to
+      the driver.
+    - ``MALLOC_ARENA_MAX=1`` on CPU with ``run.retain_freed_memory``: Ray Train runs the loop in
+      a thread, whose glibc arena deletes every heap that becomes free (``M_TRIM_THRESHOLD``
+      does not cover that), so the activations were page-faulted back every step (48k faults/s);
+      one arena keeps them (docs/performance.md).
+    """
+    env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    if not cfg.distributed.use_gpu and cfg.run.retain_freed_memory:
+        env["MALLOC_ARENA_MAX"] = "1"
+    return env
+
+
 def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None):
     """The ``TorchTrainer`` of a resolved config: ``distributed.workers`` workers running
     :func:`_train_worker`, Ray Train run ``run.name`` under ``distributed.storage_path`` (so a
@@ -226,8 +242,7 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
                              failure_config=FailureConfig(max_failures=d.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
                              logging_config=LoggingConfig(log_level="WARNING"),
-                             # Ray Train's print patch tees every print() twice to the driver
-                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
+                             worker_runtime_env={"env_vars": worker_env(cfg)}),
     )
 
 

@@ -257,7 +257,10 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=o.lr, betas=tuple(o.betas),
                                   weight_decay=o.weight_decay)
     model = torch.compile(raw_model) if o.compile else raw_model
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # One process (a 1-worker Ray run has a process group of one): no DDP wrapper, whose
+    # gradient bucketing and no-op all-reduce cost ~4% of a CPU step for nothing.
+    model = accelerator.prepare_model(model, evaluation_mode=world == 1)
+    optimizer = accelerator.prepare_optimizer(optimizer)
     plan = PairingPlan.from_config(cfg, info.label_names, device=device)
     spec = cfg.partition_spec()
     masks_PD = spec.masks().to(device)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from gvae_dist.config import ConfigError, load_config
-from gvae_dist.launch import check_resources, launch, resolve_config
+from gvae_dist.launch import check_resources, launch, resolve_config, worker_env
 from gvae_dist.train import Preempted
 
 # the cluster's two "nodes" share this machine's disk, so the SQLite store is reachable from both
@@ -61,6 +61,13 @@ def test_check_resources_names_the_keys_and_the_cluster():
     gpu = load_config(None, [*TINY, "distributed.workers=2", "distributed.use_gpu=true"])
     with pytest.raises(ConfigError, match="GPU"):
         check_resources(gpu, [{"CPU": 8.0, "GPU": 1.0}])
+
+
+def test_worker_env_follows_the_config():
+    env = worker_env(load_config(None, [*TINY, "distributed.workers=2"]))
+    assert env["MALLOC_ARENA_MAX"] == "1" and env["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
+    assert "MALLOC_ARENA_MAX" not in worker_env(load_config(None, [*TINY, "run.retain_freed_memory=false"]))
+    assert "MALLOC_ARENA_MAX" not in worker_env(load_config(None, [*TINY, "distributed.use_gpu=true"]))
 
 
 def test_launch_rejects_bad_settings_before_starting_ray(tmp_path):
@@ -150,8 +157,14 @@ def _wait_until(done, thread: threading.Thread, what: str) -> None:
 
 
 def _kill_train_worker(node) -> None:
+    import psutil
+
     victims = _train_worker_pids(node)
     assert len(victims) == 1
+    # launch.worker_env reached the worker: one malloc arena for the training thread (CPU,
+    # run.retain_freed_memory), so its freed activations stay mapped (no page faults per step)
+    victim = psutil.Process(victims[0])
+    assert victim.environ().get("MALLOC_ARENA_MAX") == "1"
     os.kill(victims[0], signal.SIGKILL)
 
 
