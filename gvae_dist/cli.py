@@ -129,9 +129,9 @@ def cmd_train(args) -> int:
     if result.checkpoint:
         print(f"[gvae-dist] last checkpoint: {result.checkpoint}")
     if cfg.tracking.enabled:
-        from gvae_dist.tracking import default_tracking_uri
+        from gvae_dist.tracking import tracking_uri
 
-        uri = cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
+        uri = tracking_uri(cfg)
         print(f"[gvae-dist] MLflow run {result.tracking_run_id} in {uri}")
         if uri.startswith("sqlite:"):
             print(f"[gvae-dist] browse it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
@@ -195,10 +195,15 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def _with_address(args) -> list[str]:
+    """``--set`` overrides plus ``--address`` as ``distributed.address``."""
+    return [*args.overrides, *([f"distributed.address={args.address}"] if args.address else [])]
+
+
 def cmd_tune(args) -> int:
     from gvae_dist.tune import format_table, load_space, run_sweep
 
-    overrides = [*args.overrides, *([f"distributed.address={args.address}"] if args.address else [])]
+    overrides = _with_address(args)
     space = load_space(args.space, overrides)
     out = run_sweep(space)
     print(format_table(space, out["rows"]))
@@ -216,7 +221,7 @@ def cmd_tune(args) -> int:
 def cmd_study(args) -> int:
     from gvae_dist.study import StudyError, load_study, run_study
 
-    overrides = [*args.overrides, *([f"distributed.address={args.address}"] if args.address else [])]
+    overrides = _with_address(args)
     try:
         out = run_study(load_study(args.config, overrides), parallel=args.parallel)
     except StudyError as exc:

@@ -29,7 +29,8 @@ def encode(model, images_NHWC: np.ndarray, batch_size: int, device, with_logvar:
     for i in range(0, len(images_NHWC), batch_size):
         mu, logvar = model.encode(_to_tensor(images_NHWC[i : i + batch_size], device))
         codes.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
+        if with_logvar:
+            logvars.append(logvar.float().cpu())
     model.train(was_training)
     if with_logvar:
         return torch.cat(codes).numpy(), torch.cat(logvars).numpy()

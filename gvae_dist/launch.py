@@ -205,6 +205,22 @@ def _connect(cfg: Config) -> str | None:
     return temp_dir
 
 
+def _disconnect(temp_dir: str | None, keep_logs: bool = False) -> None:
+    """Undo :func:`_connect`: shut down the private local cluster it started (``temp_dir``; None:
+    a cluster someone else chose, left alone) and remove its temp dir, or with ``keep_logs``
+    keep it and say where."""
+    if temp_dir is None:
+        return
+    import ray
+
+    ray.shutdown()
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+    if keep_logs:
+        print(f"[gvae-dist] Ray logs kept in {temp_dir}", flush=True)
+    else:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def _per_worker(cfg: Config) -> dict[str, float]:
     d = cfg.distributed
     return {"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})}
@@ -283,13 +299,7 @@ def launch(cfg: Config) -> TrainResult:
             raise
         ok = True
     finally:
-        if temp_dir is not None:
-            ray.shutdown()
-            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
-            if ok:
-                shutil.rmtree(temp_dir, ignore_errors=True)
-            else:
-                print(f"[gvae-dist] Ray logs kept in {temp_dir}", flush=True)
+        _disconnect(temp_dir, keep_logs=not ok)
     back = result.return_value or {}
     ckpt = result.checkpoint
     if "preempted" in back:

@@ -64,21 +64,16 @@ def plot_traversals(model, x_KCHW, spec, path: str | Path, span: float = 3.0, st
     """
     import torch
 
-    from gvae_dist.tracking import _tile
+    from gvae_dist.tracking import _tile, decode_traversals
 
     plt = _pyplot()
     was_training = model.training
     model.eval()
     with torch.no_grad():
         mu_KD, _ = model.encode(x_KCHW)
-        K, D = mu_KD.shape
-        z_KDSD = mu_KD[:, None, None, :].expand(K, D, steps, D).clone()
-        sweep_S = torch.linspace(-span, span, steps, device=mu_KD.device)
-        for d in range(D):
-            z_KDSD[:, d, :, d] = sweep_S
-        imgs = torch.sigmoid(model.decode(z_KDSD.view(K * D * steps, D)).float())
+        imgs = decode_traversals(model, mu_KD, span, steps).cpu().numpy()
     model.train(was_training)
-    imgs = imgs.view(K, D, steps, *imgs.shape[1:]).cpu().numpy()
+    K, D = mu_KD.shape
 
     rows = _partition_rows(spec)
     labels = [f"{name}:{d - start}" for name, start, size in rows for d in range(start, start + size)]

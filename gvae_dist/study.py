@@ -244,12 +244,9 @@ def _train_cell(config: dict[str, Any]) -> float:
 
 
 def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
-    import os
-    import shutil
-
     import ray
 
-    from gvae_dist.launch import _connect
+    from gvae_dist.launch import _connect, _disconnect
     from gvae_dist.tracking import prepare_store
 
     for cfg in {c.cfg.tracking.uri or c.cfg.run.output_dir: c.cfg for c in todo}.values():
@@ -281,10 +278,7 @@ def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
                     failed[cell.name] = f"{type(cause).__name__}: {cause} (run dir {cell.cfg.run_dir()})"
                     log(f"[gvae-dist study] {done_count}/{n} {cell.name}: FAILED: {cause}")
     finally:
-        if temp_dir is not None:
-            ray.shutdown()
-            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        _disconnect(temp_dir)
     return failed
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NullTracker", "MLflowTracker", "make_tracker", "open_run", "close_run", "default_tracking_uri",
+__all__ = ["NullTracker", "MLflowTracker", "make_tracker", "open_run", "close_run", "default_tracking_uri", "tracking_uri",
            "image_grids", "log_image_grids", "posterior_mean", "RUN_KEY_TAG"]
 
 RUN_KEY_TAG = "gvae_dist.run_key"
@@ -59,6 +59,11 @@ def default_tracking_uri(output_dir: str | Path) -> str:
     if uri:
         return uri
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def tracking_uri(cfg) -> str:
+    """``tracking.uri``, else the SQLite store under ``run.output_dir``."""
+    return cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -112,7 +117,7 @@ def prepare_store(cfg) -> str | None:
     unreachable (warned)."""
     if not cfg.tracking.enabled:
         return None
-    uri = cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
+    uri = tracking_uri(cfg)
     try:
         return _experiment_id(_client(uri), uri, cfg.tracking.experiment)
     except Exception as exc:  # tracking must never stop a launch
@@ -125,7 +130,7 @@ def open_run(cfg, run_key: str, reuse: bool) -> str | None:
     new run. None when tracking is off or the store is unreachable (warned once)."""
     if not cfg.tracking.enabled:
         return None
-    uri = cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
+    uri = tracking_uri(cfg)
     try:
         client = _client(uri)
         exp_id = _experiment_id(client, uri, cfg.tracking.experiment)
@@ -145,7 +150,7 @@ def close_run(cfg, run_id: str | None, status: str) -> None:
     """Mark a run ``FINISHED`` / ``FAILED`` / ``KILLED`` from outside the workers (best effort)."""
     if run_id is None or not cfg.tracking.enabled:
         return
-    uri = cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
+    uri = tracking_uri(cfg)
     try:
         _client(uri).set_terminated(run_id, status)
     except Exception as exc:
@@ -231,7 +236,7 @@ def make_tracker(cfg, is_main: bool, run_id: str | None = None):
     """MLflow tracker on the main process when tracking is enabled, else a NullTracker."""
     if not (is_main and cfg.tracking.enabled):
         return NullTracker()
-    uri = cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
+    uri = tracking_uri(cfg)
     tracker = MLflowTracker(uri, cfg.tracking.experiment, cfg.run.name, run_id,
                             tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())})
     return tracker if tracker.active else NullTracker()
@@ -253,6 +258,21 @@ def _tile(images_RSCHW) -> np.ndarray:
     return (grid.clip(0, 1) * 255).round().astype(np.uint8)
 
 
+def decode_traversals(model, mu_KD, span: float, steps: int):
+    """``[K, D, S, C, H, W]`` images in [0, 1]: for each of the K codes, row d decodes it with
+    latent dim d set to ``linspace(-span, span, S)`` and the other dims fixed. Call under
+    ``torch.no_grad()`` with the model in eval mode."""
+    import torch
+
+    K, D = mu_KD.shape
+    z_KDSD = mu_KD[:, None, None, :].expand(K, D, steps, D).clone()
+    sweep_S = torch.linspace(-span, span, steps, device=mu_KD.device)
+    for d in range(D):
+        z_KDSD[:, d, :, d] = sweep_S
+    imgs = torch.sigmoid(model.decode(z_KDSD.view(K * D * steps, D)).float())
+    return imgs.view(K, D, steps, *imgs.shape[1:])
+
+
 def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, np.ndarray]:
     """PNG-ready grids for a (gated) VAE: ``reconstruction`` (row 1 inputs, row 2 decoded
     posterior means) and ``traversal`` (row d: latent dim d swept over ``[-span, span]`` around
@@ -264,16 +284,10 @@ def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, n
     with torch.no_grad():
         mu_ND, _ = model.encode(x_NCHW)
         recon_NCHW = torch.sigmoid(model.decode(mu_ND).float())
-        D = mu_ND.shape[1]
-        z_DSD = mu_ND[:1].expand(D * steps, D).clone().view(D, steps, D)
-        sweep_S = torch.linspace(-span, span, steps, device=mu_ND.device)
-        for d in range(D):
-            z_DSD[d, :, d] = sweep_S
-        trav = torch.sigmoid(model.decode(z_DSD.view(D * steps, D)).float())
+        trav_DSCHW = decode_traversals(model, mu_ND[:1], span, steps)[0]
     model.train(was_training)
     recon = torch.stack([x_NCHW.float(), recon_NCHW]).cpu().numpy()
-    return {"reconstruction": _tile(recon),
-            "traversal": _tile(trav.view(D, steps, *trav.shape[1:]).cpu().numpy())}
+    return {"reconstruction": _tile(recon), "traversal": _tile(trav_DSCHW.cpu().numpy())}
 
 
 def log_image_grids(tracker, model, x_NCHW, step: int, out_dir: Path) -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,12 +227,6 @@ def _trial(config: dict[str, Any], space: Space, sweep: str, extra: list[str], p
     build_trainer(cfg, run_id, callbacks=[TuneReportCallback()]).fit()
 
 
-def _parent_run(cfg: Config, key: str, restoring: bool) -> str | None:
-    from gvae_dist.tracking import open_run
-
-    return open_run(cfg, key, reuse=restoring)
-
-
 def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep; returns ``{"rows", "best", "parent_run_id", "interrupted",
     "path", "seconds"}``."""
@@ -243,8 +235,8 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
     import ray
     from ray import tune
 
-    from gvae_dist.launch import _connect, resolve_config
-    from gvae_dist.tracking import _client
+    from gvae_dist.launch import _connect, _disconnect, resolve_config
+    from gvae_dist.tracking import _client, open_run
 
     extra = list(extra or [])
     base = resolve_config(trial_config(space, extra, {}, "x"))
@@ -266,7 +258,7 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
         concurrent = min(fits, space.max_concurrent) if space.max_concurrent else fits
         restoring = tune.Tuner.can_restore(exp_path)
         parent_cfg = config_from_dict({**base.to_dict(), "run": {**base.to_dict()["run"], "name": sweep}})
-        parent = _parent_run(parent_cfg, f"tune:{exp_path}", restoring)
+        parent = open_run(parent_cfg, f"tune:{exp_path}", reuse=restoring)
         # the sweep's fixed arguments stay out of the param space (and of Tune's trial table)
         trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep=sweep, extra=extra,
                                                              parent_run_id=parent), {"CPU": 1})
@@ -282,10 +274,7 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
               f"({per_trial} CPU per trial, {cpus:g} CPUs); MLflow parent run {parent}", flush=True)
         grid = tuner.fit()
     finally:
-        if temp_dir is not None:
-            ray.shutdown()
-            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        _disconnect(temp_dir)
     seconds = time.perf_counter() - t0
     trials = grid._experiment_analysis.trials
     # Tune returns normally when interrupted (SIGINT/SIGUSR1): trials then are missing or unfinished

@@ -69,3 +69,22 @@ def test_evaluate_model_writes_the_pictures(tmp_path):
     w, h = traversal_figsize(cfg.model.latent_dim, seeds=3, steps=7)
     assert _png_size(tmp_path / "traversals.png") == (round(w * DPI), round(h * DPI))
     assert "disentanglement" in result
+
+
+def test_traversals_sweep_one_dim_per_row_around_each_code():
+    class Echo(torch.nn.Module):  # decodes a code into a 1x1 "image" per latent dim: its logits
+        def decode(self, z_ND):
+            return z_ND[:, :, None, None]
+
+    from gvae_dist.tracking import decode_traversals
+
+    mu_KD = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.25, -0.5]])
+    imgs = decode_traversals(Echo(), mu_KD, span=2.0, steps=5)
+    assert imgs.shape == (2, 3, 5, 3, 1, 1)
+    z = torch.logit(imgs[..., 0, 0].double())  # [K, D, S, D]: the code each tile decoded
+    sweep = torch.linspace(-2.0, 2.0, 5, dtype=torch.double)
+    for k in range(2):
+        for d in range(3):
+            expect = mu_KD[k].double().expand(5, 3).clone()
+            expect[:, d] = sweep
+            torch.testing.assert_close(z[k, d], expect, atol=1e-5, rtol=0)
