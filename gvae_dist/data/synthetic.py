@@ -309,7 +309,7 @@ def _render_faces_chunk(factors_BF: np.ndarray, size: int, feature_scale: float 
     _blend(win, _coverage(np.maximum(dist - half_open - 0.045 * s, side), inv_px), _LIPS)
     inside = _coverage(np.maximum(dist - half_open, side), inv_px)
     _blend(win, inside, _MOUTH_INSIDE)
-    teeth = _coverage(y - (curve - 0.5 * half_open), inv_px)
+    teeth = _coverage(y - (curve - 0.1 * half_open), inv_px)
     _blend(win, inside * teeth, _WHITE)
     img[sel] = win
 
