@@ -33,8 +33,8 @@ def test_targeted_face_factors_cost_at_least_30_nats(image_size: int) -> None:
 
 
 def test_smaller_features_cost_less() -> None:
-    big = {e.name: e.nats for e in synthetic_effect("faces", 64, num=48, seed=1)}
-    small = {e.name: e.nats for e in synthetic_effect("faces", 64, num=48, seed=1, feature_scale=0.5)}
+    big = {e.name: e.nats for e in synthetic_effect("faces", 32, num=32, seed=1)}
+    small = {e.name: e.nats for e in synthetic_effect("faces", 32, num=32, seed=1, feature_scale=0.5)}
     for name in ("mouth", "eyes", "brow"):
         assert small[name] < 0.5 * big[name], (name, small[name], big[name])
 
@@ -94,3 +94,14 @@ def test_shards_matched_pairs(tmp_path, capsys) -> None:
                  "--num", "20", "--likelihood", "gaussian", "--sigma", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "Gaussian sigma 0.2" in out and f"| {BASELINE} |" in out
+
+
+def test_feature_scale_reaches_the_loaders(tmp_path) -> None:
+    from gvae_dist.data.loader import load_eval_arrays
+
+    cfg = load_config(None, ["data.image_size=32", "data.num_eval=4", "data.feature_scale=0.5"])
+    images, factors, _ = load_eval_arrays(cfg)
+    np.testing.assert_array_equal(images, render("faces", factors, 32, feature_scale=0.5))
+    assert not np.array_equal(images, render("faces", factors, 32))
+    man = build_dataset("faces", tmp_path, cfg.data, num=4, shard_size=4, progress=False)
+    assert man["generating_config"]["feature_scale"] == 0.5
