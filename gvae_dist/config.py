@@ -49,6 +49,7 @@ class DataConfig:
     num_train: int = f(20000, "training images generated for synthetic sources")
     num_eval: int = f(6000, "held-out images generated for evaluation (synthetic sources)")
     image_size: Literal[32, 64, 128] = f(64, "image height = width in pixels")
+    feature_scale: float = f(1.0, "faces: size of eyes, brows and mouth, 0.25..2.0 (1.0 cartoon, 0.5 about real-face proportions)")
     seed: int = f(0, "seed of the synthetic data and of its weak labels (independent of run.seed)")
     label_bins: int = f(3, "bins per continuous factor for the weak labels used by pairing")
     label_flip_prob: float = f(0.0, "probability a weak label is replaced by a random bin (label noise)")
@@ -306,6 +307,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.label_flip_prob: must be in [0, 1], got {d.label_flip_prob}")
     if d.label_bins < 2:
         raise ConfigError(f"data.label_bins: must be >= 2, got {d.label_bins}")
+    from gvae_dist.data.synthetic import FEATURE_SCALE_RANGE
+
+    if not FEATURE_SCALE_RANGE[0] <= d.feature_scale <= FEATURE_SCALE_RANGE[1]:
+        raise ConfigError(f"data.feature_scale: must be within {list(FEATURE_SCALE_RANGE)} (1.0 cartoon "
+                          f"features, 0.5 about real-face proportions), got {d.feature_scale}")
+    if d.source == "shapes" and d.feature_scale != 1.0:
+        raise ConfigError("data.feature_scale: applies to data.source=faces only; leave it at 1.0 for shapes")
     if d.source == "shards" and not d.path:
         raise ConfigError("data.path: data.source is 'shards', so set data.path to the shard directory "
                           "(build one with `gvae-dist data build`)")

@@ -194,8 +194,12 @@ def _synthetic(kind: str, d, num: int) -> Source:
     specs = list(FACTOR_SPECS[kind])
     factors = sample_factors(kind, num, d.seed)  # the same rows as synthetic.generate(kind, num, seed)
     channels = 1 if kind == "shapes" else 3
-    return _finish(kind, specs, factors, np.arange(num), lambda rows: render(kind, factors[rows], d.image_size),
-                   d.image_size, channels, d, {})
+    scale = d.feature_scale
+    if kind != "faces" and scale != 1.0:
+        raise ValueError(f"--source {kind}: data.feature_scale applies to faces only; leave it at 1.0")
+    return _finish(kind, specs, factors, np.arange(num),
+                   lambda rows: render(kind, factors[rows], d.image_size, scale), d.image_size, channels,
+                   d, {"feature_scale": scale} if kind == "faces" else {})
 
 
 def _columns_to_specs(names, values_NF: np.ndarray, discrete: set[str], doc: str, notes: list[str]):

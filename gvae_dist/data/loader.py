@@ -53,7 +53,7 @@ class DatasetInfo:
 
 def _synthetic(cfg, n: int, seed: int) -> tuple[SyntheticSet, np.ndarray]:
     d = cfg.data
-    data = generate(d.source, n, seed=seed, image_size=d.image_size)
+    data = generate(d.source, n, seed=seed, image_size=d.image_size, feature_scale=d.feature_scale)
     labels_NL = weak_labels(data.factors, data.factor_specs, d.label_bins, d.label_flip_prob,
                             d.label_jitter, seed=seed + 7919)
     return data, labels_NL
@@ -138,5 +138,6 @@ def load_eval_arrays(cfg, limit: int | None = None) -> tuple[np.ndarray, np.ndar
         return from_shards(cfg, limit)
     n = min(limit or d.num_eval, d.num_eval)
     # a different seed stream than training: held-out samples
-    data = generate(d.source, n, seed=d.seed + 1_000_003, image_size=d.image_size)
+    data = generate(d.source, n, seed=d.seed + 1_000_003, image_size=d.image_size,
+                    feature_scale=d.feature_scale)
     return data.images, data.factors, _info(data)

@@ -4,7 +4,11 @@ Sources:
 - ``faces`` mirrors the head-pose / expression task of Vowels, Camgoz & Bowden, "Gated
   Variational AutoEncoders: Incorporating Weak Supervision to Encourage Disentanglement"
   (2019, arXiv:1911.06443): pose (yaw, pitch, roll), expression (mouth, eyes, brow),
-  identity (face width, skin tone) and lighting, each a known continuous factor.
+  identity (face width, skin tone) and lighting, each a known continuous factor. The face fills
+  most of the frame and eyes, brows and mouth are cartoon-sized, so that resampling any pose or
+  expression factor costs a model at least 30 nats of Bernoulli loss at 32 and 64 px
+  (``gvae-dist data factor-effect``; docs/faces.md); ``feature_scale`` shrinks them towards
+  real-face proportions.
 - ``shapes`` follows dSprites (Matthey et al. 2017, github.com/deepmind/dsprites-dataset):
   shape (square, ellipse, heart), scale, rotation, x, y as binary 1-channel images.
 - Rendering evaluates implicit shapes on a pixel grid for a chunk of images at once; the
@@ -27,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "FACTOR_SPECS",
+    "FEATURE_SCALE_RANGE",
     "IMAGE_SIZES",
     "KINDS",
     "FactorSpec",
@@ -39,6 +44,7 @@ __all__ = [
 
 IMAGE_SIZES = (32, 64, 128)
 KINDS = ("faces", "shapes")
+FEATURE_SCALE_RANGE = (0.25, 2.0)  # faces: size of eyes, brows and mouth (1.0 cartoon)
 # Pixels per render chunk: 2**18 float32 = 1 MiB per plane keeps the working set in cache.
 _CHUNK_PIXELS = 2**18
 _Param = float | np.ndarray  # a scalar or a per-image [B, 1, 1] array
@@ -85,9 +91,9 @@ FACTOR_SPECS: dict[str, list[FactorSpec]] = {
         FactorSpec("yaw", -1.0, 1.0, "head turn left/right; features slide and foreshorten"),
         FactorSpec("pitch", -1.0, 1.0, "head tilt; +1 chin up, features and hairline move up"),
         FactorSpec("roll", -1.0, 1.0, "in-plane head rotation, +-0.6 rad"),
-        FactorSpec("mouth", -1.0, 1.0, "mouth curvature: -1 frown, +1 smile"),
+        FactorSpec("mouth", -1.0, 1.0, "-1 closed frown, 0 half-open, +1 wide-open smile"),
         FactorSpec("eyes", 0.0, 1.0, "eye openness: 0 closed, 1 wide open"),
-        FactorSpec("brow", -1.0, 1.0, "eyebrow height above the eyes: -1 low, +1 raised"),
+        FactorSpec("brow", -1.0, 1.0, "eyebrows: -1 low, inner ends down; +1 raised, inner ends up"),
         FactorSpec("face_width", 0.0, 1.0, "identity: head width, 0 narrow, 1 wide"),
         FactorSpec("skin_tone", 0.0, 1.0, "identity: 0 light, 1 dark skin"),
         FactorSpec("light", -1.0, 1.0, "horizontal lighting gradient: -1 lit from left, +1 right"),
@@ -111,6 +117,17 @@ def _check_kind(kind: str) -> list[FactorSpec]:
 def _check_image_size(image_size: int) -> None:
     if image_size not in IMAGE_SIZES:
         raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size!r}")
+
+
+def _check_feature_scale(kind: str, feature_scale: float) -> None:
+    low, high = FEATURE_SCALE_RANGE
+    if isinstance(feature_scale, bool) or not low <= feature_scale <= high:
+        raise ValueError(
+            f"feature_scale must be within [{low}, {high}] (1.0 cartoon, 0.5 about real-face "
+            f"proportions), got {feature_scale!r}"
+        )
+    if kind != "faces" and feature_scale != 1.0:
+        raise ValueError(f"feature_scale applies to faces only, not {kind!r}; leave it at 1.0")
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,24 +171,30 @@ def _blend(img_3BHW: np.ndarray, alpha_BHW: np.ndarray, color: Sequence | np.nda
 
 
 def _window(
-    cx: np.ndarray, cy: np.ndarray, radius: float, cos_r: np.ndarray, sin_r: np.ndarray, size: int
+    cx: np.ndarray,
+    cy: np.ndarray,
+    radius: float,
+    cos_r: np.ndarray,
+    sin_r: np.ndarray,
+    size: int,
+    zoom: float = 1.0,
 ) -> tuple[tuple, np.ndarray, np.ndarray]:
     """A per-image K x K pixel window around a head-frame point, for drawing one small feature.
 
     cx, cy: head-frame centre [B, 1, 1]; radius: bound on the feature's extent around it
-    (coordinate units). Returns the selector of the window, for img_3BSS[selector] ->
+    (head-frame units; the image shows zoom times as many pixels per unit). Returns the selector of the window, for img_3BSS[selector] ->
     [3, B, K, K], and the head-frame coordinates x, y [B, K, K] of its pixels. Features cover
     a few percent of the image, so drawing them in windows rather than on the full grid is
     what makes faces fast.
     """
-    k = min(size, math.ceil(radius * size) + 3)  # + 3 pixels for anti-aliasing and rounding
+    k = min(size, math.ceil(radius * zoom * size) + 3)  # + 3 pixels for anti-aliasing, rounding
     half = size / 2.0
     pix, coords = [], []
     for centre in (cos_r * cx - sin_r * cy, sin_r * cx + cos_r * cy):  # image-frame x, y
-        start = np.floor((centre[:, 0, 0] + 1.0) * half - k / 2.0)
+        start = np.floor((zoom * centre[:, 0, 0] + 1.0) * half - k / 2.0)
         p = np.clip(start, 0, size - k).astype(np.int64)[:, None] + np.arange(k)  # [B, K]
         pix.append(p)
-        coords.append(((p + 0.5) / half - 1.0).astype(np.float32))
+        coords.append(((p + 0.5) / half - 1.0).astype(np.float32) / np.float32(zoom))
     (cols, rows), (wx, wy) = pix, coords
     selector = (
         slice(None),
@@ -187,26 +210,35 @@ _BACKGROUND = (0.55, 0.62, 0.72)
 _SKIN_LIGHT = np.array([0.98, 0.84, 0.72], np.float32)
 _SKIN_DARK = np.array([0.42, 0.27, 0.17], np.float32)
 _HAIR = (0.16, 0.10, 0.07)
-_DARK = (0.08, 0.07, 0.10)
+_DARK = (0.04, 0.03, 0.05)
 _WHITE = (0.97, 0.97, 0.97)
-_LIPS = (0.55, 0.10, 0.14)
+_LIPS = (0.62, 0.08, 0.12)
+_MOUTH_INSIDE = (0.12, 0.01, 0.03)
 _YAW_MAX, _PITCH_MAX, _ROLL_MAX = 0.7, 0.45, 0.6  # radians at factor value +-1
+# The head is drawn 1.15x larger than the unit frame, so it fills most of the image (corners
+# may clip under roll): the features then cover enough pixels to matter to the loss.
+_ZOOM = 1.2
 
 
-def _render_faces_chunk(factors_BF: np.ndarray, size: int) -> np.ndarray:
+def _render_faces_chunk(factors_BF: np.ndarray, size: int, feature_scale: float = 1.0) -> np.ndarray:
     """Render faces: factors_BF [B, 9] (FACTOR_SPECS["faces"] order) -> uint8 [B, S, S, 3].
 
     The head is an ellipse; features sit on an ellipsoid at fixed angles (theta across,
     phi down), so yaw/pitch move them by a * sin(theta + yaw) and shrink them by
     cos(theta + yaw), the orthographic projection of a turned head. Roll rotates the frame.
+    Eyes, brows and mouth are cartoon-sized (each of them moves tens of pixels over its range,
+    tens of nats of reconstruction loss at 32 px); feature_scale multiplies their size (0.5:
+    about real-face proportions).
     """
     f = factors_BF.astype(np.float32)[:, :, None, None]  # [B, F, 1, 1]
     yaw, pitch, roll, mouth, eyes, brow, width, tone, light = (f[:, i] for i in range(9))
+    s = np.float32(feature_scale)
     gx, gy = _grid(size)
-    inv_px = size / 2.0
+    gx, gy = gx / _ZOOM, gy / _ZOOM  # head-frame units; the frame spans +-1 / _ZOOM of them
+    inv_px = size / 2.0 * _ZOOM
     psi, chi, rho = yaw * _YAW_MAX, -pitch * _PITCH_MAX, roll * _ROLL_MAX
     cos_r, sin_r = np.cos(rho), np.sin(rho)
-    a, b = 0.50 + 0.18 * width, np.float32(0.74)
+    a, b = 0.50 + 0.16 * width, np.float32(0.74)
     skin = _SKIN_LIGHT[:, None, None, None] + tone * (_SKIN_DARK - _SKIN_LIGHT)[:, None, None, None]
 
     # Head and hair on the full grid. Hair covers the head above the hairline and, down to ear
@@ -215,48 +247,70 @@ def _render_faces_chunk(factors_BF: np.ndarray, size: int) -> np.ndarray:
     head = _coverage(_ellipse_sd(x, y, 0.0, 0.0, a, b), inv_px)
     sides = np.minimum(x - a * np.sin(-1.3 + psi), a * np.sin(1.3 + psi) - x)
     sides = np.maximum(sides, y - b * np.sin(0.05 + chi))
-    hair = _coverage(np.minimum(sides, y - b * np.sin(-0.70 + chi)), inv_px)
+    hair = _coverage(np.minimum(sides, y - b * np.sin(-0.95 + chi)), inv_px)
     img = np.empty((3, *head.shape), np.float32)
     for c in range(3):
         face = skin[c] + hair * (_HAIR[c] - skin[c])
         img[c] = _BACKGROUND[c] + head * (face - _BACKGROUND[c])
 
     # Nose tip protrudes beyond the face surface, so it slides further than the eyes under yaw.
-    nose_x, nose_y = (a + 0.10) * np.sin(psi), b * np.sin(0.18 + chi)
-    sel, x, y = _window(nose_x, nose_y, 0.08, cos_r, sin_r, size)
+    nose_x, nose_y = (a + 0.10) * np.sin(psi), b * np.sin(0.20 + chi)
+    sel, x, y = _window(nose_x, nose_y, 0.08, cos_r, sin_r, size, _ZOOM)
     win = img[sel]
     _blend(win, _coverage(_ellipse_sd(x, y, nose_x, nose_y, 0.05, 0.075), inv_px), skin * 0.72)
     img[sel] = win
 
-    fy = np.cos(-0.20 + chi)
-    eye_y = b * np.sin(-0.20 + chi)
-    ey = (0.012 + 0.075 * eyes) * fy
-    brow_y = eye_y - (0.15 + 0.07 * brow) * fy
-    for theta in (-0.42, 0.42):
+    # Eyes: a white of height 0 (closed: only the dark lid line) to wide open, a big dark iris
+    # that the lids clip. Brows: thick bars that rise with brow and tilt (inner ends up when
+    # raised, down when lowered), drawn over the eye.
+    fy = np.cos(-0.05 + chi)
+    eye_y = b * np.sin(-0.05 + chi)
+    ey = (0.002 + 0.18 * eyes) * s * fy
+    lid = (0.02 + 0.03 * eyes) * s
+    fade = np.minimum(ey * inv_px, 1.0)  # an opening under a pixel fades in, no white line
+    brow_y = eye_y - (0.32 + 0.15 * brow) * s * fy
+    for theta in (-0.46, 0.46):
         eye_x, fx = a * np.sin(theta + psi), np.cos(theta + psi)
-        ex = 0.125 * fx
-        sel, x, y = _window(eye_x, eye_y - 0.07, 0.24, cos_r, sin_r, size)
+        ex = 0.19 * s * fx
+        sel, x, y = _window(eye_x, eye_y, 0.24 * s, cos_r, sin_r, size, _ZOOM)
         win = img[sel]
-        _blend(win, _coverage(_ellipse_sd(x, y, eye_x, eye_y, ex + 0.02, ey + 0.02), inv_px), _DARK)
-        white = _coverage(_ellipse_sd(x, y, eye_x, eye_y, ex, ey), inv_px)
+        sd = _ellipse_sd(x, y, eye_x, eye_y, ex, ey)
+        # The lids: a dark rim around the white. The distance bound is loose beside a nearly
+        # closed (very thin) ellipse, so the rim is also cut at the eye's corners.
+        rim = np.maximum(sd - lid, np.abs(x - eye_x) - (ex + lid))
+        _blend(win, _coverage(rim, inv_px), _DARK)
+        white = _coverage(sd, inv_px)
+        white *= fade
         _blend(win, white, _WHITE)
-        pupil = _coverage(
-            _ellipse_sd(x, y, eye_x + 0.04 * np.sin(psi), eye_y, 0.05 * fx, 0.05), inv_px
-        )
-        _blend(win, pupil * white, _DARK)  # lids clip the pupil, so closed eyes hide it
-        _blend(win, _coverage(_ellipse_sd(x, y, eye_x, brow_y, 0.13 * fx, 0.028), inv_px), _HAIR)
+        iris_x = eye_x + 0.05 * s * np.sin(psi)
+        iris = _coverage(_ellipse_sd(x, y, iris_x, eye_y, 0.14 * s * fx, 0.14 * s), inv_px)
+        _blend(win, iris * white, _DARK)
+        img[sel] = win
+        sel, x, y = _window(eye_x, brow_y, 0.27 * s, cos_r, sin_r, size, _ZOOM)
+        win = img[sel]
+        dx = x - eye_x
+        inward = -1.0 if theta > 0 else 1.0
+        bar = y - (brow_y - 0.5 * brow * inward * dx)
+        sd = np.maximum(np.abs(bar) - 0.06 * s * fy, np.abs(dx) - 0.2 * s * fx)
+        _blend(win, _coverage(sd, inv_px), _HAIR)
         img[sel] = win
 
-    # Mouth: a thick parabolic arc; smile (+) lifts the corners, frown (-) drops them.
-    mouth_x, mouth_y = a * np.sin(psi), b * np.sin(0.50 + chi)
-    half_w = 0.20 * np.cos(psi)
-    sel, x, y = _window(mouth_x, mouth_y, 0.22, cos_r, sin_r, size)
+    # Mouth: thick lips along a parabola that bends from frown (-1) to smile (+1) and opens
+    # linearly over the whole range (closed at -1, wide at +1): dark inside, teeth at the top.
+    mouth_x, mouth_y = a * np.sin(psi), b * np.sin(0.55 + chi)
+    half_w = (0.30 + 0.04 * mouth) * s * np.cos(psi)
+    sel, x, y = _window(mouth_x, mouth_y, 0.40 * s, cos_r, sin_r, size, _ZOOM)
     win = img[sel]
     dx = x - mouth_x
-    curve = mouth_y + mouth * 2.6 * (dx * dx - 0.5 * half_w * half_w)
-    _blend(
-        win, _coverage(np.maximum(np.abs(y - curve) - 0.035, np.abs(dx) - half_w), inv_px), _LIPS
-    )
+    curve = mouth_y - (1.8 / s) * mouth * (dx * dx - half_w * half_w / 3.0)
+    half_open = 0.10 * s * (mouth + 1.0) * np.maximum(1.0 - (dx / half_w) ** 2, 0.0)  # lens
+    dist = np.abs(y - curve)
+    side = np.abs(dx) - half_w
+    _blend(win, _coverage(np.maximum(dist - half_open - 0.045 * s, side), inv_px), _LIPS)
+    inside = _coverage(np.maximum(dist - half_open, side), inv_px)
+    _blend(win, inside, _MOUTH_INSIDE)
+    teeth = _coverage(y - (curve - 0.1 * half_open), inv_px)
+    _blend(win, inside * teeth, _WHITE)
     img[sel] = win
 
     # Lighting is a horizontal gradient in the image frame, so it does not turn with roll.
@@ -290,15 +344,19 @@ _RENDERERS = {"faces": _render_faces_chunk, "shapes": _render_shapes_chunk}
 _CHANNELS = {"faces": 3, "shapes": 1}
 
 
-def render(kind: str, factors_NF: np.ndarray, image_size: int = 64) -> np.ndarray:
+def render(
+    kind: str, factors_NF: np.ndarray, image_size: int = 64, feature_scale: float = 1.0
+) -> np.ndarray:
     """Render images for given factor values; no randomness.
 
     factors_NF: [N, F] in the order of FACTOR_SPECS[kind], each within its [low, high]
     (discrete factors integer-valued). Returns uint8 [N, S, S, C], C = 3 faces, 1 shapes.
-    Works in chunks so float intermediates stay small whatever N is.
+    feature_scale (faces only) multiplies the size of eyes, brows and mouth, within
+    FEATURE_SCALE_RANGE. Works in chunks so float intermediates stay small whatever N is.
     """
     specs = _check_kind(kind)
     _check_image_size(image_size)
+    _check_feature_scale(kind, feature_scale)
     factors_NF = np.asarray(factors_NF, dtype=np.float64)
     if factors_NF.ndim != 2 or factors_NF.shape[1] != len(specs):
         raise ValueError(
@@ -319,8 +377,11 @@ def render(kind: str, factors_NF: np.ndarray, image_size: int = 64) -> np.ndarra
     n = factors_NF.shape[0]
     out = np.empty((n, image_size, image_size, _CHANNELS[kind]), np.uint8)
     chunk = max(1, _CHUNK_PIXELS // (image_size * image_size))
+    extra = {"feature_scale": float(feature_scale)} if kind == "faces" else {}
     for start in range(0, n, chunk):
-        out[start : start + chunk] = _RENDERERS[kind](factors_NF[start : start + chunk], image_size)
+        out[start : start + chunk] = _RENDERERS[kind](
+            factors_NF[start : start + chunk], image_size, **extra
+        )
     return out
 
 
@@ -337,14 +398,18 @@ def sample_factors(kind: str, n: int, seed: int) -> np.ndarray:
     return np.clip(values_NF, low, high).astype(np.float32)
 
 
-def generate(kind: str, n: int, seed: int, image_size: int = 64) -> SyntheticSet:
+def generate(
+    kind: str, n: int, seed: int, image_size: int = 64, feature_scale: float = 1.0
+) -> SyntheticSet:
     """Sample n factor vectors uniformly (seeded) and render them; see render for shapes."""
     specs = _check_kind(kind)
     _check_image_size(image_size)
+    _check_feature_scale(kind, feature_scale)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
         raise ValueError(f"n must be a positive int, got {n!r}")
     factors_NF = sample_factors(kind, int(n), seed)
-    return SyntheticSet(render(kind, factors_NF, image_size), factors_NF, list(specs))
+    images = render(kind, factors_NF, image_size, feature_scale)
+    return SyntheticSet(images, factors_NF, list(specs))
 
 
 def _check_bins(bins: int | list[int], num_factors: int) -> np.ndarray:
