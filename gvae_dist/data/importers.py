@@ -27,6 +27,7 @@ seeded random subset.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gvae_dist.data import synthetic
 from gvae_dist.data.synthetic import FACTOR_SPECS, FactorSpec, render, sample_factors, weak_labels
 
 __all__ = ["SOURCES", "MAX_INTEGER_CLASSES", "Source", "build_dataset", "open_source"]
@@ -149,7 +151,7 @@ def build_dataset(source: str, out: str | Path, data_cfg=None, *, num: int | Non
     d = data_cfg or DataConfig()
     src = open_source(source, d, num, input_path, labels_csv)
     return build_shards(BuildPlan(src, Path(out), image_format or d.image_format, shard_size,
-                                  max(1, workers), progress))
+                                  max(1, workers), progress, eval_fraction=d.eval_fraction))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,8 +196,10 @@ def _synthetic(kind: str, d, num: int) -> Source:
     specs = list(FACTOR_SPECS[kind])
     factors = sample_factors(kind, num, d.seed)  # the same rows as synthetic.generate(kind, num, seed)
     channels = 1 if kind == "shapes" else 3
+    # the generator's code is part of the generating config: a changed renderer rebuilds the shards
+    code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
     return _finish(kind, specs, factors, np.arange(num), lambda rows: render(kind, factors[rows], d.image_size),
-                   d.image_size, channels, d, {})
+                   d.image_size, channels, d, {"generator_sha256": code})
 
 
 def _columns_to_specs(names, values_NF: np.ndarray, discrete: set[str], doc: str, notes: list[str]):

@@ -16,13 +16,21 @@ with a seeded buffer of ``data.shuffle_buffer`` samples. Every rank yields
 slice is shorter than that repeats its last sample to fill them. So across ranks one epoch sees
 every sample exactly once plus ``padded`` repeats, reported by :func:`epoch_layout` and in
 ``loader.info.extra["epoch"]``. Loaders iterate forever; ``state_dict()`` holds the position.
+
+Splits: training reads only the ``train`` shards of ``data.path``; evaluation
+(:func:`load_eval_arrays`) only its ``eval`` shards, or every sample of ``data.eval_path`` when
+that is set (see :mod:`gvae_dist.data.shardset`). With ``data.record_reads`` each rank writes what
+it read to ``<run dir>/data/rank-R.json`` (backend, split, layout, the keys of its first epoch),
+which the CLI summarises at the end of a run and tests use to check the data path.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -71,29 +79,53 @@ def choose_backend(cfg) -> str:
     return "dali"
 
 
-def open_from_config(cfg):
-    """The checked :class:`ShardSet` of ``data.path`` (raises if ``data.source`` is not shards)."""
+def open_from_config(cfg, split: str = "train"):
+    """The checked :class:`ShardSet` of ``split`` (``train`` or ``eval``, see module docstring);
+    raises if ``data.source`` is not shards."""
     from gvae_dist.data.shardset import open_shards
 
     d = cfg.data
     if d.source != "shards" or not d.path:
         raise ValueError(f"data.backend={d.backend} reads shards: set data.source=shards and data.path "
                          "(build shards with `gvae-dist data build --source faces --out DIR`)")
-    return open_shards(d.path, d.on_bad_sample, d.verify)
+    if split == "eval" and d.eval_path:
+        _check_eval_path(d.path, d.eval_path)
+        return open_shards(d.eval_path, d.on_bad_sample, d.verify)
+    return open_shards(d.path, d.on_bad_sample, d.verify, split=split)
+
+
+def _check_eval_path(path: str, eval_path: str) -> None:
+    """``data.eval_path`` must not hold the training samples: not the same directory, nor a set
+    drawn by the same generator or importer with the same seed and input (those overlap)."""
+    from gvae_dist.data.shards import read_manifest
+
+    if Path(path).resolve() == Path(eval_path).resolve():
+        raise ValueError(f"data.eval_path {eval_path} is data.path: evaluation would read training "
+                         "samples; leave data.eval_path unset to use data.path's eval split")
+    same = ("source", "seed", "input")
+    train = read_manifest(path).get("generating_config", {})
+    held = read_manifest(eval_path).get("generating_config", {})
+    if all(train.get(k) == held.get(k) for k in same):
+        raise ValueError(f"data.eval_path {eval_path} was built from the same source, seed and input as "
+                         f"data.path {path} ({', '.join(f'{k}={train.get(k)}' for k in same)}), so their "
+                         "samples overlap: build it with another data.seed")
 
 
 def build_stream_loader(cfg, rank: int, world: int, device: torch.device, batch_size: int):
     """The training loader over ``data.path`` for this rank (see module docstring)."""
     backend = choose_backend(cfg)
-    shards = open_from_config(cfg)
+    shards = open_from_config(cfg, "train")
     if backend == "dali":
         from gvae_dist.data.stream_dali import DaliLoader as cls
     else:
         from gvae_dist.data.stream_wds import WdsLoader as cls
     loader = cls(shards, cfg, rank, world, torch.device(device), batch_size)
+    if cfg.data.record_reads:
+        loader.record_to(cfg.run_dir() / "data" / f"rank-{rank}.json")
     if rank == 0:
         lay = loader.layout
-        print(f"[gvae-dist] data: {backend} backend, {shards.num_samples} samples in {len(shards.shards)} "
+        print(f"[gvae-dist] data: {backend} backend, {shards.split or 'all'} split of {shards.root}: "
+              f"{shards.num_samples} samples in {len(shards.shards)} "
               f"shards ({loader.skipped} skipped as bad); {lay['batches_per_rank']} batches of "
               f"{batch_size} per rank per epoch, {lay['padded']} padded (repeated) samples per epoch",
               flush=True)
@@ -118,9 +150,29 @@ class StreamLoaderBase:
         self.info.extra["epoch"] = self.layout
         self.info.extra["backend"] = self.backend
         self.epoch, self.batch = 0, 0  # position: batches consumed in the current epoch
+        self._record: Path | None = None  # where to write the keys of the first epoch
+        self._keys: list[str] = []
         if self.native_size != self.image_size:
             log.warning("shards hold %dx%d images; resizing to data.image_size=%d while loading",
                         self.native_size, self.native_size, self.image_size)
+
+    def record_to(self, path: Path) -> None:
+        """Write what this rank reads to ``path`` (JSON): now the backend, split and layout, and
+        once its first epoch is complete the keys it yielded (padding repeats included)."""
+        self._record = Path(path)
+        self._record.parent.mkdir(parents=True, exist_ok=True)
+        self._write_record(None)
+
+    def _write_record(self, keys: list[str] | None) -> None:
+        extra = self.info.extra
+        record = {"rank": self.rank, "world": self.world, "backend": self.backend,
+                  "decode_device": "gpu" if self.device.type == "cuda" else "cpu",
+                  "path": extra["path"], "split": extra["split"], "samples": self.shards.num_samples,
+                  "shards": [sh.tar.name for sh in self.shards.shards], "layout": self.layout,
+                  "first_epoch_keys": keys}
+        tmp = self._record.with_name(f".{self._record.name}.tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self._record)
 
     def _advance(self) -> None:
         self.batch += 1
@@ -134,6 +186,13 @@ class StreamLoaderBase:
         return self
 
     def _batch(self, image_BCHW, labels_BL, factors_BF, keys) -> Batch:
+        per_epoch = self.layout["batches_per_rank"]
+        # _advance ran already: this batch was number (batch - 1) of its epoch; record whole epochs
+        if self._record is not None and (self._keys or (self.batch - 1) % per_epoch == 0):
+            self._keys += keys
+            if len(self._keys) == per_epoch * self.batch_size:
+                self._write_record(self._keys)
+                self._record, self._keys = None, []
         return Batch(image_BCHW, labels_BL.to(self.device, non_blocking=True),
                      factors_BF.to(self.device, non_blocking=True), keys)
 
@@ -155,11 +214,13 @@ def decode_image(data: bytes, channels: int, size: int, native: int) -> np.ndarr
 
 
 def load_eval_arrays(cfg, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
-    """The first ``limit`` readable samples (stored order, which ``data build`` shuffled) as
-    uint8 images ``[N, H, W, C]`` and factors float32 ``[N, F]``, plus the DatasetInfo."""
+    """The first ``limit`` readable held-out samples (the eval split of ``data.path``, or
+    ``data.eval_path``; stored order, which ``data build`` shuffled) as uint8 images
+    ``[N, H, W, C]`` and factors float32 ``[N, F]``, plus the DatasetInfo (``extra["keys"]``:
+    the keys read)."""
     from gvae_dist.data.shards import FACTORS_EXT
 
-    shards = open_from_config(cfg)
+    shards = open_from_config(cfg, "eval")
     n = min(limit or shards.num_samples, shards.num_samples)
     fmt, size = shards.manifest["image_format"], cfg.data.image_size
     channels, native = int(shards.manifest["channels"]), int(shards.manifest["image_size"])
@@ -179,4 +240,5 @@ def load_eval_arrays(cfg, limit: int | None = None) -> tuple[np.ndarray, np.ndar
         shards.close()
     info = shards.info()
     info.image_size = size
+    info.extra["keys"] = [shards.key(pos) for pos in range(n)]
     return images, factors, info
