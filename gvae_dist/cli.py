@@ -148,9 +148,13 @@ def _print_data_summary(cfg, run_dir: Path) -> None:
         return
     from gvae_dist.data.shards import read_manifest
 
-    split = read_manifest(d.path).get("split")
+    try:
+        split = read_manifest(d.path).get("split", False)
+    except ValueError:  # e.g. shards on the workers' file system only: the run itself went fine
+        split = None
     held_out = (f"data.eval_path {d.eval_path} (all of it)" if d.eval_path else
-                f"the eval split ({split['eval']} samples)" if split else "no held-out split (old manifest)")
+                f"the eval split ({split['eval']} samples)" if split else
+                "its eval split" if split is None else "no eval split (a manifest from before splits)")
     reads = [json.loads(p.read_text()) for p in sorted((run_dir / "data").glob("rank-*.json"))]
     if reads:
         backends = sorted({f"{r['backend']} ({r['decode_device']} decode)" for r in reads})

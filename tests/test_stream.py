@@ -233,9 +233,13 @@ def test_train_loop_runs_on_shards(png_dir, tmp_path, backend):
     from gvae_dist.train import train_loop
 
     cfg = load_config(None, [*TINY, "data.source=shards", f"data.path={png_dir}", f"data.backend={backend}",
-                             "data.num_workers=1", f"run.output_dir={tmp_path}"])
+                             "data.num_workers=1", f"run.output_dir={tmp_path}", "data.record_reads=true"])
     result = train_loop(cfg)
     assert result.step == 5 and np.isfinite(result.metrics["loss"])
+    read = json.loads((result.run_dir / "data" / "rank-0.json").read_text())
+    assert (read["backend"], read["split"], read["samples"]) == (backend, "train", N)
+    counts = collections.Counter(read["first_epoch_keys"])  # 4 batches of 16: N keys + 14 repeats
+    assert sorted(counts) == [f"{i:08d}" for i in range(N)] and sum(counts.values()) == 64
     assert result.metrics["data/skipped_samples"] == 0.0
     assert load_checkpoint(result.checkpoint)["data"][0]["backend"] == backend  # the data position
 
