@@ -139,6 +139,7 @@ def cmd_train(args) -> int:
         return exc.exit_code
     if os.environ.get("RANK", "0") != "0":  # torchrun: the summary is rank 0's to print
         return 0
+    _print_data_summary(cfg, Path(result.run_dir))
     print(f"[gvae-dist] run directory: {result.run_dir}")
     if result.checkpoint:
         print(f"[gvae-dist] last checkpoint: {result.checkpoint}")
@@ -150,6 +151,40 @@ def cmd_train(args) -> int:
         if uri.startswith("sqlite:"):
             print(f"[gvae-dist] browse it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
     return 0
+
+
+def _print_data_summary(cfg, run_dir: Path) -> None:
+    """Which data path, backend and split the run used, and where the shards are."""
+    d = cfg.data
+    if d.source != "shards":
+        print(f"[gvae-dist] data: built-in synthetic {d.source!r} generated in memory ({d.num_train} train, "
+              f"{d.num_eval} held-out eval images from another seed); no shards")
+        return
+    from gvae_dist.data.shards import read_manifest
+
+    try:
+        split = read_manifest(d.path).get("split", False)
+    except ValueError:  # e.g. shards on the workers' file system only: the run itself went fine
+        split = None
+    held_out = (f"data.eval_path {d.eval_path} (all of it)" if d.eval_path else
+                f"the eval split ({split['eval']} samples)" if split else
+                "its eval split" if split is None else "no eval split (a manifest from before splits)")
+    reads = [json.loads(p.read_text()) for p in sorted((run_dir / "data").glob("rank-*.json"))]
+    if reads:
+        backends = sorted({f"{r['backend']} ({r['decode_device']} decode)" for r in reads})
+        once = all(r["first_epoch_keys"] is not None for r in reads)
+        keys = [k for r in reads for k in (r["first_epoch_keys"] or [])]
+        epoch = (f"; first epoch: {len(set(keys))} distinct of {reads[0]['samples']} samples, "
+                 f"{len(keys) - len(set(keys))} repeats (padding)" if once else "")
+        print(f"[gvae-dist] data: {', '.join(backends)} backend on {len(reads)} rank(s), "
+              f"{reads[0]['split']} split: {reads[0]['samples']} samples in {len(reads[0]['shards'])} shards"
+              f"{epoch}")
+    else:
+        from gvae_dist.data.stream import choose_backend
+
+        print(f"[gvae-dist] data: {choose_backend(cfg)} backend (chosen here; set data.record_reads=true "
+              "for what each rank read), train split")
+    print(f"[gvae-dist] data: shards in {Path(d.path).resolve()}; evaluation read {held_out}")
 
 
 def cmd_eval(args) -> int:
@@ -228,10 +263,17 @@ def cmd_data(args) -> int:
     cfg = _load(args, [f"data.image_format={args.format}"] if args.format else [])
     manifest = build_dataset(args.source, args.out, cfg.data, num=args.num, shard_size=args.shard_size,
                              workers=args.workers, input_path=args.input, labels_csv=args.labels_csv)
-    built = manifest["built"]
-    print(f"[gvae-dist] {manifest['num_samples']} samples in {len(manifest['shards'])} shards at {args.out} "
-          f"({built['skipped_complete_shards']} were already complete; {built['seconds']}s); weak labels: "
-          f"{', '.join(lab['name'] for lab in manifest['labels'])}")
+    built, split = manifest["built"], manifest["split"]
+    if built.get("cached"):
+        print(f"[gvae-dist] shards at {args.out} are up to date (manifest.json matches the generator and its "
+              f"settings, fingerprint {manifest['fingerprint']}; {len(manifest['shards'])} shards match their "
+              f"sha256 ({built['verify_seconds']}s)): build skipped")
+    else:
+        print(f"[gvae-dist] {manifest['num_samples']} samples in {len(manifest['shards'])} shards at {args.out} "
+              f"({built['skipped_complete_shards']} were already complete; {built['seconds']}s); weak labels: "
+              f"{', '.join(lab['name'] for lab in manifest['labels'])}")
+    print(f"[gvae-dist] split: {split['train']} train / {split['eval']} held-out eval samples "
+          f"(data.eval_fraction={split['eval_fraction']}), each split in shards of its own")
     for note in manifest["notes"]:
         print(f"[gvae-dist] note: {note}")
     print(f"[gvae-dist] train on it: gvae-dist train --set data.source=shards --set data.path={args.out}")

@@ -59,6 +59,9 @@ class DataConfig:
     image_format: Literal["png", "jpg"] = f("png", "image encoding when shards are written")
     verify: Literal["checksum", "full", "none"] = f("checksum", "shard check at loader start: sha256 vs manifest (changed shards are scanned sample by sample), 'full' scans every sample, 'none' trusts the files")
     shuffle_buffer: int = f(1024, "samples in the shard loaders' shuffle buffer (DALI initial_fill)")
+    eval_fraction: float = f(0.2, "share of the samples `data build` holds out in evaluation shards of their own; training reads only the train shards, evaluation only these")
+    eval_path: str | None = f(None, "another built shard directory to evaluate on (all its samples) instead of data.path's eval split")
+    record_reads: bool = f(False, "each shard-loader rank writes <run dir>/data/rank-R.json: backend, split, epoch layout, keys of its first epoch")
 
 
 @dataclass
@@ -303,6 +306,8 @@ def validate(cfg: Config) -> None:
                      ("distributed.workers", cfg.distributed.workers), ("data.num_workers", d.num_workers),
                      ("run.threads", cfg.run.threads)]:
         _positive(val, key, allow_zero=True)
+    if not 0.0 <= d.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
     if not 0.0 <= d.label_flip_prob <= 1.0:
         raise ConfigError(f"data.label_flip_prob: must be in [0, 1], got {d.label_flip_prob}")
     if d.label_bins < 2:

@@ -116,6 +116,8 @@ def resolve_config(cfg: Config) -> Config:
     data["distributed"]["storage_path"] = storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
     if cfg.data.path and not _is_uri(cfg.data.path):
         data["data"]["path"] = str(Path(cfg.data.path).expanduser().resolve())
+    if cfg.data.eval_path and not _is_uri(cfg.data.eval_path):
+        data["data"]["eval_path"] = str(Path(cfg.data.eval_path).expanduser().resolve())
     if cfg.run.stop_file:
         data["run"]["stop_file"] = str(Path(cfg.run.stop_file).expanduser().resolve())
     if cfg.tracking.enabled:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +15,15 @@ from PIL import Image
 from gvae_dist.cli import main
 from gvae_dist.config import DataConfig
 from gvae_dist.data import shards as shards_mod
+from gvae_dist.data import synthetic
 from gvae_dist.data.importers import build_dataset
-from gvae_dist.data.shards import read_index, read_manifest, sha256_file
+from gvae_dist.data.shards import read_index, read_manifest, sha256_file, split_member
 from gvae_dist.data.synthetic import FACTOR_SPECS, generate, weak_labels
 
 
 def _data(**kw) -> DataConfig:
-    return DataConfig(image_size=32, **kw)
+    """No eval split unless asked: most tests here count shards of one split."""
+    return DataConfig(image_size=32, **{"eval_fraction": 0.0, **kw})
 
 
 def _members(tar_path):
@@ -72,20 +76,39 @@ def test_index_matches_dalis_wds2idx(tmp_path):
 def test_rebuild_skips_complete_shards_and_is_byte_reproducible(tmp_path):
     man = build_dataset("shapes", tmp_path, _data(), num=30, shard_size=10, progress=False)
     mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*")}
+    manifest_mtime = (tmp_path / "manifest.json").stat().st_mtime_ns
     again = build_dataset("shapes", tmp_path, _data(), num=30, shard_size=10, progress=False)
-    assert again["built"]["skipped_complete_shards"] == 3
+    assert again["built"]["cached"] and again["shards"] == man["shards"]  # verified, not rewritten
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*")} == mtimes
+    assert (tmp_path / "manifest.json").stat().st_mtime_ns == manifest_mtime
 
     (tmp_path / "shard-000001.tar").unlink()
     with open(tmp_path / "shard-000002.tar", "r+b") as fh:  # a damaged shard is rewritten too
         fh.seek(520)
         fh.write(b"\xff" * 10)
     fixed = build_dataset("shapes", tmp_path, _data(), num=30, shard_size=10, progress=False)
-    assert fixed["built"]["skipped_complete_shards"] == 1
+    assert fixed["built"]["skipped_complete_shards"] == 1 and not fixed["built"]["cached"]
     assert [s["sha256"] for s in fixed["shards"]] == [s["sha256"] for s in man["shards"]]
 
     other = build_dataset("shapes", tmp_path, _data(label_bins=5), num=30, shard_size=10, progress=False)
     assert other["built"]["skipped_complete_shards"] == 0  # another generating config
+
+
+def test_split_puts_held_out_samples_in_shards_of_their_own(tmp_path):
+    man = build_dataset("faces", tmp_path, _data(eval_fraction=0.25), num=28, shard_size=8, progress=False)
+    assert man["split"] == {"train": 21, "eval": 7, "eval_fraction": 0.25}
+    assert [(s["first"], s["count"], s["split"]) for s in man["shards"]] == [
+        (0, 8, "train"), (8, 8, "train"), (16, 5, "train"), (21, 7, "eval")]
+    code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+    assert man["generating_config"]["generator_sha256"] == code  # a changed renderer rebuilds
+    for rec in man["shards"]:  # each tar holds exactly its split's keys
+        keys = {split_member(name)[0] for name in _members(tmp_path / rec["tar"])}
+        assert keys == {f"{i:08d}" for i in range(rec["first"], rec["first"] + rec["count"])}
+    other = build_dataset("faces", tmp_path, _data(eval_fraction=0.5), num=28, shard_size=8, progress=False)
+    assert not other["built"]["cached"] and other["built"]["skipped_complete_shards"] == 0
+    assert other["split"]["eval"] == 14
+    with pytest.raises(ValueError, match="eval_fraction=0.01 of 28 samples leaves no evaluation sample"):
+        build_dataset("faces", tmp_path, _data(eval_fraction=0.01), num=28, progress=False)
 
 
 def test_interrupted_build_is_not_readable_and_resumes(tmp_path, monkeypatch):

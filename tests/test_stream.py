@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,21 @@ N = 50
 
 @pytest.fixture(scope="module")
 def png_dir(tmp_path_factory):
+    """N samples, all in the train split (the loader tests count on N)."""
     out = tmp_path_factory.mktemp("png")
-    build_dataset("faces", out, DataConfig(image_size=32), num=N, shard_size=16, progress=False)
+    build_dataset("faces", out, DataConfig(image_size=32, eval_fraction=0.0), num=N, shard_size=16,
+                  progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory):
+    """N samples: 40 train (shards of 16, 16, 8), 10 held out for evaluation (one shard)."""
+    out = tmp_path_factory.mktemp("split")
+    man = build_dataset("faces", out, DataConfig(image_size=32), num=N, shard_size=16, progress=False)
+    assert man["split"] == {"train": 40, "eval": 10, "eval_fraction": 0.2}
+    assert [(s["count"], s["split"]) for s in man["shards"]] == [(16, "train"), (16, "train"), (8, "train"),
+                                                                  (10, "eval")]
     return out
 
 
@@ -140,12 +154,61 @@ def test_resize_in_the_pipeline(tmp_path):
         assert float((dali[key][0] - wds[key][0]).abs().mean()) < 0.03  # two resize kernels
 
 
-def test_eval_arrays_come_from_the_shards(png_dir):
-    images, factors, info = load_eval_arrays(_cfg(png_dir, "auto"), limit=20)
-    ref = generate("faces", 20, seed=0, image_size=32)
-    np.testing.assert_array_equal(images, ref.images)
-    np.testing.assert_array_equal(factors, ref.factors)
-    assert info.num_samples == N and info.factor_names[0] == "yaw"
+def test_eval_arrays_come_from_the_eval_shards(split_dir):
+    images, factors, info = load_eval_arrays(_cfg(split_dir, "auto"), limit=20)
+    ref = generate("faces", N, seed=0, image_size=32)
+    np.testing.assert_array_equal(images, ref.images[40:])
+    np.testing.assert_array_equal(factors, ref.factors[40:])
+    assert info.num_samples == 10 and info.factor_names[0] == "yaw" and info.extra["split"] == "eval"
+    assert info.extra["keys"] == [f"{i:08d}" for i in range(40, N)]
+
+
+@pytest.mark.parametrize("backend, workers", [("dali", 1), ("webdataset", 2)])
+def test_evaluation_never_reads_a_training_sample(split_dir, backend, workers):
+    """Two epochs of every rank's training batches vs. everything evaluation reads: disjoint keys
+    and disjoint factor rows, and together every sample of the set."""
+    world, batch = 2, 8
+    loaders = [_loader(split_dir, backend, r, world, batch, f"data.num_workers={workers}")
+               for r in range(world)]
+    train_keys, train_factors = set(), set()
+    for loader in loaders:
+        assert loader.info.extra["split"] == "train" and loader.info.num_samples == 40
+        for _ in range(2 * loader.layout["batches_per_rank"]):
+            b = next(loader)
+            train_keys.update(b.keys)
+            train_factors.update(tuple(row) for row in b.factors.tolist())
+    _, factors, info = load_eval_arrays(_cfg(split_dir, backend), limit=None)
+    eval_keys = set(info.extra["keys"])
+    assert train_keys == {f"{i:08d}" for i in range(40)} and len(eval_keys) == 10
+    assert not train_keys & eval_keys
+    assert not train_factors & {tuple(row) for row in factors.tolist()}
+
+
+def test_eval_split_errors_and_eval_path(split_dir, png_dir, tmp_path):
+    cfg = _cfg(png_dir, "auto")  # built with data.eval_fraction=0: no eval shards
+    with pytest.raises(ValueError, match="lists no eval shards .*data.eval_fraction=0"):
+        load_eval_arrays(cfg)
+    # a manifest from before splits: training falls back to all shards, evaluation refuses
+    old = tmp_path / "old"
+    shutil.copytree(split_dir, old)
+    man = json.loads((old / "manifest.json").read_text())
+    for rec in man["shards"]:
+        del rec["split"]
+    (old / "manifest.json").write_text(json.dumps(man))
+    assert _loader(old, "webdataset").info.num_samples == N
+    with pytest.raises(ValueError, match="has no train/eval split .*data.eval_path"):
+        load_eval_arrays(_cfg(old, "auto"))
+    # data.eval_path: another set, read whole; never the training set itself or one that overlaps it
+    with pytest.raises(ValueError, match="samples overlap"):
+        load_eval_arrays(_cfg(old, "auto", f"data.eval_path={split_dir}"))
+    with pytest.raises(ValueError, match="is data.path"):
+        load_eval_arrays(_cfg(split_dir, "auto", f"data.eval_path={split_dir}"))
+    other = tmp_path / "other"
+    build_dataset("faces", other, DataConfig(image_size=32, seed=1, eval_fraction=0.0), num=12,
+                  shard_size=16, progress=False)
+    images, _, info = load_eval_arrays(_cfg(old, "auto", f"data.eval_path={other}"))
+    assert len(images) == 12 and info.extra["keys"] == [f"{i:08d}" for i in range(12)]
+    assert info.extra["path"] == str(other)
 
 
 def test_backend_choice(png_dir, monkeypatch):
@@ -170,9 +233,13 @@ def test_train_loop_runs_on_shards(png_dir, tmp_path, backend):
     from gvae_dist.train import train_loop
 
     cfg = load_config(None, [*TINY, "data.source=shards", f"data.path={png_dir}", f"data.backend={backend}",
-                             "data.num_workers=1", f"run.output_dir={tmp_path}"])
+                             "data.num_workers=1", f"run.output_dir={tmp_path}", "data.record_reads=true"])
     result = train_loop(cfg)
     assert result.step == 5 and np.isfinite(result.metrics["loss"])
+    read = json.loads((result.run_dir / "data" / "rank-0.json").read_text())
+    assert (read["backend"], read["split"], read["samples"]) == (backend, "train", N)
+    counts = collections.Counter(read["first_epoch_keys"])  # 4 batches of 16: N keys + 14 repeats
+    assert sorted(counts) == [f"{i:08d}" for i in range(N)] and sum(counts.values()) == 64
     assert result.metrics["data/skipped_samples"] == 0.0
     assert load_checkpoint(result.checkpoint)["data"][0]["backend"] == backend  # the data position
 

@@ -27,6 +27,7 @@ seeded random subset.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gvae_dist.data import synthetic
 from gvae_dist.data.synthetic import FACTOR_SPECS, FactorSpec, render, sample_factors, weak_labels
 
 __all__ = ["SOURCES", "MAX_INTEGER_CLASSES", "Source", "build_dataset", "open_source"]
@@ -149,7 +151,7 @@ def build_dataset(source: str, out: str | Path, data_cfg=None, *, num: int | Non
     d = data_cfg or DataConfig()
     src = open_source(source, d, num, input_path, labels_csv)
     return build_shards(BuildPlan(src, Path(out), image_format or d.image_format, shard_size,
-                                  max(1, workers), progress))
+                                  max(1, workers), progress, eval_fraction=d.eval_fraction))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,9 +199,13 @@ def _synthetic(kind: str, d, num: int) -> Source:
     scale = d.feature_scale
     if kind != "faces" and scale != 1.0:
         raise ValueError(f"--source {kind}: data.feature_scale applies to faces only; leave it at 1.0")
+    # the generator's code is part of the generating config: a changed renderer rebuilds the shards
+    generating = {"generator_sha256": hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]}
+    if kind == "faces":
+        generating["feature_scale"] = scale
     return _finish(kind, specs, factors, np.arange(num),
                    lambda rows: render(kind, factors[rows], d.image_size, scale), d.image_size, channels,
-                   d, {"feature_scale": scale} if kind == "faces" else {})
+                   d, generating)
 
 
 def _columns_to_specs(names, values_NF: np.ndarray, discrete: set[str], doc: str, notes: list[str]):

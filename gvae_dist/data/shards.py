@@ -2,7 +2,8 @@
 
 Layout of a shard directory::
 
-    manifest.json              written last: counts, factor/label names and ranges, per-shard sha256
+    manifest.json              written last: counts, factor/label names and ranges, the train/eval
+                               split, per-shard sha256 and ``split`` ("train" or "eval")
     shard-000000.tar           WebDataset tar: samples in stored order (importers shuffle on write)
     shard-000000.idx           DALI index of that tar (format v1.2, the same as the wheel's wds2idx)
     .build/shard-000000.json   build marker: fingerprint + checksums (lets a rerun skip the shard)
@@ -16,10 +17,18 @@ dots because WebDataset and DALI both split a member name at its first dot):
     <key>.factors.f32       ground-truth factors, raw little-endian float32 [F]
     <key>.json              the same labels and factors by name (+ provenance) for humans
 
+Split: the last ``round(N * eval_fraction)`` samples (``data.eval_fraction``) are the held-out
+evaluation set and go into shards of their own, after the training shards; no shard mixes the
+two, so a loader that opens one split never touches a sample of the other (see
+:mod:`gvae_dist.data.shardset`). Stored order is already random (generators draw i.i.d.
+factors, importers shuffle), so the tail is a random sample.
+
 Atomicity: a shard is written to a hidden temporary file and renamed into place, its index
 likewise, then its marker; ``manifest.json`` is removed when a build starts and written after
 every shard is complete, so a crash never leaves a directory that a loader accepts. Resume: a
-rerun with the same generating config skips shards whose marker and checksums still match.
+rerun with the same generating config skips shards whose marker and checksums still match, and
+one whose manifest matches that config and whose shards all match their checksums returns the
+manifest untouched (``built.cached``): a cached, verified build.
 Tars are byte-reproducible (fixed mtime/owner; deterministic encoders), so checksums are stable.
 """
 
@@ -42,6 +51,7 @@ __all__ = [
     "FORMAT_VERSION",
     "IMAGE_EXTS",
     "MANIFEST",
+    "SPLITS",
     "BuildPlan",
     "build_shards",
     "encode_image",
@@ -55,6 +65,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SPLITS = ("train", "eval")
 IMAGE_EXTS = ("png", "jpg")
 LABELS_EXT, FACTORS_EXT, JSON_EXT = "labels.i64", "factors.f32", "json"
 JPEG_QUALITY = 95  # recorded in the manifest's generating config
@@ -206,6 +217,8 @@ def read_manifest(root: str | Path) -> dict:
     for i, rec in enumerate(man["shards"]):
         if not isinstance(rec, dict) or not isinstance(rec.get("tar"), str) or not isinstance(rec.get("count"), int):
             raise ValueError(f"{path}: shards[{i}] needs a 'tar' name and an integer 'count', got {rec!r}")
+        if "split" in rec and rec["split"] not in SPLITS:
+            raise ValueError(f"{path}: shards[{i}] has split {rec['split']!r}, expected one of {SPLITS}")
     total = sum(int(s["count"]) for s in man["shards"])
     if total != man["num_samples"]:
         raise ValueError(f"{path}: num_samples is {man['num_samples']} but the shards hold {total}; "
@@ -228,6 +241,27 @@ class BuildPlan:
     workers: int = 1
     progress: bool = True
     config: dict = field(default_factory=dict)  # the generating config recorded in the manifest
+    eval_fraction: float = 0.0  # share of the samples held out for evaluation (last in stored order)
+
+    def split_sizes(self) -> tuple[int, int]:
+        """(train, eval) sample counts."""
+        n, frac = self.source.num_samples, self.eval_fraction
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"data.eval_fraction must be in [0, 1), got {frac}")
+        n_eval = int(round(n * frac))
+        if frac > 0 and (n_eval < 1 or n_eval >= n):
+            raise ValueError(f"data.eval_fraction={frac} of {n} samples leaves no "
+                             f"{'evaluation' if n_eval < 1 else 'training'} sample: build more "
+                             "samples (--num) or change data.eval_fraction")
+        return n - n_eval, n_eval
+
+    def layout(self) -> list[tuple[int, int, str]]:
+        """Per shard: (first, end, split). Training shards first, then the evaluation shards."""
+        n_train, n_eval = self.split_sizes()
+        out = []
+        for split, lo, hi in (("train", 0, n_train), ("eval", n_train, n_train + n_eval)):
+            out += [(a, min(a + self.shard_size, hi), split) for a in range(lo, hi, self.shard_size)]
+        return out
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.generating_config(), sort_keys=True, default=str)
@@ -236,7 +270,8 @@ class BuildPlan:
     def generating_config(self) -> dict:
         return {"format_version": FORMAT_VERSION, "image_format": self.image_format,
                 "jpeg_quality": JPEG_QUALITY if self.image_format == "jpg" else None,
-                "shard_size": self.shard_size, **self.source.config, **self.config}
+                "shard_size": self.shard_size, "eval_fraction": self.eval_fraction,
+                **self.source.config, **self.config}
 
 
 _PLAN: BuildPlan | None = None  # set before forking build workers (shared copy-on-write)
@@ -246,7 +281,7 @@ def _write_shard(j: int) -> dict:
     """Encode and write shard j atomically; returns its marker record."""
     plan = _PLAN
     src, out, n = plan.source, plan.out, plan.source.num_samples
-    lo, hi = j * plan.shard_size, min((j + 1) * plan.shard_size, n)
+    lo, hi, split = plan.layout()[j]
     rows = src.rows[lo:hi]
     images = src.images(rows)
     width = key_width(n)
@@ -263,7 +298,7 @@ def _write_shard(j: int) -> dict:
     assert len(entries) == hi - lo, (name, len(entries), hi - lo)
     tmp_idx = out / f".{name}.idx.tmp-{os.getpid()}"
     write_index(tmp_idx, entries)
-    record = {"tar": f"{name}.tar", "index": f"{name}.idx", "count": hi - lo, "first": lo,
+    record = {"tar": f"{name}.tar", "index": f"{name}.idx", "count": hi - lo, "first": lo, "split": split,
               "sha256": sha256_file(tmp_tar), "index_sha256": sha256_file(tmp_idx),
               "bytes": tmp_tar.stat().st_size}
     _replace_atomically(tmp_tar, out / record["tar"])
@@ -272,7 +307,7 @@ def _write_shard(j: int) -> dict:
     return record
 
 
-def _done_record(plan: BuildPlan, j: int, count: int) -> dict | None:
+def _done_record(plan: BuildPlan, j: int, first: int, count: int, split: str) -> dict | None:
     """The marker of shard j if the shard on disk is complete and from this same config."""
     name = shard_name(j)
     marker = plan.out / ".build" / f"{name}.json"
@@ -282,11 +317,32 @@ def _done_record(plan: BuildPlan, j: int, count: int) -> dict | None:
         return None
     if rec.pop("fingerprint", None) != plan.fingerprint():
         return None  # written by another generating config: rebuild
-    tar, idx = plan.out / f"{name}.tar", plan.out / f"{name}.idx"
-    if (rec.get("count") != count or not tar.is_file() or not idx.is_file()
-            or sha256_file(tar) != rec.get("sha256") or sha256_file(idx) != rec.get("index_sha256")):
+    if (rec.get("count"), rec.get("first"), rec.get("split")) != (count, first, split):
         return None
-    return rec
+    return rec if _files_match(plan.out, rec) else None
+
+
+def _files_match(out: Path, rec: dict) -> bool:
+    """The shard's tar and index exist and have the checksums of ``rec``."""
+    tar, idx = out / str(rec.get("tar")), out / str(rec.get("index"))
+    return (tar.is_file() and idx.is_file() and sha256_file(tar) == rec.get("sha256")
+            and sha256_file(idx) == rec.get("index_sha256"))
+
+
+def _cached_manifest(plan: BuildPlan) -> dict | None:
+    """The manifest already in ``plan.out`` if it was written by this same generating config
+    and every shard it lists still has its checksums; None if anything must be (re)built."""
+    try:
+        man = read_manifest(plan.out)
+    except ValueError:
+        return None
+    layout = [(first, hi - first, split) for first, hi, split in plan.layout()]
+    if (man.get("fingerprint") != plan.fingerprint()
+            or [(r.get("first"), r["count"], r.get("split")) for r in man["shards"]] != layout):
+        return None
+    if not all(_files_match(plan.out, rec) for rec in man["shards"]):
+        return None
+    return man
 
 
 def build_shards(plan: BuildPlan) -> dict:
@@ -298,20 +354,26 @@ def build_shards(plan: BuildPlan) -> dict:
         raise ValueError(f"--shard-size must be >= 1, got {plan.shard_size}")
     if plan.image_format not in IMAGE_EXTS:
         raise ValueError(f"--format must be one of {IMAGE_EXTS}, got {plan.image_format!r}")
+    layout = plan.layout()
+    t0 = time.perf_counter()
+    cached = _cached_manifest(plan)
+    if cached is not None:  # nothing to do: leave the directory as it is (readers may be open)
+        cached["built"] = {**cached.get("built", {}), "cached": True,
+                           "verify_seconds": round(time.perf_counter() - t0, 2)}
+        return cached
     out.mkdir(parents=True, exist_ok=True)
     (out / ".build").mkdir(exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the directory is not readable until the build ends
     for stale in out.glob(".shard-*.tmp-*"):  # leftovers of an interrupted build
         stale.unlink()
-    num_shards = -(-n // plan.shard_size)
-    counts = [min(plan.shard_size, n - j * plan.shard_size) for j in range(num_shards)]
+    num_shards = len(layout)
+    counts = [hi - lo for lo, hi, _ in layout]
     records: dict[int, dict] = {}
-    for j in range(num_shards):
-        rec = _done_record(plan, j, counts[j])
+    for j, (lo, hi, split) in enumerate(layout):
+        rec = _done_record(plan, j, lo, hi - lo, split)
         if rec is not None:
             records[j] = rec
     todo = [j for j in range(num_shards) if j not in records]
-    t0 = time.perf_counter()
     bar = _progress(plan, n, sum(counts[j] for j in records))
     _PLAN = plan
     try:
@@ -319,7 +381,7 @@ def build_shards(plan: BuildPlan) -> dict:
             # fork: workers share the source's arrays copy-on-write instead of pickling them
             with mp.get_context("fork").Pool(min(plan.workers, len(todo))) as pool:
                 for rec in pool.imap_unordered(_write_shard, todo):
-                    records[rec["first"] // plan.shard_size] = rec
+                    records[layout.index((rec["first"], rec["first"] + rec["count"], rec["split"]))] = rec
                     bar.update(rec["count"])
         else:
             for j in todo:
@@ -340,12 +402,14 @@ def build_shards(plan: BuildPlan) -> dict:
                        "json": JSON_EXT},
         "factors": src.factor_meta(),
         "labels": src.label_meta(),
+        "split": {"train": plan.split_sizes()[0], "eval": plan.split_sizes()[1],
+                  "eval_fraction": plan.eval_fraction},
         "shards": [records[j] for j in range(num_shards)],
         "generating_config": plan.generating_config(),
         "fingerprint": plan.fingerprint(),
         "notes": src.notes,
         "built": {"seconds": round(time.perf_counter() - t0, 2), "skipped_complete_shards":
-                  num_shards - len(todo), "unlisted_tars_in_directory": extra},
+                  num_shards - len(todo), "unlisted_tars_in_directory": extra, "cached": False},
     }
     _write_json(out / MANIFEST, manifest)
     return manifest

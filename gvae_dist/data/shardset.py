@@ -1,6 +1,13 @@
 """Open a shard directory for reading: check it against its manifest, find bad samples, and
 index the good ones for the loaders.
 
+Splits: ``open_shards(root, split="train")`` opens only the shards that ``data build`` marked
+``train`` in manifest.json, ``split="eval"`` only the held-out ones (``split=None``: all). The
+other split's shards are not opened, checked or indexed, so a loader built on one split cannot
+yield a sample of the other. A manifest written before splits existed has no ``split`` per
+shard: ``train`` then reads every shard with a warning, ``eval`` raises (rebuild the shards, or
+evaluate on another built set with ``data.eval_path``).
+
 What is checked at start-up (``data.verify``):
 
 - ``checksum`` (default): the manifest must be consistent and list at least one shard; every
@@ -40,6 +47,8 @@ from gvae_dist.data.shards import (
     FACTORS_EXT,
     JSON_EXT,
     LABELS_EXT,
+    MANIFEST,
+    SPLITS,
     index_entries,
     read_index,
     read_manifest,
@@ -48,7 +57,7 @@ from gvae_dist.data.shards import (
     write_index,
 )
 
-__all__ = ["BadSample", "ShardSet", "open_shards", "check_sample"]
+__all__ = ["BadSample", "ShardSet", "open_shards", "check_sample", "select_split"]
 
 log = logging.getLogger("gvae_dist.data")
 _Entry = list[tuple[str, int, int, str]]  # one sample: (ext, data offset, size, member name) per component
@@ -81,6 +90,8 @@ class ShardSet:
     shards: list[_Shard]
     bad: list[BadSample] = field(default_factory=list)
     problems: list[BadSample] = field(default_factory=list)  # shard-level mismatches
+    split: str | None = None  # the split these shards are ("train", "eval"; None: all shards)
+    listed: int | None = None  # samples the manifest lists in these shards (default: all)
 
     def __post_init__(self) -> None:
         counts = [len(s.entries) for s in self.shards]
@@ -93,7 +104,8 @@ class ShardSet:
 
     @property
     def skipped(self) -> int:
-        return max(0, int(self.manifest["num_samples"]) - self.num_samples)
+        listed = self.manifest["num_samples"] if self.listed is None else self.listed
+        return max(0, int(listed) - self.num_samples)
 
     def info(self) -> DatasetInfo:
         m = self.manifest
@@ -102,7 +114,7 @@ class ShardSet:
             factor_names=[f["name"] for f in m["factors"]],
             factor_discrete=[bool(f["discrete"]) for f in m["factors"]],
             label_names=[lab["name"] for lab in m["labels"]], num_samples=self.num_samples,
-            extra={"path": str(self.root), "image_format": m["image_format"],
+            extra={"path": str(self.root), "split": self.split or "all", "image_format": m["image_format"],
                    "label_classes": [int(lab["num_classes"]) for lab in m["labels"]],
                    "skipped": self.skipped, "bad_samples": [str(b) for b in self.bad[:20]]},
         )
@@ -215,8 +227,34 @@ def _scan(tar: Path, manifest: dict, name: str) -> tuple[list[_Entry], list[BadS
     return good, bad, len(groups)
 
 
-def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum") -> ShardSet:
-    """Read the manifest, check the shards (see module docstring) and index the good samples."""
+def select_split(manifest: dict, split: str | None, root: Path) -> list[dict]:
+    """The manifest's shard records of ``split`` (see module docstring)."""
+    if split is None:
+        return list(manifest["shards"])
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    if not any("split" in rec for rec in manifest["shards"]):
+        if split == "eval":
+            raise ValueError(f"{root / MANIFEST} has no train/eval split (built before `data build` wrote "
+                             "one), so evaluation would read training samples: rebuild it with "
+                             "`gvae-dist data build` (data.eval_fraction), or set data.eval_path to "
+                             "another built shard directory")
+        log.warning("%s has no train/eval split (built before `data build` wrote one): training reads "
+                    "all %d samples; rebuild it, or set data.eval_path, to evaluate on held-out "
+                    "samples", root / MANIFEST, manifest["num_samples"])
+        return list(manifest["shards"])
+    chosen = [rec for rec in manifest["shards"] if rec.get("split") == split]
+    if not chosen:
+        hint = (" (it was built with data.eval_fraction=0): rebuild with data.eval_fraction > 0, "
+                "or set data.eval_path to another built shard directory" if split == "eval" else "")
+        raise ValueError(f"{root / MANIFEST} lists no {split} shards{hint}")
+    return chosen
+
+
+def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum",
+                split: str | None = None) -> ShardSet:
+    """Read the manifest, check the shards of ``split`` (see module docstring) and index their
+    good samples."""
     if on_bad not in ("error", "skip"):
         raise ValueError(f"data.on_bad_sample must be 'error' or 'skip', got {on_bad!r}")
     if verify not in ("checksum", "full", "none"):
@@ -225,8 +263,9 @@ def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum
     if not root.is_dir():
         raise ValueError(f"data.path {root} is not a directory")
     manifest = read_manifest(root)
+    records = select_split(manifest, split, root)
     shards, bad, problems = [], [], []
-    for rec in manifest["shards"]:
+    for rec in records:
         name, count = rec["tar"], int(rec["count"])
         tar, idx = root / name, root / rec.get("index", Path(name).stem + ".idx")
         if not tar.is_file():
@@ -252,7 +291,8 @@ def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum
                 problems.append(BadSample(name, None, f"holds {len(entries)} samples, manifest.json "
                                                       f"lists {count}"))
         shards.append(_Shard(tar, idx, entries, rewritten))
-    sset = ShardSet(root, manifest, shards, bad, problems)
+    sset = ShardSet(root, manifest, shards, bad, problems, split,
+                    sum(int(rec["count"]) for rec in records))
     issues = problems + bad
     if issues:
         listing = "\n  ".join(str(b) for b in issues[:10])
@@ -262,9 +302,9 @@ def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum
                              f"{more}\nSet data.on_bad_sample=skip to leave the bad samples out, or "
                              f"rebuild with `gvae-dist data build`.")
         log.warning("shards in %s: skipping %d of %d samples (%d problems):\n  %s%s", root,
-                    sset.skipped, manifest["num_samples"], len(issues), listing, more)
+                    sset.skipped, sset.listed, len(issues), listing, more)
     if sset.num_samples == 0:
-        raise ValueError(f"shards in {root}: no readable samples left (of {manifest['num_samples']} listed)")
+        raise ValueError(f"shards in {root}: no readable samples left (of {sset.listed} listed)")
     return sset
 
 
