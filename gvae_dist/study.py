@@ -128,7 +128,6 @@ def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> St
         if not isinstance(val, _TYPES[key]):
             raise ConfigError(f"study.{key}: expected a {_TYPES[key].__name__}, got {val!r}")
     spec = StudySpec(**body, base_dir=path.parent)
-    spec.overrides = [*spec.overrides, *(extra_overrides or [])]
     for key, values, kind in [("seeds", spec.seeds, int), ("label_flip_probs", spec.label_flip_probs, (int, float)),
                               ("objectives", spec.objectives, str), ("presets", spec.presets, str),
                               ("overrides", spec.overrides, str), ("variants", spec.variants, str)]:
@@ -154,6 +153,7 @@ def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> St
     for item in spec.overrides:
         if "=" not in item:
             raise ConfigError(f"study.overrides: {item!r} is not key=value")
+    spec.overrides = [*spec.overrides, *(extra_overrides or [])]  # --set: later ones win, repeats allowed
     return spec
 
 
