@@ -278,8 +278,10 @@ def _record(cfg: Config, seconds: float | None) -> dict[str, Any]:
         "fingerprint": fingerprint(cfg), "name": cfg.run.name, "eval": metrics["eval"],
         "train": metrics["train"], "seconds": seconds, "train_seconds": train_s, "steps": steps,
         "steps_per_s": steps / train_s if train_s else None,
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": ("unknown" if seconds is None  # recorded after the fact, maybe elsewhere
+                   else torch.cuda.get_device_name() if device == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()})"),
+        "host": platform.node() if seconds is not None else "unknown", "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": _fingerprinted(cfg.to_dict()),
     }
     tmp = run_dir / (RESULT_FILE + ".tmp")
