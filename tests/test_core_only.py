@@ -192,3 +192,17 @@ def test_stdlib_tar_reader_matches_webdataset(tmp_path):
     for bufsize, seed in [(1, 0), (8, 3), (64, 12345)]:
         assert (list(shuffle(iter(ours), bufsize, seed)) ==
                 list(wds.shuffle(bufsize, bufsize, seed=seed)(iter(theirs))))
+
+
+def test_the_extras_named_in_messages_exist_and_dev_keeps_everything():
+    tomllib = pytest.importorskip("tomllib")
+    from gvae_dist.optional import EXTRAS
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert {extra for _, extra in EXTRAS.values()} <= set(extras)
+    core = " ".join(project["dependencies"])
+    for module, (dist, extra) in EXTRAS.items():
+        if extra != "dev":
+            assert dist.split("[")[0] not in core and any(dist in req for req in extras[extra]), module
+    assert "gvae-dist[ray,mlflow,webdataset,dali]" in extras["all"] and "gvae-dist[all]" in extras["dev"]
