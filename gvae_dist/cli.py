@@ -11,11 +11,15 @@
                          [--num N] [--likelihood bernoulli|gaussian --sigma S] [--feature-scale X]
     gvae-dist bench [--quick] [--suite NAME ...] [--device cpu|cuda] [--out FILE.json]
     gvae-dist tune   --space tune_spaces/FILE.yaml [--address ADDR] [--set key=value | --set tune.field=value ...]
-    gvae-dist study  --config configs/study_faces.yaml [--parallel N] [--address ADDR] [--set key=value ...]
+    gvae-dist study  --config configs/study_faces.yaml [--parallel N] [--executor auto|local|ray]
+                     [--cells GLOB ...] [--out DIR] [--address ADDR] [--set key=value ...]
 
 New knobs go into the config tree (``--set``), not onto the command line.
 
-Exit codes: 0 done; 2 bad config or input; 75 (``EX_TEMPFAIL``) stopped early on
+Ray, DALI, MLflow and WebDataset are optional (gvae_dist/optional.py): a command that needs a
+missing one prints one line naming the feature and the extra to install, and exits 2.
+
+Exit codes: 0 done; 2 bad config or input, or a missing optional backend; 75 (``EX_TEMPFAIL``) stopped early on
 ``run.checkpoint_signal`` / ``run.stop_file`` after writing a checkpoint: run the same command
 again to resume (the SLURM scripts in cluster/slurm requeue the job on it).
 """
@@ -29,6 +33,7 @@ import sys
 from pathlib import Path
 
 from gvae_dist.config import ConfigError, explain, load_config
+from gvae_dist.optional import MissingDependency
 
 __all__ = ["main", "build_parser"]
 
@@ -101,12 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "else a private local cluster)")
 
     p = sub.add_parser("study", help="gated vs un-gated x objectives x seeds x label noise, run in sequence "
-                                     "into results.csv/.md/.png; re-run the same command to resume")
+                                     "into results.csv/.md/.png; re-run the same command to resume; "
+                                     "finished cells copied in from another machine are picked up")
     p.add_argument("--config", "-c", required=True, help="study file (see configs/study_faces.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every cell, after study.overrides (repeatable)")
     p.add_argument("--parallel", type=int, default=None, metavar="N",
-                   help="cells at a time (default study.parallel): 1 = in sequence here, N > 1 = N Ray tasks")
+                   help="cells at a time (default study.parallel): 1 = in sequence here, N > 1 = N Ray tasks "
+                        "or N local processes (--executor)")
+    p.add_argument("--executor", choices=["auto", "local", "ray"], default=None,
+                   help="where parallel cells run (default study.executor): ray, local processes on this "
+                        "machine, or auto = ray if it is installed, else local")
+    p.add_argument("--cells", action="append", default=[], metavar="GLOB",
+                   help="run only the cells whose names match (repeatable); finished cells are all collected")
+    p.add_argument("--out", default=None, help="study output directory (sets study.output_dir)")
     p.add_argument("--address", default=None, help="Ray cluster for --parallel (default RAY_ADDRESS, else a "
                                                    "private local cluster)")
     return parser
@@ -143,7 +156,7 @@ def cmd_train(args) -> int:
     print(f"[gvae-dist] run directory: {result.run_dir}")
     if result.checkpoint:
         print(f"[gvae-dist] last checkpoint: {result.checkpoint}")
-    if cfg.tracking.enabled:
+    if cfg.tracking.enabled and result.tracking_run_id:
         from gvae_dist.tracking import tracking_uri
 
         uri = tracking_uri(cfg)
@@ -313,8 +326,11 @@ def cmd_study(args) -> int:
     from gvae_dist.study import StudyError, load_study, run_study
 
     overrides = _with_address(args)
+    spec = load_study(args.config, overrides)
+    if args.out:
+        spec.output_dir = args.out
     try:
-        out = run_study(load_study(args.config, overrides), parallel=args.parallel)
+        out = run_study(spec, parallel=args.parallel, executor=args.executor, only=args.cells)
     except StudyError as exc:
         print(f"gvae-dist: {exc}", file=sys.stderr)
         return 1
@@ -334,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"gvae-dist: config error: {exc}", file=sys.stderr)
+        return 2
+    except MissingDependency as exc:
+        print(f"gvae-dist: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"gvae-dist: error: {exc}", file=sys.stderr)

@@ -19,6 +19,8 @@ sets up (``Accelerator(cpu=True)`` on CPU workers, see ``train.py``).
   carries the id from then on.
 - Paths are made absolute on the driver before the config is shipped: workers do not share
   the driver's working directory (``ray job submit`` runs the driver in a temporary copy).
+- Ray is optional (``pip install 'gvae-dist[ray]'``): :func:`launch` says so in one line when it
+  is missing; ``distributed.workers=0`` trains in this process without it.
 - Preemption (``run.stop_file``): the workers checkpoint, report and *return*, so Ray keeps that
   checkpoint; the driver then raises ``train.Preempted`` (the CLI exits 75 to be requeued).
 """
@@ -266,8 +268,9 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
 
 def launch(cfg: Config) -> TrainResult:
     """Train ``cfg`` on a Ray cluster with ``distributed.workers`` workers; see module doc."""
-    import ray
+    from gvae_dist.optional import require
 
+    ray = require("ray", "distributed.workers > 0 (gvae-dist train --workers N: Ray Train)")
     from gvae_dist.tracking import close_run, open_run
 
     _validate(cfg)

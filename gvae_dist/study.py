@@ -4,13 +4,22 @@ Vowels et al. (arXiv 1911.06443) claim gating improves the average of DCI disent
 completeness and informativeness (Eastwood & Williams 2018) over the un-gated models. A study
 file names the grid; every cell is one independent :func:`gvae_dist.train.train_loop` run in its
 own run directory, run in sequence in this process or, with ``parallel: N`` / ``--parallel N``,
-N at a time as Ray tasks (one CPU each) on a Ray cluster (``--address`` / ``RAY_ADDRESS``, or a
-private local one).
+N at a time: as Ray tasks (one CPU each) on a Ray cluster (``--address`` / ``RAY_ADDRESS``, or a
+private local one), or as N local processes (``executor: local``, and ``auto`` when Ray is not
+installed), so a study needs no Ray on a single machine.
 
-A cell whose run directory already holds ``metrics.json`` with evaluation results is skipped, so
-re-running the same command resumes a partly finished study (an interrupted cell resumes from
-its own newest checkpoint through ``run.resume``). Results: ``results.csv``, ``results.md``
-(mean ± std per objective, variant and noise level) and ``results.png`` in ``study.output_dir``.
+Each finished cell leaves ``result.json`` in its run directory: its evaluation, timing
+(seconds, steps/s, device) and the **fingerprint** of its config, a hash of everything that
+defines the experiment, leaving out run-local keys (paths, names, tracking, threads, device,
+logging and checkpoint cadence, see :data:`RUN_LOCAL`). A cell whose result carries the
+fingerprint of the study's cell is skipped, so re-running the same command resumes a partly
+finished study (an interrupted cell resumes from its own newest checkpoint through
+``run.resume``), and cells run on other machines (``--cells GLOB`` picks which) are merged by
+copying their run directories into ``<output_dir>/runs/`` and re-running the command. A run
+directory made with a different config is refused with the keys that differ, never silently
+re-used or overwritten. Results: ``results.csv`` (with seconds and steps/s per cell),
+``results.md`` (mean ± std per objective, variant and noise level) and ``results.png`` in
+``study.output_dir``.
 
 Study file::
 
@@ -30,8 +39,11 @@ objective and variant are read from its ``objective.name`` and ``gate.enabled``)
 from __future__ import annotations
 
 import csv
+import fnmatch
+import hashlib
 import json
 import math
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +51,23 @@ from typing import Any
 
 from gvae_dist.config import Config, ConfigError, load_config, read_yaml_mapping
 
-__all__ = ["StudySpec", "StudyError", "Cell", "load_study", "plan_cells", "run_study", "collect", "format_table"]
+__all__ = ["StudySpec", "StudyError", "Cell", "load_study", "plan_cells", "run_study", "collect", "format_table",
+           "fingerprint", "RESULT_FILE", "RUN_LOCAL"]
 
 METRICS = {"D": "disentanglement", "C": "completeness", "I": "informativeness",
            "purity": "partition_purity", "MIG": "mig", "SAP": "sap"}
 VARIANTS = ("gated", "ungated")
+EXECUTORS = ("auto", "local", "ray")
+RESULT_FILE = "result.json"
+# Config keys that say where and how a cell runs, not what it computes: left out of the fingerprint.
+RUN_LOCAL = {
+    "run": {"name", "output_dir", "resume", "keep_checkpoints", "checkpoint_every", "log_every",
+            "threads", "retain_freed_memory", "checkpoint_signal", "stop_file", "device"},
+    "tracking": "*", "distributed": "*",
+    "data": {"path", "num_workers", "verify", "backend"},
+    "eval": {"batch_size"},
+    "optim": {"compile", "channels_last"},
+}
 
 
 @dataclass
@@ -65,7 +89,9 @@ class StudySpec:
     overrides: list[str] = field(default_factory=list)
     """``key=value`` overrides applied to every cell before seed and noise"""
     parallel: int = 1
-    """cells run at a time: 1 = in sequence in this process, N > 1 = N Ray tasks at once"""
+    """cells run at a time: 1 = in sequence in this process, N > 1 = N at once (see executor)"""
+    executor: str = "auto"
+    """where parallel cells run: 'ray' tasks, 'local' processes, 'auto' = ray if installed"""
     base_dir: Path = Path(".")
     """directory the preset paths are relative to (the study file's; not a file key)"""
 
@@ -79,9 +105,14 @@ class Cell:
     label_flip_prob: float
     cfg: Config
 
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cfg)
+
 
 _TYPES = {"output_dir": str, "objectives": list, "variants": list, "preset": str, "presets": list,
-          "seeds": list, "label_flip_probs": list, "overrides": list, "parallel": int}
+          "seeds": list, "label_flip_probs": list, "overrides": list, "parallel": int,
+          "executor": str}
 
 
 def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> StudySpec:
@@ -97,7 +128,6 @@ def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> St
         if not isinstance(val, _TYPES[key]):
             raise ConfigError(f"study.{key}: expected a {_TYPES[key].__name__}, got {val!r}")
     spec = StudySpec(**body, base_dir=path.parent)
-    spec.overrides = [*spec.overrides, *(extra_overrides or [])]
     for key, values, kind in [("seeds", spec.seeds, int), ("label_flip_probs", spec.label_flip_probs, (int, float)),
                               ("objectives", spec.objectives, str), ("presets", spec.presets, str),
                               ("overrides", spec.overrides, str), ("variants", spec.variants, str)]:
@@ -106,6 +136,8 @@ def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> St
             raise ConfigError(f"study.{key}: {bad[0]!r} has the wrong type")
         if len(set(values)) != len(values):
             raise ConfigError(f"study.{key}: duplicate entries in {values}")
+    if spec.executor not in EXECUTORS:
+        raise ConfigError(f"study.executor: {spec.executor!r} is not one of {list(EXECUTORS)}")
     for v in spec.variants:
         if v not in VARIANTS:
             raise ConfigError(f"study.variants: {v!r} is not one of {list(VARIANTS)}")
@@ -121,6 +153,7 @@ def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> St
     for item in spec.overrides:
         if "=" not in item:
             raise ConfigError(f"study.overrides: {item!r} is not key=value")
+    spec.overrides = [*spec.overrides, *(extra_overrides or [])]  # --set: later ones win, repeats allowed
     return spec
 
 
@@ -155,37 +188,153 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
     return cells
 
 
+def _fingerprinted(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a ``Config.to_dict()``) without the :data:`RUN_LOCAL` keys."""
+    out = {}
+    for section, value in config.items():
+        drop = RUN_LOCAL.get(section, set())
+        if drop == "*":
+            continue
+        out[section] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
+    return out
+
+
+def fingerprint(cfg: Config | dict[str, Any]) -> str:
+    """A short hash of what a cell computes: its config without the :data:`RUN_LOCAL` keys."""
+    data = _fingerprinted(cfg.to_dict() if isinstance(cfg, Config) else cfg)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _refuse(cell: Cell, source: Path, theirs: dict[str, Any] | None, fp: str) -> ConfigError:
+    mine = _flat(_fingerprinted(cell.cfg.to_dict()))
+    other = _flat(_fingerprinted(theirs)) if theirs else {}
+    diff = [f"{k}: {other.get(k, '?')!r} there, {mine.get(k, '?')!r} here"
+            for k in sorted(set(mine) | set(other)) if mine.get(k) != other.get(k)]
+    return ConfigError(
+        f"study cell {cell.name}: {source} was made with a different config (fingerprint {fp}, this "
+        f"study's cell is {cell.fingerprint}"
+        + (f"; differing keys: {'; '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}" if diff else "")
+        + f"). Move {source.parent} away to run the cell again, or restore the study settings it was "
+        "made with")
+
+
 def _finished(cell: Cell) -> dict[str, Any] | None:
-    path = cell.cfg.run_dir() / "metrics.json"
+    """The cell's result (``result.json``) if it finished with this cell's config fingerprint;
+    None if it has not finished; ConfigError if its run directory holds a different config."""
+    run_dir = cell.cfg.run_dir()
+    path = run_dir / RESULT_FILE
+    if path.is_file():
+        result = json.loads(path.read_text())
+        if result.get("fingerprint") != cell.fingerprint:
+            raise _refuse(cell, path, result.get("config"), result.get("fingerprint"))
+        return result
+    saved = run_dir / "config.yaml"  # written by train_loop at its start
+    if saved.is_file():
+        theirs = load_config(saved).to_dict()
+        if fingerprint(theirs) != cell.fingerprint:
+            raise _refuse(cell, saved, theirs, fingerprint(theirs))
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file() and json.loads(metrics.read_text()).get("eval"):
+        return _record(cell.cfg, seconds=None)  # finished before result files existed
+    return None
+
+
+def _train_speed(run_dir: Path, batch_size: int) -> tuple[int, float | None]:
+    """(steps, training seconds) from ``metrics.jsonl``: each logged interval's steps over its
+    images/s (which leaves out evaluation and checkpoints)."""
+    path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        return None
-    eval_metrics = json.loads(path.read_text()).get("eval")
-    return eval_metrics or None
+        return 0, None
+    steps, seconds, prev = 0, 0.0, 0
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        step, ips = int(row["step"]), float(row.get("perf/images_per_s", 0.0))
+        n = step - prev if step > prev else step  # a resumed run starts counting again
+        prev = step
+        if n > 0 and ips > 0:
+            steps, seconds = steps + n, seconds + n * batch_size / ips
+    return steps, (seconds or None)
+
+
+def _record(cfg: Config, seconds: float | None) -> dict[str, Any]:
+    """Write the cell's ``result.json`` (fingerprint, evaluation, timing) from its run directory."""
+    import torch
+
+    run_dir = cfg.run_dir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    steps, train_s = _train_speed(run_dir, cfg.optim.batch_size)
+    device = cfg.run.device if cfg.run.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    result = {
+        "fingerprint": fingerprint(cfg), "name": cfg.run.name, "eval": metrics["eval"],
+        "train": metrics["train"], "seconds": seconds, "train_seconds": train_s, "steps": steps,
+        "steps_per_s": steps / train_s if train_s else None,
+        "device": ("unknown" if seconds is None  # recorded after the fact, maybe elsewhere
+                   else torch.cuda.get_device_name() if device == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()})"),
+        "host": platform.node() if seconds is not None else "unknown", "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": _fingerprinted(cfg.to_dict()),
+    }
+    tmp = run_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(run_dir / RESULT_FILE)
+    return result
 
 
 class StudyError(RuntimeError):
     """Some cells failed; the others finished and are kept. The message names the failed cells."""
 
 
-def run_study(spec: StudySpec, log=print, parallel: int | None = None) -> dict[str, Any]:
+def _resolve_executor(executor: str) -> str:
+    from gvae_dist.optional import available
+
+    if executor == "auto":
+        return "ray" if available("ray") else "local"
+    return executor
+
+
+def run_study(spec: StudySpec, log=print, parallel: int | None = None, executor: str | None = None,
+              only: list[str] | None = None) -> dict[str, Any]:
     """Run the unfinished cells, then write results.csv / .md / .png.
 
     ``parallel`` (default ``study.parallel``) = 1 runs the cells one after another in this
-    process; N > 1 runs N at a time as Ray tasks (one CPU and one torch thread each) on the
-    cluster at ``distributed.address`` / ``RAY_ADDRESS``, or a private local one. A failed cell
+    process; N > 1 runs N at a time with ``executor`` (default ``study.executor``): ``ray`` tasks
+    (one CPU and one torch thread each) on the cluster at ``distributed.address`` /
+    ``RAY_ADDRESS`` or a private local one, or ``local`` processes on this machine. ``only``
+    (glob patterns) restricts which cells run; every finished cell is collected. A failed cell
     does not stop the others; :class:`StudyError` names it at the end (rerun to retry it).
 
     Returns ``{"ran": [names], "skipped": [names], "rows": [...], "paths": {...}}``.
     """
     cells = plan_cells(spec)
     parallel = spec.parallel if parallel is None else parallel
+    executor = spec.executor if executor is None else executor
     if parallel < 1:
         raise ConfigError(f"study.parallel: must be >= 1, got {parallel}")
-    todo, skipped = [], []
+    if executor not in EXECUTORS:
+        raise ConfigError(f"study.executor: {executor!r} is not one of {list(EXECUTORS)}")
+    selected = {c.name for c in cells if not only or any(fnmatch.fnmatchcase(c.name, g) for g in only)}
+    if only and not selected:
+        raise ConfigError(f"--cells {' '.join(only)}: matches none of the {len(cells)} cells "
+                          f"(names look like {cells[0].name})")
+    todo, skipped, results = [], [], {}
     for i, cell in enumerate(cells, 1):
-        if _finished(cell) is not None:
+        if (result := _finished(cell)) is not None:
+            results[cell.name] = result
             skipped.append(cell.name)
-            log(f"[gvae-dist study] {i}/{len(cells)} {cell.name}: done already, skipped")
+            log(f"[gvae-dist study] {i}/{len(cells)} {cell.name}: done already"
+                + (f" on {result.get('host')}" if result.get("host") else "") + ", skipped")
+        elif cell.name not in selected:
+            continue
         elif not cell.cfg.eval.at_end:
             raise ConfigError(f"study cell {cell.name}: eval.at_end is false, so it would have no metrics")
         else:
@@ -193,12 +342,17 @@ def run_study(spec: StudySpec, log=print, parallel: int | None = None) -> dict[s
     t_start = time.perf_counter()
     if parallel == 1 or len(todo) <= 1:
         failed = _run_here(todo, log)
-    else:
+    elif _resolve_executor(executor) == "ray":
         failed = _run_on_ray(todo, parallel, log)
+    else:
+        failed = _run_local(todo, parallel, log)
     ran = [c.name for c in todo if c.name not in failed]
     if todo:
         log(f"[gvae-dist study] ran {len(ran)} cell(s) in {time.perf_counter() - t_start:.0f}s")
-    rows = [_row(c, ev) for c in cells if (ev := _finished(c)) is not None]
+    for cell in todo:
+        if cell.name not in failed and (result := _finished(cell)) is not None:
+            results[cell.name] = result
+    rows = [_row(c, results[c.name]) for c in cells if c.name in results]
     paths = collect(rows, Path(spec.output_dir)) if rows else {}
     if failed:
         raise StudyError(f"{len(failed)} of {len(cells)} study cells failed (the rest are in "
@@ -208,6 +362,7 @@ def run_study(spec: StudySpec, log=print, parallel: int | None = None) -> dict[s
 
 
 def _run_here(todo: list[Cell], log) -> dict[str, str]:
+    from gvae_dist.optional import MissingDependency
     from gvae_dist.train import train_loop
 
     failed = {}
@@ -216,19 +371,23 @@ def _run_here(todo: list[Cell], log) -> dict[str, str]:
         log(f"[gvae-dist study] {i}/{len(todo)} {cell.name}: training")
         try:
             train_loop(cell.cfg)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, MissingDependency):
             raise
         except Exception as exc:  # noqa: BLE001 - reported with the cell's name, others go on
             failed[cell.name] = f"{type(exc).__name__}: {exc} (run dir {cell.cfg.run_dir()})"
             log(f"[gvae-dist study] {i}/{len(todo)} {cell.name}: FAILED: {exc}")
             continue
-        log(f"[gvae-dist study] {i}/{len(todo)} {cell.name}: done in {time.perf_counter() - t0:.0f}s")
+        result = _record(cell.cfg, time.perf_counter() - t0)
+        log(f"[gvae-dist study] {i}/{len(todo)} {cell.name}: done in {result['seconds']:.0f}s"
+            + (f", {result['steps_per_s']:.1f} steps/s" if result["steps_per_s"] else "")
+            + f" on {result['device']}")
     return failed
 
 
 def _train_cell(config: dict[str, Any]) -> float:
-    """One cell as a Ray task: ``train_loop`` in the task's process, its output (per-step lines,
-    warnings) in ``<run dir>/train.log`` rather than interleaved on the driver; returns seconds."""
+    """One cell in a worker process (Ray task or local process): ``train_loop`` with its output
+    (per-step lines, warnings) in ``<run dir>/train.log`` rather than interleaved on the driver,
+    then its ``result.json``; returns seconds."""
     import contextlib
 
     from gvae_dist.config import config_from_dict
@@ -240,12 +399,46 @@ def _train_cell(config: dict[str, Any]) -> float:
     with open(cfg.run_dir() / "train.log", "a") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         train_loop(cfg)
-    return time.perf_counter() - t0
+    return _record(cfg, time.perf_counter() - t0)["seconds"]
+
+
+def _run_local(todo: list[Cell], parallel: int, log) -> dict[str, str]:
+    """N cells at a time, each in a fresh local process (spawned: no CUDA or thread state is
+    inherited), with ``run.threads`` = this machine's CPUs / N unless set."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from gvae_dist.launch import local_cpus
+
+    threads = max(1, local_cpus() // parallel)
+    failed: dict[str, str] = {}
+    n, done_count = len(todo), 0
+    log(f"[gvae-dist study] {n} cell(s), {parallel} at a time in local processes ({threads} thread(s) each)")
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
+        pending = {}
+        for cell in todo:
+            data = cell.cfg.to_dict()
+            data["run"]["threads"] = data["run"]["threads"] or threads
+            pending[pool.submit(_train_cell, data)] = cell
+        while pending:
+            ready, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in ready:
+                cell = pending.pop(fut)
+                done_count += 1
+                try:
+                    seconds = fut.result()
+                    log(f"[gvae-dist study] {done_count}/{n} {cell.name}: done in {seconds:.0f}s")
+                except Exception as exc:  # noqa: BLE001 - reported with the cell's name, others go on
+                    failed[cell.name] = f"{type(exc).__name__}: {exc} (run dir {cell.cfg.run_dir()})"
+                    log(f"[gvae-dist study] {done_count}/{n} {cell.name}: FAILED: {exc}")
+    return failed
 
 
 def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
-    import ray
+    from gvae_dist.optional import require
 
+    ray = require("ray", "gvae-dist study --executor ray (cells as Ray tasks)")
     from gvae_dist.launch import _connect, _disconnect
     from gvae_dist.tracking import prepare_store
 
@@ -282,12 +475,15 @@ def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
     return failed
 
 
-def _row(cell: Cell, ev: dict[str, Any] | None) -> dict[str, Any]:
-    assert ev is not None, f"{cell.name} finished without eval metrics"
+def _row(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
+    ev = result["eval"]
+    assert ev, f"{cell.name} finished without eval metrics"
     row = {"run": cell.name, "objective": cell.objective, "variant": cell.variant, "seed": cell.seed,
            "label_flip_prob": cell.label_flip_prob}
     row.update({k: ev.get(src, math.nan) for k, src in METRICS.items()})
     row["DCI_mean"] = (row["D"] + row["C"] + row["I"]) / 3
+    row["neg_elbo"] = ev.get("neg_elbo", math.nan)
+    row.update({k: result.get(k) for k in ("steps", "seconds", "steps_per_s", "device")})
     return row
 
 

@@ -11,6 +11,9 @@ Stores: ``sqlite:///<run.output_dir>/mlflow.db`` by default (browse with
 directory); ``$MLFLOW_TRACKING_URI`` or ``tracking.uri`` point at a server instead
 (``ops/mlflow_server.sh``), which then decides where artifacts go.
 
+MLflow is optional (``pip install 'gvae-dist[mlflow]'``): without it, runs with
+``tracking.enabled`` train untracked after one warning line per process.
+
 Run identity: a launcher that may restart workers (Ray Train) opens the run up front with
 :func:`open_run`, keyed by a ``gvae_dist.run_key`` tag, and hands its id to the workers; the id
 is also stored in every checkpoint, so restarts and resumes log into the same run.
@@ -32,6 +35,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = ["NullTracker", "MLflowTracker", "make_tracker", "open_run", "close_run", "default_tracking_uri", "tracking_uri",
+           "mlflow_missing",
            "image_grids", "log_image_grids", "posterior_mean", "RUN_KEY_TAG"]
 
 RUN_KEY_TAG = "gvae_dist.run_key"
@@ -72,6 +76,23 @@ def _artifact_location(uri: str) -> str | None:
         return None
     db = Path(uri[len("sqlite:///"):]).resolve()
     return (db.parent / "mlartifacts").as_uri()
+
+
+_warned_missing = False
+
+
+def mlflow_missing() -> bool:
+    """True (and one warning line, once per process) when MLflow is not installed."""
+    global _warned_missing
+    from gvae_dist.optional import available
+
+    if available("mlflow"):
+        return False
+    if not _warned_missing:
+        _warned_missing = True
+        log.warning("[gvae-dist] warning: tracking.enabled=true but MLflow is not installed: training runs untracked "
+                    "(pip install 'gvae-dist[mlflow]', or set tracking.enabled=false)")
+    return True
 
 
 def _client(uri: str):
@@ -115,7 +136,7 @@ def prepare_store(cfg) -> str | None:
     processes open runs in it at the same time (two processes creating a fresh SQLite store
     race on its schema and one loses tracking). Returns the experiment id, None when off or
     unreachable (warned)."""
-    if not cfg.tracking.enabled:
+    if not cfg.tracking.enabled or mlflow_missing():
         return None
     uri = tracking_uri(cfg)
     try:
@@ -128,7 +149,7 @@ def prepare_store(cfg) -> str | None:
 def open_run(cfg, run_key: str, reuse: bool) -> str | None:
     """Id of the MLflow run for ``run_key``: the newest run tagged with it when ``reuse``, else a
     new run. None when tracking is off or the store is unreachable (warned once)."""
-    if not cfg.tracking.enabled:
+    if not cfg.tracking.enabled or mlflow_missing():
         return None
     uri = tracking_uri(cfg)
     try:
@@ -148,7 +169,7 @@ def open_run(cfg, run_key: str, reuse: bool) -> str | None:
 
 def close_run(cfg, run_id: str | None, status: str) -> None:
     """Mark a run ``FINISHED`` / ``FAILED`` / ``KILLED`` from outside the workers (best effort)."""
-    if run_id is None or not cfg.tracking.enabled:
+    if run_id is None or not cfg.tracking.enabled or mlflow_missing():
         return
     uri = tracking_uri(cfg)
     try:
@@ -234,7 +255,7 @@ class MLflowTracker:
 
 def make_tracker(cfg, is_main: bool, run_id: str | None = None):
     """MLflow tracker on the main process when tracking is enabled, else a NullTracker."""
-    if not (is_main and cfg.tracking.enabled):
+    if not (is_main and cfg.tracking.enabled) or mlflow_missing():
         return NullTracker()
     uri = tracking_uri(cfg)
     tracker = MLflowTracker(uri, cfg.tracking.experiment, cfg.run.name, run_id,

@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from gvae_dist.config import Config, config_from_dict, save_config
+from gvae_dist.config import Config, ConfigError, config_from_dict, save_config
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
 from gvae_dist.data.pairing import KIND_NAMES, PairingPlan, make_pairs
 from gvae_dist.model import GatedVAE
@@ -222,6 +222,9 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     cfg = config if isinstance(config, Config) else config_from_dict(config)
     hooks = hooks or RunHooks()
     device_kind = _resolve_device(cfg)
+    if cfg.optim.mixed_precision == "fp16" and device_kind != "cuda":  # Accelerate would ignore it
+        raise ConfigError(f"optim.mixed_precision: fp16 (autocast + GradScaler) needs a CUDA device, this "
+                          f"run is on {device_kind}; use bf16 or 'no' there")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     if device_kind == "cpu" and cfg.run.retain_freed_memory:

@@ -232,7 +232,9 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
     "path", "seconds"}``."""
     import time
 
-    import ray
+    from gvae_dist.optional import require
+
+    ray = require("ray", "gvae-dist tune (Ray Tune)")
     from ray import tune
 
     from gvae_dist.launch import _connect, _disconnect, resolve_config

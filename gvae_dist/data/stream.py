@@ -6,7 +6,9 @@ Two backends behind one contract (``data.backend``):
   (``device="mixed"`` when batches go to a CUDA device, ``"cpu"`` otherwise), resize and
   normalisation in the pipeline; labels and factors read as int64/float32 components.
 - ``webdataset`` (:mod:`gvae_dist.data.stream_wds`): WebDataset tar streaming + PIL decoding in
-  ``torch.utils.data.DataLoader`` workers. ``auto`` picks DALI when it can be imported.
+  ``torch.utils.data.DataLoader`` workers; without the ``webdataset`` package the same samples in
+  the same order come from a standard-library ``tarfile`` reader, so shards need only Pillow.
+  ``auto`` picks DALI when it is installed (``pip install 'gvae-dist[dali]'``), else this one.
 
 Epoch and padding policy (both backends; it is DALI's reader policy with ``pad_last_batch``):
 the N readable samples in stored order are split into ``world`` contiguous slices,
@@ -68,12 +70,21 @@ def choose_backend(cfg) -> str:
                          "use data.backend=auto, dali or webdataset")
     if backend == "webdataset":
         return backend
+    from gvae_dist.optional import MissingDependency, available, require
+
+    if backend == "auto" and not available("nvidia.dali"):  # not installed: no warning, the
+        return "webdataset"                                  # loader prints the backend it uses
     try:
-        import nvidia.dali  # noqa: F401
+        require("nvidia.dali", "data.backend=dali (or set data.backend=webdataset)", "dali")
+    except MissingDependency as exc:
+        if backend == "dali":
+            raise
+        log.warning("%s; reading shards with the WebDataset backend", exc)
+        return "webdataset"
     except Exception as exc:  # noqa: BLE001 - a broken CUDA/DALI install raises more than ImportError
         if backend == "dali":
-            raise ImportError(f"data.backend=dali but nvidia-dali cannot be imported ({exc}); install "
-                              "nvidia-dali-cuda120 or set data.backend=webdataset") from exc
+            raise ImportError(f"data.backend=dali but nvidia-dali cannot be imported ({exc}); "
+                              "reinstall nvidia-dali-cuda120 or set data.backend=webdataset") from exc
         log.warning("DALI cannot be imported (%s): reading shards with the WebDataset backend", exc)
         return "webdataset"
     return "dali"

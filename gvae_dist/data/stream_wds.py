@@ -2,6 +2,10 @@
 
 Used when DALI cannot be imported or with ``data.backend=webdataset``; same Batch, same epoch
 and padding policy as the DALI backend (:mod:`gvae_dist.data.stream`), same pixels for PNG.
+Without the ``webdataset`` package, :func:`tar_samples` and :func:`shuffle` (standard-library
+``tarfile`` and ``random``, the same grouping and the same seeded buffer algorithm as
+``webdataset.tarfile_to_samples`` / ``webdataset.shuffle``) yield the same samples in the same
+order, so the shards need only Pillow.
 
 Per epoch, the rank's slice of positions is cut into W contiguous parts, one per DataLoader
 worker (W = ``max(1, data.num_workers)``; WebDataset's node/worker splitters split by tar and
@@ -26,6 +30,9 @@ after the start-up check) raises ``ValueError`` naming the tar and key, or under
 from __future__ import annotations
 
 import math
+import random
+import re
+import tarfile
 
 import numpy as np
 import torch
@@ -35,7 +42,7 @@ from gvae_dist.data.loader import Batch
 from gvae_dist.data.shards import FACTORS_EXT, LABELS_EXT, split_member
 from gvae_dist.data.stream import StreamLoaderBase, rank_range
 
-__all__ = ["WdsLoader"]
+__all__ = ["WdsLoader", "tar_samples", "shuffle"]
 
 _FIELDS = ("image", "labels", "factors", "keys")
 
@@ -53,6 +60,73 @@ def _chunk_plan(n: int, rank: int, world: int, epoch: int, workers: int, batch: 
     return bounds, max(1, math.ceil(longest / batch))
 
 
+_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def tar_samples(url: str):
+    """Samples of one tar in stored order, as ``webdataset.tarfile_to_samples`` yields them:
+    consecutive members ``<key>.<ext>`` grouped into ``{"__key__", "__url__", ext: bytes}``
+    (extension lower-cased, ``__*__`` meta members and non-files skipped)."""
+    current = None
+    with tarfile.open(url, mode="r|*") as stream:
+        for member in stream:
+            if not member.isreg() or _META.match(member.name):
+                continue
+            match = _MEMBER.match(member.name)
+            if not match:
+                continue
+            key, ext = match.group(1), match.group(2).lower()
+            data = stream.extractfile(member).read()
+            if current is None or key != current["__key__"]:
+                if current is not None:
+                    yield current
+                current = {"__key__": key, "__url__": url}
+            if ext in current:
+                raise ValueError(f"{member.name}: duplicate file name in tar file {url}")
+            current[ext] = data
+            stream.members = []  # streaming: keep no member list
+    if current is not None:
+        yield current
+
+
+def shuffle(samples, bufsize: int, seed: int):
+    """``webdataset.shuffle(bufsize, bufsize, seed=seed)``: the same buffer, the same draws."""
+    rng, buf = random.Random(seed), []
+    samples = iter(samples)
+    for sample in samples:
+        buf.append(sample)
+        if len(buf) < bufsize:
+            try:
+                buf.append(next(samples))
+            except StopIteration:
+                pass
+        if len(buf) >= bufsize:
+            yield _pick(buf, rng)
+    while buf:
+        yield _pick(buf, rng)
+
+
+def _pick(buf: list, rng: random.Random):
+    k = rng.randint(0, len(buf) - 1)
+    sample, buf[k] = buf[k], buf[-1]
+    buf.pop()
+    return sample
+
+
+def _reader():
+    """``(samples_of(url), shuffle(samples, bufsize, seed))``: WebDataset's when installed, else
+    the standard-library twins above."""
+    from gvae_dist.optional import available
+
+    if not available("webdataset"):
+        return tar_samples, shuffle
+    import webdataset as wds
+
+    return (lambda url: wds.tarfile_to_samples()(iter([{"url": url}])),
+            lambda samples, bufsize, seed: wds.shuffle(bufsize, bufsize, seed=seed)(samples))
+
+
 class _RankStream(IterableDataset):
     """Runs in each DataLoader worker: endless epochs of decoded chunks (see module docstring)."""
 
@@ -68,8 +142,10 @@ class _RankStream(IterableDataset):
         self.num_l, self.num_f = len(loader.info.label_names), len(loader.info.factor_names)
         self.start_epoch, self.start_chunk = start_epoch, start_chunk
         self._skipped = 0
+        self.reader = None  # chosen in the worker process (the WebDataset pipes do not pickle)
 
     def __iter__(self):
+        self.reader = self.reader or _reader()
         info = get_worker_info()
         physical = info.id if info is not None else 0
         # physical worker i plays virtual worker (i + start) % W so that the DataLoader's
@@ -81,12 +157,10 @@ class _RankStream(IterableDataset):
             epoch, skip_before = epoch + 1, 0
 
     def _epoch(self, epoch: int, v: int, skip_before: int):
-        import webdataset as wds
-
         bounds, chunks = _chunk_plan(self.n, self.rank, self.world, epoch, self.workers, self.batch)
         samples = self._samples(bounds[v], bounds[v + 1])
         seed = int(np.random.SeedSequence([self.seed, epoch, self.rank, v]).generate_state(1)[0])
-        shuffled = wds.shuffle(self.buffer, self.buffer, seed=seed)(samples)
+        shuffled = self.reader[1](samples, self.buffer, seed)
         for j in range(chunks):
             raw = [s for _, s in zip(range(self.batch), shuffled)]
             if j * self.workers + v >= skip_before:  # chunks before a resume point: read, not decoded
@@ -94,8 +168,6 @@ class _RankStream(IterableDataset):
 
     def _samples(self, a: int, b: int):
         """Raw samples at positions [a, b), in stored order, streamed tar by tar."""
-        import webdataset as wds
-
         pos = a
         while pos < b:
             s = int(np.searchsorted(self.starts, pos, side="right")) - 1
@@ -103,7 +175,7 @@ class _RankStream(IterableDataset):
             wanted = set(self.keys[s][pos - int(self.starts[s]) : end - int(self.starts[s])])
             url = self.tars[s]
             try:
-                for sample in wds.tarfile_to_samples()(iter([{"url": url}])):
+                for sample in self.reader[0](url):
                     if sample["__key__"] in wanted:
                         wanted.discard(sample["__key__"])
                         yield sample
