@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gvae_dist.compare import compare, format_comparison
 from gvae_dist.config import Config, ConfigError, load_config, read_yaml_mapping
 
 __all__ = ["StudySpec", "StudyError", "Cell", "load_study", "plan_cells", "run_study", "collect", "format_table",
@@ -176,7 +177,10 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
             raise ConfigError(f"study: preset {preset} does not exist (from study.preset/presets)")
         base = load_config(preset, spec.overrides)
         objective, variant = base.objective.name, "gated" if base.gate.enabled else "ungated"
-        for p in spec.label_flip_probs:
+        # A model that never reads the weak labels gives the same run at every noise level:
+        # it runs once per seed and serves as the baseline of every label-flip level.
+        reads_labels = base.gate.enabled or base.pairing.shared_factor > 0
+        for p in spec.label_flip_probs if reads_labels else spec.label_flip_probs[:1]:
             for seed in spec.seeds:
                 name = f"{preset.stem}__noise{p:g}__seed{seed}"
                 cfg = load_config(preset, [*spec.overrides, f"run.seed={seed}", f"data.label_flip_prob={p}",
@@ -543,7 +547,10 @@ def collect(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
         writer.writerows(rows)
     md_path = out_dir / "results.md"
     md_path.write_text(format_table(rows))
-    paths = {"csv": csv_path, "table": md_path, "plot": _bar_plot(rows, out_dir / "results.png")}
+    comparison = out_dir / "comparison.md"
+    comparison.write_text(format_comparison(compare(rows)))
+    paths = {"csv": csv_path, "table": md_path, "comparison": comparison,
+             "plot": _bar_plot(rows, out_dir / "results.png")}
     paths.update(_traversal_pairs(rows, out_dir))
     return paths
 
@@ -557,8 +564,9 @@ def _traversal_pairs(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Pat
     runs = out_dir / "runs"
     for obj in dict.fromkeys(r["objective"] for r in rows):
         by_key = {(r["variant"], r["seed"], r["label_flip_prob"]): r for r in rows if r["objective"] == obj}
+        baseline = {seed: r for (v, seed, _), r in by_key.items() if v == "ungated"}
         for (variant, seed, p), r in sorted(by_key.items(), key=lambda kv: (kv[0][2], kv[0][1])):
-            twin = by_key.get(("ungated", seed, p))
+            twin = baseline.get(seed)
             if variant != "gated" or twin is None:
                 continue
             panels = {f"{v} ({row['run']})": runs / row["run"] / "eval" / "traversals.png"

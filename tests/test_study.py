@@ -40,6 +40,11 @@ def test_two_cell_study_writes_results_and_resumes(tmp_path):
     table = first["paths"]["table"].read_text()
     assert "| beta | gated | 0.1 | 1 |" in table and "| beta | ungated | 0.1 | 1 |" in table
     assert first["paths"]["plot"].stat().st_size > 0
+    # the seed-paired comparison: one seed gives the difference without an interval
+    by_variant = {r["variant"]: float(r["DCI_mean"]) for r in rows}
+    comparison = first["paths"]["comparison"].read_text()
+    delta = by_variant["gated"] - by_variant["ungated"]
+    assert "| beta | 0.1 | 0 | " in comparison and f"{delta:+.3f} (n=1)" in comparison
     # gated and un-gated traversals side by side: as wide as the two panels together
     from matplotlib.image import imread
 
@@ -77,9 +82,16 @@ def test_bad_cell_override_fails_before_training(tmp_path):
         plan_cells(load_study(path))
 
 
-def test_shipped_study_file_plans_36_cells():
-    cells = plan_cells(load_study(REPO / "configs" / "study_faces.yaml"))
-    assert len(cells) == 36
+def test_shipped_study_file_runs_each_ungated_cell_once_per_seed():
+    spec = load_study(REPO / "configs" / "study_faces.yaml")
+    cells = plan_cells(spec)
+    seeds, flips = len(spec.seeds), len(spec.label_flip_probs)
+    assert flips > 1  # otherwise this test shows nothing
+    assert len(cells) == len(spec.objectives) * seeds * (flips + 1)
+    ungated = [c for c in cells if c.variant == "ungated"]
+    # the un-gated model never reads the weak labels: one run per seed serves every noise level
+    assert {c.label_flip_prob for c in ungated} == {spec.label_flip_probs[0]}
+    assert len({(c.objective, c.seed) for c in ungated}) == len(ungated)
     assert {(c.objective, c.variant) for c in cells} == {
         (o, v) for o in ("beta", "infovae", "dip2") for v in ("gated", "ungated")}
 
