@@ -106,16 +106,17 @@ class PairingConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: Literal["beta", "infovae", "dip2", "dip1"] = f("beta", "regulariser: beta-VAE, InfoVAE (MMD), DIP-VAE-II or DIP-VAE-I")
-    likelihood: Literal["bernoulli", "gaussian"] = f("bernoulli", "reconstruction likelihood")
-    beta: float = f(4.0, "beta-VAE KL weight")
-    alpha: float = f(0.0, "InfoVAE alpha: KL weight is 1 - alpha")
-    mmd_lambda: float = f(500.0, "InfoVAE lambda: MMD weight is alpha + lambda - 1 (must be > 0)")
+    name: Literal["beta", "infovae", "dip2", "dip1"] = f("beta", "regulariser: beta-VAE, InfoVAE (MMD), DIP-VAE-II or DIP-VAE-I (weights as the papers define them: docs/objectives.md)")
+    likelihood: Literal["bernoulli", "gaussian"] = f("bernoulli", "reconstruction likelihood; either way the 'recon' metric is -log p(x|z) in nats per image (Gaussian with its normalising constant)")
+    beta: float = f(4.0, "beta-VAE KL weight (Higgins et al. 2017); beta = 1 is the plain VAE's ELBO")
+    alpha: float = f(0.0, "InfoVAE alpha (Zhao et al. 2019, eq. 6): the KL weight is 1 - alpha; alpha = 1 drops the KL, alpha < 0 strengthens it; must be <= 1")
+    mmd_lambda: float = f(500.0, "InfoVAE lambda: the MMD weight is alpha + lambda - 1 (must be > 0); alpha = 1 is the pure MMD-VAE (no KL, MMD weight lambda)")
     kernel: Literal["rbf", "imq"] = f("imq", "MMD kernel")
     kernel_scales: list[float] = f([0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0], "MMD kernel scales s: the kernel sums k_C over C = 2*D*s (IMQ C/(C+d^2), RBF exp(-d^2/C))")
-    lambda_od: float = f(10.0, "DIP-VAE off-diagonal covariance weight")
-    lambda_d: float = f(100.0, "DIP-VAE diagonal covariance weight")
-    gaussian_std: float = f(1.0, "observation std of the Gaussian likelihood")
+    lambda_od: float = f(10.0, "DIP-VAE off-diagonal covariance weight (Kumar et al. 2018)")
+    lambda_d: float | None = f(None, "DIP-VAE diagonal covariance weight; null = disentanglement_lib's lambda_d_factor x lambda_od: 1 x for dip2 (DIP-VAE-II), 10 x for dip1 (DIP-VAE-I)")
+    gaussian_std: float = f(0.1, "fixed observation std of the Gaussian likelihood on [0, 1] pixels. Not 1: the NLL scales as 1/std^2, and at std 1 a feature that changes 6 pixel values by 0.3 is worth 0.27 nats, less than the KL of encoding it, so the posterior collapses to the prior; 0.1 makes it ~100x stronger (docs/objectives.md)")
+    gaussian_calibrated: bool = f(False, "Gaussian likelihood: use the batch RMSE of the decoder mean as the std (sigma-VAE, Rybkin et al. 2021; detached) instead of objective.gaussian_std")
 
 
 @dataclass
@@ -137,8 +138,10 @@ class EvalConfig:
     num_train: int = f(4000, "codes used to fit the DCI regressors")
     num_test: int = f(2000, "codes used to score them")
     method: Literal["gbt", "lasso", "forest"] = f("gbt", "DCI importance model")
-    every: int = f(0, "evaluate every N steps (0 = only at the end)")
-    at_end: bool = f(True, "evaluate DCI when training ends")
+    every: int = f(0, "evaluate every N steps (0 = at eval.points steps); overrides eval.points; Tune reports carry eval/* only where this matches run.checkpoint_every")
+    points: int = f(4, "evaluations spread evenly over the run (moved to run.log_every steps) besides the full one at the end, so the tracker shows curves; 0 = none; needs eval.at_end")
+    during_codes: int = f(1500, "held-out codes of an evaluation during training (2/3 fit, 1/3 score; no pictures); 0 = eval.num_train + eval.num_test")
+    at_end: bool = f(True, "evaluate DCI when training ends (on eval.num_train + eval.num_test codes, with pictures)")
     batch_size: int = f(256, "encoding batch size")
 
 
@@ -302,7 +305,8 @@ def validate(cfg: Config) -> None:
     for key, val in [("data.label_jitter", d.label_jitter), ("optim.grad_clip", o.grad_clip),
                      ("optim.weight_decay", o.weight_decay), ("pairing.identity", p.identity),
                      ("pairing.shared_factor", p.shared_factor), ("pairing.transform", p.transform),
-                     ("eval.every", cfg.eval.every), ("tracking.image_every", cfg.tracking.image_every),
+                     ("eval.every", cfg.eval.every), ("eval.points", cfg.eval.points),
+                     ("eval.during_codes", cfg.eval.during_codes), ("tracking.image_every", cfg.tracking.image_every),
                      ("distributed.workers", cfg.distributed.workers), ("data.num_workers", d.num_workers),
                      ("run.threads", cfg.run.threads)]:
         _positive(val, key, allow_zero=True)
@@ -330,6 +334,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("pairing: identity + shared_factor + transform must be > 0")
     if cfg.eval.num_train < 10 or cfg.eval.num_test < 10:
         raise ConfigError("eval.num_train / eval.num_test: need at least 10 codes each")
+    if 0 < cfg.eval.during_codes < 30:
+        raise ConfigError(f"eval.during_codes: need at least 30 codes (20 to fit, 10 to score) or 0, "
+                          f"got {cfg.eval.during_codes}")
     if o.batch_size % max(1, cfg.distributed.workers) != 0:
         raise ConfigError(f"optim.batch_size: {o.batch_size} must be divisible by distributed.workers "
                           f"({cfg.distributed.workers}) so every worker gets the same share")

@@ -1,7 +1,8 @@
 """Evaluate a trained model: encode held-out images, score the codes (DCI, partition purity, ...).
 
 The math lives in :mod:`gvae_dist.evaluate` (pure numpy); this module does the torch side
-(encoding, loading checkpoints) and writes ``metrics.json`` into the output directory.
+(encoding, loading checkpoints), writes ``metrics.json`` into the output directory and decides
+when a training run evaluates (:func:`eval_steps`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from gvae_dist.config import Config
 from gvae_dist.data.loader import load_eval_arrays
 
-__all__ = ["encode", "evaluate_model", "evaluate_checkpoint", "heldout_elbo", "summarize"]
+__all__ = ["encode", "eval_steps", "evaluate_model", "evaluate_checkpoint", "heldout_elbo", "summarize"]
 
 
 @torch.no_grad()
@@ -57,20 +58,43 @@ def heldout_elbo(cfg: Config, model, images_NHWC: np.ndarray, device, seed: int 
         mu, logvar = (t.float() for t in model.encode(x))
         eps = torch.randn(mu.shape, generator=gen).to(device)
         logits = model.decode(mu + eps * torch.exp(0.5 * logvar)).float()
-        recon += reconstruction_loss(logits, x, cfg.objective.likelihood, cfg.objective.gaussian_std).sum().item()
+        recon += reconstruction_loss(logits, x, cfg.objective.likelihood, cfg.objective.gaussian_std,
+                                     cfg.objective.gaussian_calibrated).sum().item()
         kl += (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum().item()
     model.train(was_training)
     n = max(1, len(images_NHWC))
     return {"neg_elbo": (recon + kl) / n, "recon": recon / n, "kl": kl / n}
 
 
-def evaluate_model(cfg: Config, model, device, out_dir: str | Path | None = None) -> dict[str, Any]:
+def eval_steps(cfg: Config) -> set[int]:
+    """The steps before the last at which a training run evaluates (cheaply, see
+    :func:`evaluate_model`): every ``eval.every`` steps when that is set, else ``eval.points``
+    steps spread evenly over the run (``k * steps / (points + 1)``), each moved to the nearest
+    ``run.log_every`` step (evaluation runs at log steps); none with ``eval.at_end`` false."""
+    steps, e = cfg.optim.steps, cfg.eval
+    if e.every:
+        return set(range(e.every, steps, e.every))
+    if not e.at_end:
+        return set()
+    log_every = cfg.run.log_every
+    points = {round(k * steps / (e.points + 1) / log_every) * log_every for k in range(1, e.points + 1)}
+    return {s for s in points if 0 < s < steps}
+
+
+def evaluate_model(cfg: Config, model, device, out_dir: str | Path | None = None,
+                   during: bool = False) -> dict[str, Any]:
     """DCI (+ per-partition view, MIG, SAP) of ``model`` on held-out data; writes metrics.json
-    and the pictures of :func:`gvae_dist.plots.write_eval_plots` into ``out_dir``."""
+    and the pictures of :func:`gvae_dist.plots.write_eval_plots` into ``out_dir``.
+
+    ``during``: an evaluation during training: at most ``eval.during_codes`` codes (2/3 to fit,
+    1/3 to score; 0 = the full ``eval.num_train + eval.num_test``) and no pictures."""
     from gvae_dist.evaluate import evaluate_codes
 
     e = cfg.eval
-    images, factors, info = load_eval_arrays(cfg, limit=e.num_train + e.num_test)
+    total = e.num_train + e.num_test
+    if during and e.during_codes:
+        total = min(total, e.during_codes)
+    images, factors, info = load_eval_arrays(cfg, limit=total)
     n_train = min(e.num_train, len(images) * 2 // 3)
     codes, logvars = encode(model, images, e.batch_size, device, with_logvar=True)
     spec = cfg.partition_spec()
@@ -86,30 +110,43 @@ def evaluate_model(cfg: Config, model, device, out_dir: str | Path | None = None
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    if out_dir is not None and not during:
         from gvae_dist.plots import write_eval_plots
 
         write_eval_plots(model, images[n_train:], codes, logvars, result["details"], spec, out, device)
     return result
 
 
-def summarize(result: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers of an ``evaluate_codes`` result, flat and named for what they hold."""
-    d = result["dci"]
-    out = {
-        "disentanglement": d["disentanglement"],
-        "completeness": d["completeness"],
-        "informativeness": d["informativeness"],
-        "informativeness_error": d["informativeness_error"],
-        "dci_mean": (d["disentanglement"] + d["completeness"] + d["informativeness"]) / 3,
-        "mig": result["mig"]["mig"],
-        "sap": result["sap"]["sap"],
-    }
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of an ``evaluate_codes`` result, flat and named for what they hold.
+
+    ``disentanglement``, ``completeness``, ``informativeness`` (+ ``_error``) and ``dci_mean``
+    (mean of the three) are taken over the targeted factors (those the partitions name); the
+    same over every factor are ``all/<name>``. ``informativeness/<factor>`` is each factor's
+    test score (accuracy or ``1 - NRMSE``, named in ``informativeness_measures``).
+    ``partition_purity``: mean over targeted factors of the share of the factor's importance in
+    its own partition; ``purity/<partition>`` and ``purity_mean``: share of the partition's
+    importance that goes to its own factors.
+    """
+    d, t = result["dci"], result["targeted"]
+    keys = ("disentanglement", "completeness", "informativeness", "informativeness_error", "dci_mean")
+    out: dict[str, Any] = {k: t[k] for k in keys}
+    out.update({f"all/{k}": d[k] for k in keys})
+    out.update({f"informativeness/{pf['name']}": pf["informativeness"] for pf in d["per_factor"]})
+    out["mig"] = result["mig"]["mig"]
+    out["sap"] = result["sap"]["sap"]
     parts = result.get("partitions")
     if parts:
         out["partition_disentanglement"] = parts["disentanglement"]
         out["partition_completeness"] = parts["completeness"]
         if parts.get("purity"):
             out["partition_purity"] = parts["purity"]["mean"]
+        if parts.get("purity_by_partition"):
+            by_part = parts["purity_by_partition"]
+            out.update({f"purity/{name}": v for name, v in by_part.items() if name != "mean"})
+            out["purity_mean"] = by_part["mean"]
+    out["targeted_factors"] = list(t["factors"])
+    out["informativeness_measures"] = {pf["name"]: pf["informativeness_measure"] for pf in d["per_factor"]}
     return out
 
 

@@ -12,8 +12,17 @@ Sources:
 - SAP: A. Kumar, P. Sattigeri, A. Balakrishnan, "Variational Inference of Disentangled Latent
   Concepts from Unlabeled Observations", ICLR 2018; disentanglement_lib ``sap_score.py``.
 
-Names: "informativeness" is always a score where higher is better (test accuracy for a
-discrete factor, test R^2 for a continuous one); "informativeness_error" is ``1 - score``.
+Informativeness is always a score in [0, 1] where higher is better, and each factor names its
+measure (``informativeness_measure``): test accuracy for a discrete factor (disentanglement_lib's
+DCI) and ``max(0, 1 - NRMSE)`` for a continuous one, NRMSE being the test RMSE over the factor's
+std (Eastwood & Williams 2018, their ``nrmse``); "informativeness_error" is ``1 - score``. Test
+R^2 is kept per factor as ``informativeness_r2`` (``NRMSE^2 = 1 - R^2``).
+
+Targeted factors: the headline DCI is taken over the factors the partitions name (the ones the
+gate is meant to place); codes that carry only other factors then weigh ~0 in D instead of
+diluting it. The same numbers over every factor are reported beside it (``all_factors``).
+Purity per partition is the share of the partition's importance (summed over its codes, over all
+factors) that goes to its own targeted factors.
 
 Legend: N samples, C code dims, F factors, P partitions, K classes.
 """
@@ -46,6 +55,8 @@ __all__ = [
     "dci",
     "partition_importance",
     "partition_purity",
+    "purity_by_partition",
+    "dci_over",
     "discretize",
     "mig",
     "sap",
@@ -216,11 +227,13 @@ def _fit_factor(
     pred_tr_N, pred_te_N = model.predict(xtr_NC), model.predict(xte_NC)
     if discrete:
         info = {
+            "informativeness_measure": "accuracy",
             "informativeness_accuracy": float(np.mean(pred_te_N == yte_N)),
             "informativeness_accuracy_train": float(np.mean(pred_tr_N == ytr_N)),
         }
     else:
         info = {
+            "informativeness_measure": "1-nrmse",
             "informativeness_r2": float(r2_score(yte_N, pred_te_N)),
             "informativeness_r2_train": float(r2_score(ytr_N, pred_tr_N)),
             "informativeness_nrmse": _nrmse(yte_N, pred_te_N),
@@ -261,8 +274,9 @@ def importance_matrix(
 
     Returns ``importance_CF`` [C, F], non-negative, each non-zero column summing to 1 (tree
     importances already do; lasso columns are normalised too so every factor weighs the same),
-    and per factor a dict with ``informativeness_accuracy`` (+ ``_train``) for a discrete
-    factor or ``informativeness_r2`` and ``informativeness_nrmse`` (+ ``_train``) otherwise.
+    and per factor a dict with ``informativeness_measure`` (``"accuracy"`` or ``"1-nrmse"``),
+    ``informativeness_accuracy`` (+ ``_train``) for a discrete factor or ``informativeness_r2``
+    and ``informativeness_nrmse`` (+ ``_train``) otherwise.
     """
     _check_method(method)
     xtr_NC, ytr_NF, xte_NC, yte_NF = _check_train_test(
@@ -336,9 +350,35 @@ def completeness(importance_CF: np.ndarray) -> float:
     return float(np.mean(completeness_per_factor(importance_CF)))
 
 
-def _score(info: dict[str, float], discrete: bool, suffix: str = "") -> float:
-    """The higher-is-better score of one factor: accuracy if discrete, else R^2."""
-    return info[("informativeness_accuracy" if discrete else "informativeness_r2") + suffix]
+def _score(info: dict[str, Any], discrete: bool, suffix: str = "") -> float:
+    """The higher-is-better score of one factor in [0, 1]: accuracy if discrete, else
+    ``max(0, 1 - NRMSE)``."""
+    if discrete:
+        return info["informativeness_accuracy" + suffix]
+    return max(0.0, 1.0 - info["informativeness_nrmse" + suffix])
+
+
+def dci_over(
+    importance_CF: np.ndarray,
+    informativeness_F: list[float],
+    columns: list[int] | None = None,
+) -> dict[str, float]:
+    """D, C, I and their mean over a subset of factor columns (all when ``columns`` is None).
+
+    D weighs each code by its share of the importance *within the subset*, so codes that carry
+    only other factors drop out; C and I are means over the subset's factors.
+    Keys: ``disentanglement``, ``completeness``, ``informativeness``, ``informativeness_error``,
+    ``dci_mean`` (mean of D, C and I).
+    """
+    imp_CF = _check_importance(importance_CF)
+    cols = list(range(imp_CF.shape[1])) if columns is None else list(columns)
+    if not cols or any(not 0 <= j < imp_CF.shape[1] for j in cols):
+        raise ValueError(f"columns must be a non-empty list of factor indices, got {columns}")
+    sub_CF = imp_CF[:, cols]
+    d, c = disentanglement(sub_CF), completeness(sub_CF)
+    i = float(np.mean([informativeness_F[j] for j in cols]))
+    return {"disentanglement": d, "completeness": c, "informativeness": i,
+            "informativeness_error": 1.0 - i, "dci_mean": (d + c + i) / 3.0}
 
 
 def dci(
@@ -355,11 +395,12 @@ def dci(
     """Disentanglement, completeness and informativeness (JSON-serialisable dict).
 
     Keys: ``disentanglement``, ``completeness``, ``informativeness`` (mean over factors of the
-    test score, higher is better: accuracy for discrete, R^2 for continuous factors; R^2 may
-    be negative), ``informativeness_train``, ``informativeness_error`` (``1 -
-    informativeness``), ``disentanglement_per_code`` [C], ``per_factor`` (one dict per factor:
-    ``name``, ``discrete``, ``informativeness``, ``completeness`` and the scores of
-    :func:`importance_matrix`), ``importance`` ([C][F] list), ``method``, ``seconds``.
+    test score in [0, 1], higher is better: accuracy for discrete, ``max(0, 1 - NRMSE)`` for
+    continuous factors), ``informativeness_train``, ``informativeness_error`` (``1 -
+    informativeness``), ``dci_mean``, ``disentanglement_per_code`` [C], ``per_factor`` (one dict
+    per factor: ``name``, ``discrete``, ``informativeness``, ``informativeness_measure``,
+    ``completeness`` and the scores of :func:`importance_matrix`), ``importance`` ([C][F]
+    list), ``method``, ``seconds``.
     """
     start = time.perf_counter()
     imp_CF, infos = importance_matrix(
@@ -386,14 +427,9 @@ def dci(
         }
         for j, info in enumerate(infos)
     ]
-    score = float(np.mean(test_F))
-    score_train = float(np.mean(train_F))
     return {
-        "disentanglement": disentanglement(imp_CF),
-        "completeness": completeness(imp_CF),
-        "informativeness": score,
-        "informativeness_train": score_train,
-        "informativeness_error": 1.0 - score,
+        **dci_over(imp_CF, test_F),
+        "informativeness_train": float(np.mean(train_F)),
         "disentanglement_per_code": disentanglement_per_code(imp_CF).tolist(),
         "per_factor": per_factor,
         "importance": imp_CF.tolist(),
@@ -447,21 +483,10 @@ def partition_importance(
     return np.stack([block.sum(axis=0) for block in np.split(imp_CF, stops[:-1])], axis=0)
 
 
-def partition_purity(
-    importance_CF: np.ndarray,
-    partitions: list[tuple[str, int]],
-    intended: dict[str, list[str]],
-    factor_names: list[str],
-) -> dict[str, float]:
-    """Share of each intended factor's importance that lies in its intended partition.
-
-    intended: partition name -> factor names meant to land there (Partition.factors).
-    Returns ``{factor_name: share in [0, 1], ..., "mean": mean share}``; a factor with no
-    importance at all has share 0.
-    """
-    imp_PF = partition_importance(importance_CF, partitions)
-    names = _factor_names(factor_names, imp_PF.shape[1])
-    part_names = [name for name, _ in partitions]
+def _owners(
+    intended: dict[str, list[str]], part_names: list[str], names: list[str]
+) -> dict[str, str]:
+    """Factor name -> the partition meant to hold it; validates ``intended``."""
     owner: dict[str, str] = {}
     for part, factors in intended.items():
         if part not in part_names:
@@ -477,6 +502,25 @@ def partition_purity(
             owner[factor] = part
     if not owner:
         raise ValueError("intended names no factor; pass intended=None to skip purity")
+    return owner
+
+
+def partition_purity(
+    importance_CF: np.ndarray,
+    partitions: list[tuple[str, int]],
+    intended: dict[str, list[str]],
+    factor_names: list[str],
+) -> dict[str, float]:
+    """Share of each intended factor's importance that lies in its intended partition.
+
+    intended: partition name -> factor names meant to land there (Partition.factors).
+    Returns ``{factor_name: share in [0, 1], ..., "mean": mean share}``; a factor with no
+    importance at all has share 0.
+    """
+    imp_PF = partition_importance(importance_CF, partitions)
+    names = _factor_names(factor_names, imp_PF.shape[1])
+    part_names = [name for name, _ in partitions]
+    owner = _owners(intended, part_names, names)
     if "mean" in owner:
         raise ValueError("a factor named 'mean' clashes with the 'mean' key; rename the factor")
     out: dict[str, float] = {}
@@ -484,6 +528,35 @@ def partition_purity(
         column_P = imp_PF[:, names.index(factor)]
         total = column_P.sum()
         out[factor] = float(column_P[part_names.index(part)] / total) if total > 0 else 0.0
+    out["mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def purity_by_partition(
+    importance_CF: np.ndarray,
+    partitions: list[tuple[str, int]],
+    intended: dict[str, list[str]],
+    factor_names: list[str],
+) -> dict[str, float]:
+    """Share of each partition's importance that goes to its own intended factors.
+
+    The partition's importance is its rows of ``importance_CF`` summed, over every factor
+    column (``partition_importance``); a partition whose codes matter for nothing scores 0.
+    Returns ``{partition: share in [0, 1] for every partition that intends a factor,
+    "mean": mean share}``.
+    """
+    imp_PF = partition_importance(importance_CF, partitions)
+    names = _factor_names(factor_names, imp_PF.shape[1])
+    part_names = [name for name, _ in partitions]
+    owner = _owners(intended, part_names, names)
+    if "mean" in part_names:
+        raise ValueError("a partition named 'mean' clashes with the 'mean' key; rename it")
+    out: dict[str, float] = {}
+    for p, part in enumerate(part_names):
+        own = [names.index(f) for f, o in owner.items() if o == part]
+        if own:
+            total = imp_PF[p].sum()
+            out[part] = float(imp_PF[p, own].sum() / total) if total > 0 else 0.0
     out["mean"] = float(np.mean(list(out.values())))
     return out
 
@@ -612,10 +685,13 @@ def evaluate_codes(
     """All metrics as one JSON-serialisable dict.
 
     Keys: ``factor_names``, ``discrete``, ``n_train``, ``n_test``, ``n_codes``, ``dci`` (see
-    :func:`dci`), ``mig`` (on the train split, as disentanglement_lib), ``sap`` and
-    ``partitions``: None without partitions, else ``names``, ``sizes``, ``importance`` [P][F],
-    ``disentanglement``, ``completeness`` (of the partition-level matrix) and ``purity``
-    (:func:`partition_purity`, None when ``intended`` names no factor).
+    :func:`dci`, over every factor), ``targeted`` (``factors``: the factors ``intended`` names,
+    or every factor when it names none, and :func:`dci_over` of those columns), ``mig`` (on the
+    train split, as disentanglement_lib), ``sap`` and ``partitions``: None without partitions,
+    else ``names``, ``sizes``, ``importance`` [P][F], ``disentanglement``, ``completeness`` (of
+    the partition-level matrix), ``purity`` (:func:`partition_purity`) and
+    ``purity_by_partition`` (:func:`purity_by_partition`), both None when ``intended`` names no
+    factor.
     """
     xtr_NC, ytr_NF, xte_NC, yte_NF = _check_train_test(
         codes_train, factors_train, codes_test, factors_test, discrete
@@ -636,6 +712,8 @@ def evaluate_codes(
         n_jobs=n_jobs,
         factor_names=names,
     )
+    targeted = [f for f in names if any(f in fs for fs in (intended or {}).values())] or names
+    test_F = [pf["informativeness"] for pf in dci_out["per_factor"]]
     out: dict[str, Any] = {
         "factor_names": names,
         "discrete": [bool(d) for d in discrete],
@@ -643,6 +721,10 @@ def evaluate_codes(
         "n_test": int(xte_NC.shape[0]),
         "n_codes": int(xtr_NC.shape[1]),
         "dci": dci_out,
+        "targeted": {
+            "factors": targeted,
+            **dci_over(dci_out["importance"], test_F, [names.index(f) for f in targeted]),
+        },
         "mig": mig(xtr_NC, ytr_NF, discrete, num_bins=num_bins),
         "sap": sap(xtr_NC, ytr_NF, xte_NC, yte_NF, discrete),
         "partitions": None,
@@ -658,6 +740,9 @@ def evaluate_codes(
             "disentanglement": disentanglement(imp_PF),
             "completeness": completeness(imp_PF),
             "purity": partition_purity(imp_CF, partitions, intended, names)
+            if has_intended
+            else None,
+            "purity_by_partition": purity_by_partition(imp_CF, partitions, intended, names)
             if has_intended
             else None,
         }

@@ -10,10 +10,16 @@ Sources:
     - DIP-VAE-I/II: Kumar, Sattigeri, Balakrishnan, ICLR 2018, eqs. (6)-(7);
       disentanglement_lib's ``compute_covariance_z_mean`` / ``regularize_diag_off_diag_dip``.
 
+    - Calibrated Gaussian decoder (sigma-VAE, "optimal sigma"): Rybkin, Daniilidis, Levine,
+      ICML 2021: the shared observation std is the batch RMSE of the decoder mean.
+
 Loss convention (disentanglement_lib's): the reconstruction term is summed over pixels and the
 KL over latent dims, and both are averaged over the batch. ``beta``, ``lambda_od``/``lambda_d``
-and the MMD weight therefore mean what the papers mean. The Gaussian reconstruction loss omits
-its constant ``0.5 * log(2 * pi * std^2)`` per pixel (see ``reconstruction_loss``).
+and the MMD weight therefore mean what the papers mean. The reconstruction term is always the
+full negative log-likelihood in nats per image, the Gaussian one with its normalising constant
+(see ``reconstruction_loss``), so ``recon`` and ``recon + kl`` (the negative ELBO) compare across
+likelihoods and observation stds. The weights as each paper defines them, and what the gated
+variants change, are in docs/objectives.md.
 
 Computation is promoted to at least float32 so that bf16 autocast outputs are not summed over
 thousands of pixels in bf16.
@@ -23,6 +29,7 @@ Legend: B batch, C channels, H/W height/width, D latent dims.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -37,8 +44,10 @@ __all__ = [
     "REGULARIZERS",
     "ObjectiveConfigLike",
     "dip_covariance",
+    "dip_lambda_d",
     "dip_penalty",
     "gaussian_kl",
+    "kl_weight",
     "mmd",
     "objective",
     "reconstruction_loss",
@@ -60,8 +69,9 @@ class ObjectiveConfigLike(Protocol):
     kernel: str
     kernel_scales: Sequence[float]
     lambda_od: float
-    lambda_d: float
+    lambda_d: float | None
     gaussian_std: float
+    gaussian_calibrated: bool
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
@@ -72,19 +82,30 @@ def _fp32(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- likelihoods
 
 
+# Smallest std of the calibrated Gaussian: a decoder that reproduces its batch exactly would
+# otherwise drive 1 / sigma^2 (and the gradient scale) to infinity.
+MIN_CALIBRATED_STD = 1e-3
+
+
 def reconstruction_loss(
     logits_BCHW: torch.Tensor,
     target_BCHW: torch.Tensor,
     likelihood: str,
-    gaussian_std: float = 1.0,
+    gaussian_std: float = 0.1,
+    gaussian_calibrated: bool = False,
 ) -> torch.Tensor:
-    """Per-example negative log-likelihood of ``target`` under the decoder, summed over pixels.
+    """Per-example negative log-likelihood of ``target`` under the decoder, in nats, summed over
+    pixels.
 
     - ``"bernoulli"``: ``sum BCE_with_logits(logits, target)``; exact ``-log p`` for binary
       targets, the usual continuous relaxation for targets in [0, 1].
-    - ``"gaussian"``: mean ``sigmoid(logits)``, fixed std ``gaussian_std``:
-      ``sum (target - mean)^2 / (2 * std^2)``. The constant ``C*H*W * 0.5 * log(2 pi std^2)``
-      is omitted (it has no gradient and would make the loss negative for small std).
+    - ``"gaussian"``: mean ``sigmoid(logits)``, std ``sigma``, the full density:
+      ``sum (target - mean)^2 / (2 sigma^2) + log(sigma) + 0.5 log(2 pi)``. The constant has no
+      gradient but makes the value a log-likelihood (negative for small sigma: it is a density).
+      ``sigma`` is ``gaussian_std``, or with ``gaussian_calibrated`` the batch RMSE of the mean
+      over every pixel (sigma-VAE's optimal shared sigma), detached and at least
+      ``MIN_CALIBRATED_STD``. At the optimum the loss' gradient through sigma is zero, so
+      detaching it changes no gradient and saves the backward through the batch statistic.
 
     Args:
         logits_BCHW: decoder output. target_BCHW: images in [0, 1], same shape.
@@ -103,7 +124,12 @@ def reconstruction_loss(
         if not gaussian_std > 0:
             raise ValueError(f"objective.gaussian_std must be > 0, got {gaussian_std!r}")
         err_BCHW = target_BCHW - torch.sigmoid(logits_BCHW)
-        nll_BCHW = err_BCHW.square() / (2.0 * gaussian_std**2)
+        if gaussian_calibrated:
+            std = err_BCHW.detach().square().mean().sqrt().clamp_min(MIN_CALIBRATED_STD)
+            log_std = std.log()
+        else:
+            std, log_std = gaussian_std, math.log(gaussian_std)
+        nll_BCHW = err_BCHW.square() / (2.0 * std**2) + (log_std + 0.5 * math.log(2.0 * math.pi))
     else:
         raise ValueError(
             f"objective.likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}"
@@ -225,10 +251,35 @@ def _infovae(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD):
     }
 
 
+# disentanglement_lib's ``lambda_d_factor`` (its dip_vae_i / dip_vae_ii configs): the diagonal
+# weight as a multiple of lambda_od when objective.lambda_d is not set. Kumar et al. use
+# lambda_d = 10 lambda_od for DIP-VAE-I and lambda_d = lambda_od for DIP-VAE-II.
+DIP_LAMBDA_D_FACTOR = {"dip1": 10.0, "dip2": 1.0}
+
+
+def dip_lambda_d(cfg: ObjectiveConfigLike) -> float:
+    """The DIP-VAE diagonal weight: ``objective.lambda_d`` if set, else ``DIP_LAMBDA_D_FACTOR``
+    of the variant (10 for DIP-VAE-I, 1 for DIP-VAE-II) times ``objective.lambda_od``."""
+    if cfg.lambda_d is not None:
+        return float(cfg.lambda_d)
+    return DIP_LAMBDA_D_FACTOR.get(cfg.name, 1.0) * cfg.lambda_od
+
+
+def kl_weight(cfg: ObjectiveConfigLike) -> float:
+    """The weight of the KL term in the objective: ``beta`` (beta-VAE), ``1 - alpha`` (InfoVAE)
+    or 1 (DIP-VAE). Divided by a partition's gate open share it is that partition's effective
+    beta when the KL is not gated (docs/objectives.md)."""
+    if cfg.name == "beta":
+        return float(cfg.beta)
+    if cfg.name == "infovae":
+        return 1.0 - float(cfg.alpha)
+    return 1.0
+
+
 def _dip(variant: str) -> Regularizer:
     def regularizer(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD):
         penalty = dip_penalty(
-            dip_covariance(mu_BD, logvar_BD, variant), cfg.lambda_od, cfg.lambda_d
+            dip_covariance(mu_BD, logvar_BD, variant), cfg.lambda_od, dip_lambda_d(cfg)
         )
         return kl + penalty, {"dip": penalty}
 
@@ -256,9 +307,10 @@ def validate_objective(cfg: ObjectiveConfigLike) -> None:
         raise ValueError(f"objective.gaussian_std must be > 0, got {cfg.gaussian_std!r}")
     if not cfg.beta >= 0:
         raise ValueError(f"objective.beta must be >= 0 (a negative KL weight), got {cfg.beta!r}")
-    for key in ("lambda_od", "lambda_d"):
-        if not getattr(cfg, key) >= 0:
-            raise ValueError(f"objective.{key} must be >= 0, got {getattr(cfg, key)!r}")
+    if not cfg.lambda_od >= 0:
+        raise ValueError(f"objective.lambda_od must be >= 0, got {cfg.lambda_od!r}")
+    if cfg.lambda_d is not None and not cfg.lambda_d >= 0:
+        raise ValueError(f"objective.lambda_d must be >= 0 or null, got {cfg.lambda_d!r}")
     if cfg.kernel not in KERNELS:
         raise ValueError(f"objective.kernel must be one of {list(KERNELS)}, got {cfg.kernel!r}")
     scales = list(cfg.kernel_scales)

@@ -36,8 +36,9 @@ from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint, save_checkp
 from gvae_dist.config import Config, ConfigError, config_from_dict, save_config
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
 from gvae_dist.data.pairing import KIND_NAMES, PairingPlan, make_pairs
+from gvae_dist.eval_runner import eval_steps
 from gvae_dist.model import GatedVAE
-from gvae_dist.objective import objective, reconstruction_loss
+from gvae_dist.objective import kl_weight, objective, reconstruction_loss
 from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean
 
 __all__ = ["RunHooks", "train_loop", "build_model", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE"]
@@ -267,6 +268,9 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     plan = PairingPlan.from_config(cfg, info.label_names, device=device)
     spec = cfg.partition_spec()
     masks_PD = spec.masks().to(device)
+    # Share of the examples whose gate opens each partition (masks are constant per partition);
+    # un-gated, every example's reconstruction gradient reaches every partition.
+    share_PD = masks_PD / masks_PD.sum(1, keepdim=True)
     pair_gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
     torch.manual_seed(cfg.run.seed * 1000 + rank + 1)  # per-rank reparameterisation noise
 
@@ -329,6 +333,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     eval_metrics: dict | None = None
     last_ckpt: Path | None = restore
     preempt = False
+    during = eval_steps(cfg)  # cheap evaluations before the full one at the end
     model.train()
     while step < o.steps:
         for _ in range(o.grad_accum):
@@ -342,7 +347,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             with accelerator.accumulate(model), accelerator.autocast():
                 out = model(x, mask=pairs.mask_BD if cfg.gate.enabled else None)
                 recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW,
-                                              cfg.objective.likelihood, cfg.objective.gaussian_std)
+                                              cfg.objective.likelihood, cfg.objective.gaussian_std,
+                                              cfg.objective.gaussian_calibrated)
                 loss, terms = objective(cfg.objective, recon_B, out.mu.float(), out.logvar.float(),
                                         out.z_reg.float(),
                                         kl_mask=pairs.mask_BD if cfg.gate.kl and cfg.gate.enabled else None)
@@ -358,8 +364,11 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 kl_D = terms.pop("kl_per_dim").detach().float()
                 kl_sum_D += kl_D
                 kl_P = masks_PD @ kl_D
+                open_P = (pairs.mask_BD.float().mean(0) @ share_PD.T if cfg.gate.enabled
+                          else torch.ones(len(spec), device=device))
                 for p, part in enumerate(spec):
                     terms[f"kl/{part.name}"] = kl_P[p]
+                    terms[f"gate/open_share/{part.name}"] = open_P[p]
                 for k, v in terms.items():
                     sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float().clone()
                 kind_sum_K.scatter_add_(0, pairs.kind_B, recon_B.detach().float())
@@ -383,6 +392,11 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             for name, s, c in zip(KIND_NAMES, ks, kc):
                 if c > 0:
                     metrics[f"recon/{name}"] = s / c
+            for part in spec:  # KL weight over the share of reconstruction gradient (docs/objectives.md)
+                share = metrics[f"gate/open_share/{part.name}"]
+                if share > 0:
+                    metrics[f"gate/effective_beta/{part.name}"] = kl_weight(cfg.objective) / (
+                        1.0 if cfg.gate.kl else share)
             now = time.perf_counter()
             imgs = n_acc * micro * world
             metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
@@ -407,10 +421,9 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             kl_sum_D.zero_()
             # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
             final = step == o.steps
-            if is_main and not preempt and ((final and cfg.eval.at_end)
-                                            or (cfg.eval.every and step % cfg.eval.every == 0 and not final)):
+            if is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):
                 result = _evaluate(cfg, raw_model, info, device, tracker, step,
-                                   run_dir / ("eval" if final else f"eval_step_{step}"))
+                                   run_dir / ("eval" if final else f"eval_step_{step}"), during=not final)
                 raw_model.train()
                 metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)})
                 eval_metrics = result if final else eval_metrics
@@ -442,17 +455,18 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     return TrainResult(step, metrics, eval_metrics, run_dir, last_ckpt, tracker.run_id)
 
 
-def _evaluate(cfg: Config, model: GatedVAE, info, device, tracker, step: int, out_dir: Path) -> dict:
+def _evaluate(cfg: Config, model: GatedVAE, info, device, tracker, step: int, out_dir: Path,
+              during: bool = False) -> dict:
     from gvae_dist.eval_runner import evaluate_model
 
     t0 = time.perf_counter()
-    result = evaluate_model(cfg, model, device, out_dir)
+    result = evaluate_model(cfg, model, device, out_dir, during=during)
     flat = {f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)}
     tracker.log_metrics(flat, step)
     for png in sorted(out_dir.glob("*.png")):
         tracker.log_artifact(png, "eval")
     print(f"[gvae-dist] evaluation at step {step} ({time.perf_counter() - t0:.1f}s): "
-          f"DCI disentanglement {result['disentanglement']:.3f}  completeness {result['completeness']:.3f}"
+          f"DCI over targeted factors: disentanglement {result['disentanglement']:.3f}  completeness {result['completeness']:.3f}"
           f"  informativeness {result['informativeness']:.3f}"
           + (f"  partition purity {result['partition_purity']:.3f}" if "partition_purity" in result else ""),
           flush=True)

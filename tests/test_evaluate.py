@@ -10,6 +10,7 @@ from gvae_dist.evaluate import (
     completeness,
     completeness_per_factor,
     dci,
+    dci_over,
     discretize,
     disentanglement,
     disentanglement_per_code,
@@ -18,6 +19,7 @@ from gvae_dist.evaluate import (
     mig,
     partition_importance,
     partition_purity,
+    purity_by_partition,
     sap,
 )
 
@@ -132,6 +134,10 @@ def test_dci_signal_codes_recover_permutation(data):
     assert [p["discrete"] for p in pf] == DISCRETE
     assert "informativeness_accuracy" in pf[0] and "informativeness_r2" not in pf[0]
     assert "informativeness_r2" in pf[2] and "informativeness_nrmse" in pf[2]
+    # each factor names its measure: accuracy (discrete) or 1 - NRMSE (continuous)
+    assert [p["informativeness_measure"] for p in pf] == ["accuracy"] * 2 + ["1-nrmse"] * 2
+    assert pf[0]["informativeness"] == pf[0]["informativeness_accuracy"]
+    assert pf[2]["informativeness"] == pytest.approx(1 - pf[2]["informativeness_nrmse"])
     # NRMSE is RMSE / std on the same split, so NRMSE^2 == 1 - R^2
     for p in pf[2:]:
         assert p["informativeness_nrmse"] ** 2 == pytest.approx(1 - p["informativeness_r2"])
@@ -143,8 +149,10 @@ def test_dci_signal_codes_recover_permutation(data):
 
 def test_dci_noise_codes_score_low(data):
     out = dci(data["ntr"], data["ftr"], data["nte"], data["fte"], DISCRETE, n_jobs=1)
-    # chance accuracy is 1/3 and 1/4, test R^2 of noise is <= 0
+    # chance accuracy is 1/3 and 1/4; noise has test NRMSE >= 1, so 1 - NRMSE clips to 0
     assert out["informativeness"] < 0.25
+    for p in out["per_factor"][2:]:
+        assert p["informativeness_nrmse"] >= 1.0 and p["informativeness"] == 0.0
     assert out["disentanglement"] < 0.3
     # trees still fit the training noise: train score is far above test
     assert out["informativeness_train"] > out["informativeness"] + 0.2
@@ -233,6 +241,41 @@ def test_partition_purity_hand_computed():
         IMP, PARTS, {"pose": ["yaw"], "expr": ["smile"], "rest": []}, ["yaw", "smile", "light"]
     )
     assert out == pytest.approx({"yaw": 0.8, "smile": 0.6, "mean": 0.7})
+
+
+def test_purity_by_partition_hand_computed():
+    # partition rows: pose [0.8, 0.1, 0.1], expr [0.1, 0.6, 0.0]; 'rest' intends nothing
+    out = purity_by_partition(
+        IMP, PARTS, {"pose": ["yaw"], "expr": ["smile"], "rest": []}, ["yaw", "smile", "light"]
+    )
+    assert out == pytest.approx({"pose": 0.8, "expr": 0.6 / 0.7, "mean": (0.8 + 0.6 / 0.7) / 2})
+    # a partition whose codes matter for nothing is not pure
+    zero = IMP.copy()
+    zero[2] = 0.0
+    assert purity_by_partition(zero, PARTS, {"expr": ["smile"]}, ["yaw", "smile", "light"]) == {
+        "expr": 0.0,
+        "mean": 0.0,
+    }
+
+
+def test_dci_over_targeted_factors_ignores_codes_of_other_factors():
+    # codes 0 and 1 hold the targeted factors a and b; code 2 holds the nuisance factor n
+    imp = np.array([[1.0, 0.0, 0.2], [0.0, 1.0, 0.2], [0.0, 0.0, 0.6]])
+    targeted = dci_over(imp, [0.9, 0.7, 0.1], [0, 1])
+    assert targeted == pytest.approx(
+        {
+            "disentanglement": 1.0,
+            "completeness": 1.0,
+            "informativeness": 0.8,
+            "informativeness_error": 0.2,
+            "dci_mean": 2.8 / 3,
+        }
+    )
+    every = dci_over(imp, [0.9, 0.7, 0.1])
+    assert every["disentanglement"] < 0.9 and every["completeness"] < 0.9
+    assert every["informativeness"] == pytest.approx(1.7 / 3)
+    with pytest.raises(ValueError, match="columns"):
+        dci_over(imp, [0.9, 0.7, 0.1], [])
 
 
 def test_partition_validation():
@@ -338,11 +381,19 @@ def test_evaluate_codes_is_json_serialisable(data):
         "n_test",
         "n_codes",
         "dci",
+        "targeted",
         "mig",
         "sap",
         "partitions",
     }
     assert back["dci"]["per_factor"][0]["name"] == "shape"
+    # the headline DCI is over the factors the partitions name; dci is over all of them
+    assert back["targeted"]["factors"] == ["shape", "x"]
+    per_factor = back["dci"]["per_factor"]
+    assert back["targeted"]["informativeness"] == pytest.approx(
+        (per_factor[0]["informativeness"] + per_factor[2]["informativeness"]) / 2
+    )
+    assert set(back["partitions"]["purity_by_partition"]) == {"a", "b", "mean"}
     part = back["partitions"]
     assert part["names"] == ["a", "b"] and np.asarray(part["importance"]).shape == (2, 4)
     pos = {j: int(np.flatnonzero(data["perm"] == j)[0]) for j in range(4)}

@@ -11,10 +11,13 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from gvae_dist.objective import (
+    MIN_CALIBRATED_STD,
     REGULARIZERS,
     dip_covariance,
+    dip_lambda_d,
     dip_penalty,
     gaussian_kl,
+    kl_weight,
     mmd,
     objective,
     reconstruction_loss,
@@ -36,6 +39,7 @@ def make_cfg(**overrides):
         lambda_od=10.0,
         lambda_d=100.0,
         gaussian_std=1.0,
+        gaussian_calibrated=False,
     )
     fields.update(overrides)
     return SimpleNamespace(**fields)
@@ -66,15 +70,35 @@ def test_bernoulli_matches_torch_distributions():
 
 
 @pytest.mark.parametrize("std", [1.0, 0.1])
-def test_gaussian_matches_normal_up_to_documented_constant(std):
+def test_gaussian_is_the_full_negative_log_density_in_nats(std):
     torch.manual_seed(0)
     logits_BCHW = torch.randn(3, 1, 16, 16)
     target_BCHW = torch.rand(3, 1, 16, 16)
-    n_pixels = 16 * 16
     log_prob_B = Normal(torch.sigmoid(logits_BCHW), std).log_prob(target_BCHW).sum((1, 2, 3))
-    constant = n_pixels * 0.5 * math.log(2 * math.pi * std**2)
     got_B = reconstruction_loss(logits_BCHW, target_BCHW, "gaussian", gaussian_std=std)
-    torch.testing.assert_close(got_B, -log_prob_B - constant, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got_B, -log_prob_B, rtol=1e-5, atol=1e-3)
+
+
+def test_calibrated_gaussian_uses_the_batch_rmse_detached():
+    torch.manual_seed(0)
+    logits_BCHW = torch.randn(3, 1, 8, 8, requires_grad=True)
+    target_BCHW = torch.rand(3, 1, 8, 8)
+    got_B = reconstruction_loss(logits_BCHW, target_BCHW, "gaussian", gaussian_calibrated=True)
+    mean_BCHW = torch.sigmoid(logits_BCHW)
+    rmse = (target_BCHW - mean_BCHW).square().mean().sqrt().item()
+    log_prob_B = Normal(mean_BCHW, rmse).log_prob(target_BCHW).sum((1, 2, 3))
+    torch.testing.assert_close(got_B, -log_prob_B, rtol=1e-5, atol=1e-3)
+    # sigma is detached: the gradient is that of a fixed-sigma Gaussian at sigma = rmse
+    (grad,) = torch.autograd.grad(got_B.sum(), logits_BCHW)
+    fixed_B = reconstruction_loss(logits_BCHW, target_BCHW, "gaussian", gaussian_std=rmse)
+    (grad_fixed,) = torch.autograd.grad(fixed_B.sum(), logits_BCHW)
+    torch.testing.assert_close(grad, grad_fixed)
+    # a perfect reconstruction stays finite
+    logits = torch.logit(target_BCHW.clamp(0.01, 0.99))
+    perfect_B = reconstruction_loss(logits, torch.sigmoid(logits), "gaussian", gaussian_calibrated=True)
+    n_pixels = 64
+    expected = n_pixels * (math.log(MIN_CALIBRATED_STD) + 0.5 * math.log(2 * math.pi))
+    torch.testing.assert_close(perfect_B, torch.full((3,), expected), rtol=1e-4, atol=1e-2)
 
 
 def test_reconstruction_rejects_bad_input():
@@ -326,6 +350,26 @@ def test_regularizers_are_one_lookup():
     assert set(REGULARIZERS) == {"beta", "infovae", "dip2", "dip1"}
 
 
+def test_dip_lambda_d_defaults_to_disentanglement_lib_factor():
+    # DIP-VAE-II: lambda_d = lambda_od; DIP-VAE-I: lambda_d = 10 lambda_od; an explicit value wins
+    assert dip_lambda_d(make_cfg(name="dip2", lambda_od=3.0, lambda_d=None)) == 3.0
+    assert dip_lambda_d(make_cfg(name="dip1", lambda_od=3.0, lambda_d=None)) == 30.0
+    assert dip_lambda_d(make_cfg(name="dip2", lambda_od=3.0, lambda_d=7.0)) == 7.0
+    _, mu_BD, logvar_BD, z_BD, _ = _inputs(b=8, d=5)
+    recon_B = torch.zeros(8)
+    for name, ratio in (("dip2", 1.0), ("dip1", 10.0)):
+        _, terms = objective(make_cfg(name=name, lambda_od=3.0, lambda_d=None), recon_B, mu_BD,
+                             logvar_BD, z_BD)
+        expected = _dip_by_hand(mu_BD, logvar_BD, 3.0, 3.0 * ratio, with_var=name == "dip2")
+        assert terms["dip"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kl_weight_per_objective():
+    assert kl_weight(make_cfg(name="beta", beta=4.0)) == 4.0
+    assert kl_weight(make_cfg(name="infovae", alpha=-0.35)) == pytest.approx(1.35)
+    assert kl_weight(make_cfg(name="dip2")) == 1.0
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -344,6 +388,7 @@ def test_regularizers_are_one_lookup():
         ({"likelihood": "laplace"}, r"objective\.likelihood"),
         ({"gaussian_std": 0.0}, r"objective\.gaussian_std"),
         ({"lambda_od": -1.0}, r"objective\.lambda_od"),
+        ({"lambda_d": -1.0}, r"objective\.lambda_d"),
         ({"kernel": "poly"}, r"objective\.kernel"),
         ({"kernel_scales": []}, r"objective\.kernel_scales"),
     ],

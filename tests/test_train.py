@@ -7,6 +7,7 @@ import torch
 
 from gvae_dist.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from gvae_dist.config import load_config
+from gvae_dist.eval_runner import eval_steps
 from gvae_dist.train import train_loop
 
 TINY = ["data.num_train=512", "data.num_eval=400", "data.image_size=32", "optim.batch_size=32",
@@ -54,6 +55,30 @@ def test_gated_and_ungated_differ_only_through_the_gate(tmp_path):
     u = load_checkpoint(latest_checkpoint(ungated.run_dir / "checkpoints"))["model"]
     # the decoder sees the same targets; the encoder heads receive different gradients
     assert not torch.equal(g["encoder.mu_head.weight"], u["encoder.mu_head.weight"])
+    # KL un-gated: each partition's effective beta is beta over the share of examples that open it
+    beta, m = 4.0, gated.metrics
+    shares = {p: m[f"gate/open_share/{p}"] for p in ("pose", "expression", "rest")}
+    assert 0.0 < shares["rest"] < shares["pose"] < 1.0, shares
+    for p, share in shares.items():
+        assert m[f"gate/effective_beta/{p}"] == pytest.approx(beta / share)
+    assert all(ungated.metrics[f"gate/open_share/{p}"] == 1.0 for p in shares)
+    assert all(ungated.metrics[f"gate/effective_beta/{p}"] == beta for p in shares)
+    kl_gated = train_loop(_cfg(tmp_path / "k", "optim.steps=5", "gate.enabled=true", "gate.kl=true"))
+    assert kl_gated.metrics["gate/open_share/rest"] == pytest.approx(shares["rest"])
+    assert all(kl_gated.metrics[f"gate/effective_beta/{p}"] == beta for p in shares)
+
+
+def test_evaluation_points_spread_over_the_run_at_log_steps(tmp_path):
+    def steps(*extra):
+        return sorted(eval_steps(_cfg(tmp_path, "eval.at_end=true", *extra)))
+
+    assert steps("optim.steps=3000", "run.log_every=100") == [600, 1200, 1800, 2400]
+    assert steps("optim.steps=1000", "run.log_every=100", "eval.points=2") == [300, 700]
+    assert steps("optim.steps=10", "run.log_every=50") == []  # no log step before the end
+    assert steps("optim.steps=1000", "run.log_every=100", "eval.points=0") == []
+    assert steps("optim.steps=1000", "run.log_every=100", "eval.at_end=false") == []
+    # eval.every overrides the points (Tune's reports rely on it)
+    assert steps("optim.steps=1000", "run.log_every=100", "eval.every=250") == [250, 500, 750]
 
 
 def test_bf16_autocast_trains(tmp_path):
@@ -82,11 +107,23 @@ def test_periodic_and_final_evaluation_reach_the_checkpoint_reports(tmp_path):
     result = train_loop(cfg)
     run = result.run_dir
     assert (run / "eval_step_5" / "metrics.json").is_file() and (run / "eval" / "traversals.png").is_file()
+    assert not list((run / "eval_step_5").glob("*.png"))  # evaluations during training draw nothing
+    during = json.loads((run / "eval_step_5" / "metrics.json").read_text())
+    assert during["details"]["n_train"] + during["details"]["n_test"] == 200
     for step in (5, 10):
         meta = json.loads((run / "checkpoints" / f"step_{step:08d}" / "meta.json").read_text())["metrics"]
         assert 0.0 <= meta["eval/dci_mean"] <= 1.0 and meta["eval/neg_elbo"] > 0, meta
     final = json.loads((run / "metrics.json").read_text())
     assert final["eval"]["neg_elbo"] == pytest.approx(final["eval"]["recon"] + final["eval"]["kl"])
+    ev = final["eval"]
+    # headline DCI over the 6 targeted factors, every factor as all/*, one score per factor
+    assert ev["targeted_factors"] == ["yaw", "pitch", "roll", "mouth", "eyes", "brow"]
+    assert ev["dci_mean"] == pytest.approx((ev["disentanglement"] + ev["completeness"]
+                                            + ev["informativeness"]) / 3)
+    assert 0.0 <= ev["all/dci_mean"] <= 1.0 and ev["informativeness_measures"]["yaw"] == "1-nrmse"
+    assert ev["informativeness"] == pytest.approx(
+        sum(ev[f"informativeness/{f}"] for f in ev["targeted_factors"]) / 6)
+    assert ev["purity_mean"] == pytest.approx((ev["purity/pose"] + ev["purity/expression"]) / 2)
     assert not any(k.startswith("eval/") for k in final["train"])
     again = train_loop(cfg)  # nothing left to train: evaluates the restored model once more
     assert again.step == 10 and again.eval_metrics["dci_mean"] == pytest.approx(result.eval_metrics["dci_mean"])

@@ -29,7 +29,7 @@ TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "dat
         # an interrupted trial resumes from the newest checkpoint Ray persisted, which may be older
         # than the run directory's newest: pruning must keep the new timeline (test_checkpoint)
         "run.keep_checkpoints=2", "data.backend=memory", "optim.lr=0.002",
-        "distributed.workers=1"]
+        "distributed.workers=1", "eval.points=0"]
 
 
 def _space(tmp_path: Path, name: str = "s.yaml", **over) -> Path:
