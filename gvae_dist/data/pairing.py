@@ -22,23 +22,28 @@ partner (``Pairs.found_K`` / ``drawn_K`` per supervised partition); the train lo
 Everything is vectorised on the batch's device: no Python loop over examples, no host sync, and
 all randomness comes from the ``torch.Generator`` passed in (seeded per rank, checkpointed).
 
-Legend: B batch, C channels, H/W pixels, L weak labels, P partitions, D latent dims.
+Legend: B batch, C channels, H/W pixels, L weak labels, P partitions, D latent dims, K supervised
+partitions (those listing factors), T match sets (label columns a partner must agree on).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from gvae_dist.data.partners import match_sets
 from gvae_dist.gate import PartitionSpec
 
 __all__ = ["KIND_NAMES", "Pairs", "PairingPlan", "make_pairs"]
 
 KIND_NAMES = ("identity", "shared_factor", "transform")
 IDENTITY, SHARED, TRANSFORM = 0, 1, 2
+
+log = logging.getLogger("gvae_dist.data")
 
 
 @dataclass
@@ -113,17 +118,17 @@ class PairingPlan:
             shared_rows, shared_parts = [[False] * len(label_names)], [0]
         self.has_transform = p_tr > 0
         self.probs = torch.tensor([p_id, p_sh, p_tr], dtype=torch.float32, device=self.device) / total
-        self.shared_labels_SL = torch.tensor(shared_rows, dtype=torch.bool, device=self.device)
         self.shared_parts_S = torch.tensor(shared_parts, dtype=torch.long, device=self.device)
         self.num_shared = len(shared_parts)
         self.shared_names = [spec.partitions[i].name for i in shared_parts]
 
         # Match sets: the label columns a partner must agree on (gvae_dist.data.partners).
-        from gvae_dist.data.partners import match_sets
-
         part_cols = [[c for c, on in enumerate(row) if on] for row in shared_rows]
         listed = {c for cols in part_cols for c in cols}
         self.nuisance_cols = [c for c in range(len(label_names)) if c not in listed]
+        if match_nuisance and not self.nuisance_cols and p_sh > 0:
+            log.warning("pairing.match_nuisance: every weak label %s belongs to a partition, so "
+                        "there are no nuisance labels to match; the setting has no effect", label_names)
         self.sets, owner = match_sets(part_cols, len(label_names), match,
                                       self.nuisance_cols if match_nuisance else None)
         self.set_names = [f"{spec.partitions[shared_parts[k]].name} ({', '.join(label_names[c] for c in cols)})"

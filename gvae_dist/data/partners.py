@@ -94,10 +94,11 @@ class PartnerIndex:
         """``[S, N]`` int64 keys; -1 where a label of the set is outside its column's range."""
         rel_NL = labels_NL.to(self.device, torch.long) - self.low_L
         bad_NL = (rel_NL < 0) | (rel_NL >= self.card_L)
-        key_SN = rel_NL.clamp(min=0) @ self.stride_SL.T
+        # a broadcast sum, not a matmul: CUDA has no int64 matmul
+        key_SN = (rel_NL.clamp(min=0).unsqueeze(0) * self.stride_SL.unsqueeze(1)).sum(-1)
         used_SL = self.stride_SL > 0
         bad_SN = (bad_NL.unsqueeze(0) & used_SL.unsqueeze(1)).any(-1)
-        return key_SN.T.masked_fill(bad_SN, -1)
+        return key_SN.masked_fill(bad_SN, -1)
 
     def build(self, labels_NL: torch.Tensor) -> None:
         """Index the store's labels ``[N, L]`` (row i of the store = row i here)."""
