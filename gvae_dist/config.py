@@ -90,15 +90,21 @@ def _default_partitions() -> list[PartitionConfig]:
 class GateConfig:
     enabled: bool = f(True, "gate the reconstruction gradient by pairing; false = the un-gated baseline (all-ones masks)")
     kl: bool = f(False, "also gate the KL gradient per partition (default: regulariser un-gated)")
+    decoder: bool = f(True, "paper: gated pairs update the decoder weights too; ours (false): their gradient reaches only the open partition's encoder path and the decoder learns from identity pairs only")
+    closed_code: Literal["input", "target"] = f("input", "what the closed partitions' dims carry into the decoder on gated pairs: paper 'input' (the input's own code), ours 'target' (the partner's code, encoded without gradient: the target becomes explainable; costs one more encoder forward)")
 
 
 @dataclass
 class PairingConfig:
     identity: float = f(0.2, "share of examples paired with themselves (mask: pairing.identity_partitions)")
-    shared_factor: float = f(0.8, "share paired with a batch-mate sharing partition k's weak labels (mask: k)")
+    shared_factor: float = f(0.8, "share paired with a partner sharing partition k's weak labels (mask: k; source: pairing.partner)")
     transform: float = f(0.0, "share paired with a transform of themselves (mask: pairing.transform_partition)")
     identity_partitions: list[str] = f([], "partitions trained by identity pairs (empty = all)")
     match: Literal["all", "one"] = f("all", "shared_factor partner must match all of k's weak labels, or one chosen at random")
+    partner: Literal["batch", "dataset", "rendered"] = f("dataset", "where shared_factor partners come from: a batch-mate (paper), an index of the whole training set (shards: a per-rank bank of decoded samples), or rendered with only the other supervised partitions' factors resampled (built-in generators; ours)")
+    match_nuisance: bool = f(False, "partners must also match the weak labels of factors no partition lists (when the data has such labels)")
+    bank_size: int = f(4096, "shard loaders with pairing.partner=dataset: samples each rank keeps (uint8, on the training device) to draw partners from")
+    min_found: float = f(0.5, "warn when a partition's share of shared_factor draws that find a partner falls below this")
     transform_kind: Literal["blur", "hflip"] = f("blur", "transform used by transform pairs")
     transform_partition: str = f("rest", "partition trained by transform pairs")
     blur_sigma: float = f(1.5, "Gaussian blur sigma in pixels (transform_kind=blur)")
@@ -300,7 +306,8 @@ def validate(cfg: Config) -> None:
                      ("optim.grad_accum", o.grad_accum), ("optim.lr", o.lr),
                      ("model.latent_dim", cfg.model.latent_dim), ("model.hidden", cfg.model.hidden),
                      ("run.log_every", cfg.run.log_every), ("run.checkpoint_every", cfg.run.checkpoint_every),
-                     ("run.keep_checkpoints", cfg.run.keep_checkpoints), ("eval.batch_size", cfg.eval.batch_size)]:
+                     ("run.keep_checkpoints", cfg.run.keep_checkpoints), ("eval.batch_size", cfg.eval.batch_size),
+                     ("pairing.bank_size", p.bank_size)]:
         _positive(val, key)
     for key, val in [("data.label_jitter", d.label_jitter), ("optim.grad_clip", o.grad_clip),
                      ("optim.weight_decay", o.weight_decay), ("pairing.identity", p.identity),
@@ -352,6 +359,9 @@ def validate(cfg: Config) -> None:
     if p.transform > 0 and p.transform_partition not in names:
         raise ConfigError(f"pairing.transform_partition: unknown partition {p.transform_partition!r}; "
                           f"partitions are {names}")
+    if p.partner == "rendered" and d.source not in ("faces", "shapes"):
+        raise ConfigError(f"pairing.partner: 'rendered' renders the built-in generators but data.source is "
+                          f"{d.source!r}; use pairing.partner: dataset (or batch)")
     if p.shared_factor > 0 and not any(part.factors for part in cfg.partitions):
         raise ConfigError("pairing.shared_factor > 0 but no partition lists factors: give a partition "
                           "`factors: [...]` or set pairing.shared_factor: 0")

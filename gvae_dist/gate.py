@@ -11,7 +11,11 @@ Semantics (the contract in ARCHITECTURE.md):
 - backward through the decoder path: ``dL/dz`` is multiplied by the example's gate mask before it
   reaches ``mu`` and ``logvar``;
 - the regulariser path (``z_reg``: MMD samples) is un-gated. It is a second output of the same
-  Function, so both paths share one forward and one fused backward.
+  Function, so both paths share one forward and one fused backward;
+- optional ``closed`` code (``gate.closed_code: target``, ours): on the decoder path the closed
+  dims (mask 0) carry ``closed`` instead of the input's sample, ``z_dec = mask * z + (1 - mask)
+  * closed``; no gradient reaches ``closed``, and the gradients into ``mu``/``logvar`` are the
+  same as without it. The paper's choice (``input``) is ``closed=None``.
 
 With an all-ones mask the result is the un-gated model, bit for bit.
 
@@ -133,12 +137,15 @@ class GatedReparameterize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mu_BD, logvar_BD, eps_BD, mask):
+    def forward(ctx, mu_BD, logvar_BD, eps_BD, mask, closed_BD=None):
         std_BD = torch.exp(0.5 * logvar_BD)
         # not addcmul: its fused rounding would differ from the plain path in the last bit
         z_BD = mu_BD + eps_BD * std_BD
         ctx.save_for_backward(eps_BD, std_BD, mask)
         ctx.set_materialize_grads(False)
+        if closed_BD is not None:
+            z_dec_BD = torch.where(mask.to(torch.bool), z_BD, closed_BD.to(z_BD.dtype))
+            return z_dec_BD, z_BD
         z_reg_BD = z_BD.view_as(z_BD)
         return z_BD, z_reg_BD
 
@@ -151,11 +158,11 @@ class GatedReparameterize(torch.autograd.Function):
         if dz_reg_BD is not None:
             g_BD = dz_reg_BD if g_BD is None else g_BD + dz_reg_BD
         if g_BD is None:
-            return None, None, None, None
+            return None, None, None, None, None
         dmu = g_BD if ctx.needs_input_grad[0] else None
         dlogvar = 0.5 * g_BD * eps_BD * std_BD if ctx.needs_input_grad[1] else None
         deps = g_BD * std_BD if ctx.needs_input_grad[2] else None
-        return dmu, dlogvar, deps, None
+        return dmu, dlogvar, deps, None, None
 
 
 def gated_reparameterize(
@@ -163,14 +170,17 @@ def gated_reparameterize(
     logvar_BD: torch.Tensor,
     eps_BD: torch.Tensor,
     mask: torch.Tensor | None,
+    closed_BD: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reparameterise with a gated decoder-path gradient.
 
     Args:
         mu_BD, logvar_BD: posterior parameters.
         eps_BD: standard normal noise.
-        mask: ``[B, D]`` per-example or ``[D]`` shared gate (1 = gradient flows), or None for
-            the plain un-gated reparameterisation.
+        mask: ``[B, D]`` per-example or ``[D]`` shared gate (1 = gradient flows; 0/1 values), or
+            None for the plain un-gated reparameterisation.
+        closed_BD: the code the closed dims carry on the decoder path (no gradient reaches
+            it), or None: the input's own sample (see module doc).
 
     Returns:
         ``(z_dec_BD, z_reg_BD)``: equal values; the first carries the gated gradient (feed it to
@@ -179,6 +189,8 @@ def gated_reparameterize(
     if mask is None:
         z_BD = mu_BD + eps_BD * torch.exp(0.5 * logvar_BD)
         return z_BD, z_BD
+    if closed_BD is not None:
+        closed_BD = closed_BD.detach()
     if torch.compiler.is_compiling():
         # Inside torch.compile the compiler fuses this composition into the one pass the
         # Function fuses by hand, and skips the Function's aliased second output, which made the
@@ -186,8 +198,10 @@ def gated_reparameterize(
         # exact zero, for any mask) and the same gradients: mask * dz_dec + dz_reg into z.
         z_BD = mu_BD + eps_BD * torch.exp(0.5 * logvar_BD)
         z_fixed_BD = z_BD.detach()
-        return z_fixed_BD + mask * (z_BD - z_fixed_BD), z_BD
-    return GatedReparameterize.apply(mu_BD, logvar_BD, eps_BD, mask)
+        if closed_BD is not None:
+            z_fixed_BD = torch.where(mask.to(torch.bool), z_fixed_BD, closed_BD.to(z_BD.dtype))
+        return z_fixed_BD + mask * (z_BD - z_BD.detach()), z_BD
+    return GatedReparameterize.apply(mu_BD, logvar_BD, eps_BD, mask, closed_BD)
 
 
 class GateGradient(torch.autograd.Function):

@@ -170,11 +170,36 @@ class GatedVAE(nn.Module):
         """``z_BD`` -> ``logits_BCHW`` (apply a sigmoid for pixel means)."""
         return self.decoder(z_BD)
 
+    @torch.no_grad()
+    def sample_code(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        """A posterior sample ``z_BD`` of ``x_BCHW`` without gradient (the partner's code that
+        ``gate.closed_code: target`` puts on the closed dims)."""
+        mu_BD, logvar_BD = self.encode(x_BCHW)
+        return mu_BD + torch.randn_like(mu_BD) * torch.exp(0.5 * logvar_BD)
+
+    def decode_rows(self, z_BD: torch.Tensor, update_B: torch.Tensor) -> torch.Tensor:
+        """Decode where only the rows ``update_B`` (bool ``[B]``) contribute to the decoder
+        weights' gradient; the other rows' gradient still reaches ``z`` (``gate.decoder: false``).
+
+        The batch is split in two decoder calls, the second with detached weights: the same
+        work as one call, plus one host sync for the split size.
+        """
+        order_B = torch.argsort((~update_B).to(torch.int8), stable=True)
+        n_upd = int(update_B.sum())
+        z_sorted = z_BD[order_B]
+        params = {k: v.detach() for k, v in self.decoder.named_parameters()}
+        out_upd = self.decoder(z_sorted[:n_upd])
+        out_fixed = torch.func.functional_call(self.decoder, params, (z_sorted[n_upd:],))
+        logits = torch.cat([out_upd, out_fixed])
+        return logits[torch.argsort(order_B)]
+
     def forward(
         self,
         x_BCHW: torch.Tensor,
         mask: torch.Tensor | None = None,
         eps_BD: torch.Tensor | None = None,
+        closed_BD: torch.Tensor | None = None,
+        decoder_update_B: torch.Tensor | None = None,
     ) -> VAEOutput:
         """Encode, sample with a gated reparameterisation, decode.
 
@@ -183,6 +208,10 @@ class GatedVAE(nn.Module):
             mask: ``[B, D]`` or ``[D]`` gate (1 = reconstruction gradient reaches that dim),
                 or None for the un-gated model.
             eps_BD: standard normal noise; drawn with ``torch.randn_like(mu)`` when None.
+            closed_BD: code for the closed dims on the decoder path (``gate.closed_code:
+                target``), or None (the input's own sample).
+            decoder_update_B: bool ``[B]``, rows whose reconstruction updates the decoder
+                weights (``gate.decoder: false``), or None (all rows).
 
         Returns:
             ``VAEOutput(mu, logvar, z_dec, z_reg, logits)``.
@@ -190,6 +219,9 @@ class GatedVAE(nn.Module):
         mu_BD, logvar_BD = self.encode(x_BCHW)
         if eps_BD is None:
             eps_BD = torch.randn_like(mu_BD)
-        z_dec_BD, z_reg_BD = gated_reparameterize(mu_BD, logvar_BD, eps_BD, mask)
-        logits_BCHW = self.decode(z_dec_BD)
+        z_dec_BD, z_reg_BD = gated_reparameterize(mu_BD, logvar_BD, eps_BD, mask, closed_BD)
+        if decoder_update_B is None:
+            logits_BCHW = self.decode(z_dec_BD)
+        else:
+            logits_BCHW = self.decode_rows(z_dec_BD, decoder_update_B)
         return VAEOutput(mu_BD, logvar_BD, z_dec_BD, z_reg_BD, logits_BCHW)

@@ -35,7 +35,8 @@ import yaml
 from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gvae_dist.config import Config, ConfigError, config_from_dict, save_config
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
-from gvae_dist.data.pairing import KIND_NAMES, PairingPlan, make_pairs
+from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, PairingPlan, make_pairs
+from gvae_dist.data.partners import build_partners
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.model import GatedVAE
 from gvae_dist.objective import kl_weight, objective, reconstruction_loss
@@ -266,6 +267,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     model = accelerator.prepare_model(model, evaluation_mode=world == 1)
     optimizer = accelerator.prepare_optimizer(optimizer)
     plan = PairingPlan.from_config(cfg, info.label_names, device=device)
+    partners = build_partners(cfg, loader, plan, device)
+    gated = cfg.gate.enabled
     spec = cfg.partition_spec()
     masks_PD = spec.masks().to(device)
     # Share of the examples whose gate opens each partition (masks are constant per partition);
@@ -328,6 +331,9 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     kind_sum_K = torch.zeros(K, device=device)
     kind_cnt_K = torch.zeros(K, device=device)
     kl_sum_D = torch.zeros(cfg.model.latent_dim, device=device)
+    found_sum_K = torch.zeros(plan.num_shared, device=device)
+    drawn_sum_K = torch.zeros(plan.num_shared, device=device)
+    warned_found: set[str] = set()
     n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
     metrics: dict[str, float] = {}
     eval_metrics: dict | None = None
@@ -343,9 +349,15 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             x = batch.image
             if o.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            pairs = make_pairs(x, batch.labels, plan, pair_gen)
+            own_B = partners.observe(batch) if partners is not None else None
+            pairs = make_pairs(x, batch.labels, plan, pair_gen, partners, own_B, batch.factors)
             with accelerator.accumulate(model), accelerator.autocast():
-                out = model(x, mask=pairs.mask_BD if cfg.gate.enabled else None)
+                closed = None
+                if gated and cfg.gate.closed_code == "target":
+                    closed = raw_model.sample_code(pairs.target_BCHW)  # one more encoder forward
+                out = model(x, mask=pairs.mask_BD if gated else None, closed_BD=closed,
+                            decoder_update_B=None if cfg.gate.decoder or not gated
+                            else pairs.kind_B == IDENTITY)
                 recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW,
                                               cfg.objective.likelihood, cfg.objective.gaussian_std,
                                               cfg.objective.gaussian_calibrated)
@@ -373,6 +385,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                     sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float().clone()
                 kind_sum_K.scatter_add_(0, pairs.kind_B, recon_B.detach().float())
                 kind_cnt_K += torch.bincount(pairs.kind_B, minlength=K).float()
+                found_sum_K += pairs.found_K
+                drawn_sum_K += pairs.drawn_K
             n_acc += 1
         step += 1
 
@@ -384,7 +398,10 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
         if at_log or at_ckpt:
             keys = list(sums)
             values = torch.cat([torch.stack([sums[k] for k in keys]), kind_sum_K, kind_cnt_K,
-                                kl_sum_D]).tolist()  # one sync
+                                kl_sum_D, found_sum_K, drawn_sum_K]).tolist()  # one sync
+            S = plan.num_shared
+            found_K, drawn_K = values[len(values) - 2 * S : len(values) - S], values[len(values) - S :]
+            values = values[: len(values) - 2 * S]
             metrics = {k: v / n_acc for k, v in zip(keys, values[: len(keys)])}
             ks, kc = values[len(keys) : len(keys) + K], values[len(keys) + K : len(keys) + 2 * K]
             for d, v in enumerate(values[len(keys) + 2 * K :]):
@@ -399,6 +416,18 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                         1.0 if cfg.gate.kl else share)
             now = time.perf_counter()
             imgs = n_acc * micro * world
+            for name, fd, dr in zip(plan.shared_names, found_K, drawn_K):
+                if dr > 0:
+                    metrics[f"pairing/found/{name}"] = fd / dr
+                    if fd / dr < cfg.pairing.min_found and name not in warned_found:
+                        warned_found.add(name)
+                        knobs = ["pairing.match: one", "fewer data.label_bins"]
+                        knobs += ["pairing.partner: dataset"] if partners is None else []
+                        knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
+                        knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
+                        log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
+                                    "(step %d); they train as identity pairs. Try %s",
+                                    100 * fd / dr, name, step, ", ".join(knobs))
             metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
             metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
             metrics["data/skipped_samples"] = float(getattr(loader, "skipped", 0))
@@ -419,6 +448,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             kind_sum_K.zero_()
             kind_cnt_K.zero_()
             kl_sum_D.zero_()
+            found_sum_K.zero_()
+            drawn_sum_K.zero_()
             # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
             final = step == o.steps
             if is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):

@@ -141,3 +141,69 @@ def test_partition_spec_validation():
         PartitionSpec.parse("a:1, a:1", 2)
     with pytest.raises(ValueError, match="not 'name:size'"):
         PartitionSpec.parse("a:x", 2)
+
+
+def test_closed_code_fills_closed_dims_and_keeps_the_gated_gradient():
+    mu, logvar, eps, mask = _inputs(dtype=torch.float32)
+    closed = torch.randn(6, 5, requires_grad=True)
+    w = torch.randn(6, 5)
+    z_dec, z_reg = gated_reparameterize(mu, logvar, eps, mask, closed)
+    z = mu + eps * torch.exp(0.5 * logvar)
+    torch.testing.assert_close(z_dec, torch.where(mask.bool(), z, closed), rtol=0, atol=0)
+    torch.testing.assert_close(z_reg, z, rtol=0, atol=0)
+    (z_dec * w).sum().backward()
+    got = mu.grad.clone(), logvar.grad.clone()
+    assert closed.grad is None  # the partner's code gets no gradient
+    mu.grad = logvar.grad = None
+    z_plain, _ = gated_reparameterize(mu, logvar, eps, mask)
+    (z_plain * w).sum().backward()
+    assert torch.equal(got[0], mu.grad) and torch.equal(got[1], logvar.grad)
+
+
+def test_model_closed_code_target_decodes_the_partners_code():
+    from gvae_dist.model import GatedVAE
+
+    torch.manual_seed(0)
+    model = GatedVAE(1, 32, 4, channels=[8], hidden=16)
+    x, partner = torch.rand(3, 1, 32, 32), torch.rand(3, 1, 32, 32)
+    mask = torch.tensor([[1.0, 1, 0, 0]] * 3)
+    eps = torch.zeros(3, 4)
+    closed = model.encode(partner)[0].detach()  # the partner's posterior mean
+    out = model(x, mask=mask, eps_BD=eps, closed_BD=closed)
+    mu_x = model.encode(x)[0]
+    torch.testing.assert_close(out.z_dec[:, :2], mu_x[:, :2])
+    torch.testing.assert_close(out.z_dec[:, 2:], closed[:, 2:])
+    torch.testing.assert_close(out.logits, model.decode(torch.cat([mu_x[:, :2], closed[:, 2:]], 1)))
+
+
+def test_decoder_gate_keeps_gated_rows_out_of_the_decoder_weights():
+    from gvae_dist.model import GatedVAE
+
+    torch.manual_seed(0)
+    model = GatedVAE(1, 32, 4, channels=[8], hidden=16)
+    x = torch.rand(4, 1, 32, 32)
+    mask = torch.tensor([[1.0, 1, 0, 0]] * 4)
+
+    def grads(update):
+        model.zero_grad()
+        out = model(x, mask=mask, eps_BD=torch.zeros(4, 4), decoder_update_B=update)
+        (out.logits**2).sum().backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    logits_all, g_all = grads(None)
+    logits_none, g_none = grads(torch.zeros(4, dtype=torch.bool))
+    torch.testing.assert_close(logits_none, logits_all)
+    for name, g in g_none.items():
+        if name.startswith("decoder."):
+            assert (g == 0).all(), name  # gated-only batch: the decoder learns nothing
+        else:
+            torch.testing.assert_close(g, g_all[name])  # the encoder path is unchanged
+    assert (g_none["encoder.mu_head.weight"][2:] == 0).all()  # closed dims: no gradient
+    # one identity row: the decoder gets exactly that row's gradient
+    update = torch.tensor([False, True, False, False])
+    _, g_mixed = grads(update)
+    model.zero_grad()
+    out = model(x[1:2], mask=mask[1:2], eps_BD=torch.zeros(1, 4))
+    (out.logits**2).sum().backward()
+    for name, p in model.decoder.named_parameters():
+        torch.testing.assert_close(g_mixed[f"decoder.{name}"], p.grad, rtol=1e-5, atol=1e-6)

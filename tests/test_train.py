@@ -81,6 +81,22 @@ def test_evaluation_points_spread_over_the_run_at_log_steps(tmp_path):
     assert steps("optim.steps=1000", "run.log_every=100", "eval.every=250") == [250, 500, 750]
 
 
+@pytest.mark.parametrize("extra", [
+    ["pairing.partner=dataset", "gate.closed_code=target", "gate.decoder=false"],
+    ["pairing.partner=rendered", "pairing.match=one"],
+    ["pairing.partner=batch", "pairing.match_nuisance=true", "pairing.min_found=0.99"],
+])
+def test_partner_sources_and_gate_choices_train(tmp_path, extra, caplog):
+    result = train_loop(_cfg(tmp_path, "optim.steps=5", *extra))
+    m = result.metrics
+    found = {k: m[k] for k in ("pairing/found/pose", "pairing/found/expression")}
+    if "pairing.partner=batch" in extra:  # 32 examples, all nine labels must match: no partner
+        assert max(found.values()) < 0.2 and "pairing.match: one" in caplog.text
+    else:
+        assert min(found.values()) > 0.9
+    assert m["recon/shared_factor"] > 0 and m["loss"] == m["loss"]
+
+
 def test_bf16_autocast_trains(tmp_path):
     result = train_loop(_cfg(tmp_path, "optim.steps=5", "optim.mixed_precision=bf16"))
     assert torch.isfinite(torch.tensor(result.metrics["loss"]))

@@ -6,6 +6,8 @@ Every backend yields :class:`Batch` on the training device:
 - ``labels``  int64 ``[B, L]`` weak (binned, possibly noisy) labels, used only for pairing
 - ``factors`` float32 ``[B, F]`` ground truth, used only for evaluation
 - ``keys``    sample keys (may be None for in-memory data)
+- ``ids``     int64 ``[B]`` rows of the samples in the in-memory training set (None for shards);
+              dataset partners use them to never pair a sample with itself
 
 Backends: ``memory`` (built-in synthetic data held in RAM, sharded by rank). The shard backends
 (DALI, WebDataset) live in ``gvae_dist.data.stream`` and follow the same ``TrainLoader``
@@ -31,11 +33,13 @@ class Batch:
     labels: torch.Tensor
     factors: torch.Tensor
     keys: list[str] | None = None
+    ids: torch.Tensor | None = None
 
     def to(self, device: torch.device, non_blocking: bool = True) -> Batch:
         return Batch(self.image.to(device, non_blocking=non_blocking),
                      self.labels.to(device, non_blocking=non_blocking),
-                     self.factors.to(device, non_blocking=non_blocking), self.keys)
+                     self.factors.to(device, non_blocking=non_blocking), self.keys,
+                     None if self.ids is None else self.ids.to(device, non_blocking=non_blocking))
 
 
 @dataclass
@@ -111,7 +115,8 @@ class MemoryLoader:
         self.index += self.batch_size
         image = self.images[idx].to(self.device, non_blocking=True)
         image_BCHW = image.permute(0, 3, 1, 2).float().div_(255.0)
-        return Batch(image_BCHW, self.labels[idx].to(self.device), self.factors[idx].to(self.device))
+        return Batch(image_BCHW, self.labels[idx].to(self.device), self.factors[idx].to(self.device),
+                     ids=idx.to(self.device))
 
 
 def build_train_loader(cfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
