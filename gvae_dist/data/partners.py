@@ -193,6 +193,9 @@ class BankPartners:
         num_labels = len(label_low_L)
         self.images = torch.zeros((capacity, *image_shape_HWC), dtype=torch.uint8, device=self.device)
         self.labels = torch.zeros((capacity, num_labels), dtype=torch.long, device=self.device)
+        # which sample a slot holds: a bank larger than a rank's share of an epoch holds a sample
+        # twice, and a copy of the input is not a partner
+        self.sample_ids = torch.full((capacity,), -1, dtype=torch.long, device=self.device)
         self.index = PartnerIndex(sets, label_low_L, label_card_L, device)
         self.filled, self.ptr = 0, 0
 
@@ -204,6 +207,9 @@ class BankPartners:
         img = batch.image.detach().mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         self.images[slots_B] = img.permute(0, 2, 3, 1)
         self.labels[slots_B] = batch.labels.to(self.device, torch.long)
+        if batch.keys is not None:
+            ids = [hash(k) & 0x7FFFFFFFFFFFFFFF for k in batch.keys]
+            self.sample_ids[slots_B] = torch.tensor(ids, dtype=torch.long, device=self.device)
         self.ptr, self.filled = (self.ptr + B) % self.capacity, min(self.filled + B, self.capacity)
         self.index.build(self.labels[: self.filled])
         return slots_B
@@ -211,6 +217,10 @@ class BankPartners:
     def draw(self, labels_BL, factors_BF, set_B, own_B, generator, want_B=None):
         """Partner images ``[B, C, H, W]`` and whether each was found (see PartnerIndex.draw)."""
         row_B, found_B = self.index.draw(labels_BL, set_B, own_B, generator)
+        if own_B is not None:
+            own_id_B = self.sample_ids[own_B]
+            copy_B = (self.sample_ids[row_B] == own_id_B) & (own_id_B >= 0)
+            found_B = found_B & ~copy_B
         return _to_float_BCHW(self.images[row_B]), found_B
 
 
