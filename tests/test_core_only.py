@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gvae_dist.config import DataConfig
+from gvae_dist.config import DataConfig, load_config
 from gvae_dist.data.importers import build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_blocked_backends_are_unimportable(core_env, tmp_path):
 
 def test_train_on_shards_then_eval_without_optional_backends(core_env, tmp_path):
     shards = tmp_path / "shards"
-    build_dataset("faces", shards, DataConfig(image_size=32), num=48, shard_size=20, progress=False)
+    build_dataset("faces", shards, DataConfig(image_size=32), num=200, shard_size=20, progress=False)
     sets = [*TINY, "data.source=shards", f"data.path={shards}", f"run.output_dir={tmp_path / 'runs'}",
             "eval.at_end=false"]
     train = _cli(core_env, tmp_path, "train", *_sets(sets))  # tracking.enabled stays true
@@ -71,12 +71,15 @@ def test_train_on_shards_then_eval_without_optional_backends(core_env, tmp_path)
     assert "Traceback" not in train.stderr
     warnings = [ln for ln in train.stderr.splitlines() if "MLflow is not installed" in ln]
     assert len(warnings) == 1 and "gvae-dist[mlflow]" in warnings[0]
-    assert "data: webdataset backend, 48 samples in 3 shards" in train.stdout
+    # 20% of the 200 samples went to eval shards of their own (data.eval_fraction)
+    assert "data: webdataset backend, train split of" in train.stdout
+    assert "160 samples in 8 shards" in train.stdout
     assert "MLflow run" not in train.stdout
     ckpt = tmp_path / "runs" / "gvae" / "checkpoints" / "step_00000004"
     assert (ckpt / "config.yaml").is_file()
 
-    ev = _cli(core_env, tmp_path, "eval", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ev"))
+    ev = _cli(core_env, tmp_path, "eval", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ev"),
+              "--set", "eval.num_train=24", "--set", "eval.num_test=16")  # the 40 held-out samples
     assert ev.returncode == 0, ev.stderr[-3000:]
     result = json.loads(ev.stdout[ev.stdout.index("{"):])
     assert 0.0 <= result["disentanglement"] <= 1.0 and result["neg_elbo"] > 0
@@ -174,7 +177,8 @@ def test_study_cells_from_two_machines_merge_and_a_foreign_cell_is_refused(core_
     assert c.returncode == 2
     lines = c.stderr.strip().splitlines()
     assert len(lines) == 1 and "different config" in lines[0], c.stderr
-    assert "optim.lr: 0.0005 there, 0.01 here" in lines[0], lines[0]
+    lr = load_config(REPO / "configs" / "faces_beta_gated.yaml").optim.lr
+    assert f"optim.lr: {lr:g} there, 0.01 here" in lines[0], lines[0]
     assert (here / "runs" / gated / "result.json").read_text() == result
 
 
@@ -183,7 +187,8 @@ def test_stdlib_tar_reader_matches_webdataset(tmp_path):
     wds = pytest.importorskip("webdataset")
     from gvae_dist.data.stream_wds import shuffle, tar_samples
 
-    build_dataset("faces", tmp_path, DataConfig(image_size=32), num=30, shard_size=30, progress=False)
+    build_dataset("faces", tmp_path, DataConfig(image_size=32, eval_fraction=0.0), num=30, shard_size=30,
+                  progress=False)
     tar = str(sorted(tmp_path.glob("*.tar"))[0])
     ours = list(tar_samples(tar))
     theirs = [{k: v for k, v in s.items() if k != "__local_path__"}

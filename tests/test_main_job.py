@@ -24,7 +24,7 @@ def _main_sh(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
            "GVAE_MAIN_DATA": str(tmp / "faces"), "GVAE_MAIN_NUM": str(NUM), "GVAE_MAIN_STEPS": "4", **env}
     proc = subprocess.run(["bash", str(REPO / "ops" / "main.sh"), *SMALL,
                            "--set", f"run.output_dir={tmp / 'runs'}", *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
