@@ -43,6 +43,7 @@ import fnmatch
 import hashlib
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -410,15 +411,31 @@ def _run_local(todo: list[Cell], parallel: int, log) -> dict[str, str]:
     """N cells at a time, each in a fresh local process (spawned: no CUDA or thread state is
     inherited), with ``run.threads`` = this machine's CPUs / N unless set."""
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from gvae_dist.launch import local_cpus
 
     threads = max(1, local_cpus() // parallel)
+    log(f"[gvae-dist study] {len(todo)} cell(s), {parallel} at a time in local processes "
+        f"({threads} thread(s) each)")
+    ctx = multiprocessing.get_context("spawn")
+    # Each cell's DCI runs its factors in-process: the cells already fill the cores, and a
+    # joblib/loky pool left in a pool worker kept that worker (and so the study) from exiting.
+    saved = os.environ.get("JOBLIB_MULTIPROCESSING")
+    os.environ["JOBLIB_MULTIPROCESSING"] = "0"  # read by the spawned workers at start-up
+    try:
+        return _pool_cells(todo, parallel, threads, ctx, log)
+    finally:
+        if saved is None:
+            os.environ.pop("JOBLIB_MULTIPROCESSING", None)
+        else:
+            os.environ["JOBLIB_MULTIPROCESSING"] = saved
+
+
+def _pool_cells(todo: list[Cell], parallel: int, threads: int, ctx, log) -> dict[str, str]:
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
     failed: dict[str, str] = {}
     n, done_count = len(todo), 0
-    log(f"[gvae-dist study] {n} cell(s), {parallel} at a time in local processes ({threads} thread(s) each)")
-    ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
         pending = {}
         for cell in todo:

@@ -129,7 +129,10 @@ def gpu_study(core_env, tmp_path_factory) -> tuple[Path, Path]:
     out = tmp / "out"
     proc = subprocess.run(["bash", str(REPO / "ops" / "gpu_study.sh"), str(out), str(study), "--probe-steps", "4",
                            "--probe-every", "2", "--probe-eval", "60", "--parallel", "2"],
-                          env={**core_env, "PYTHON": sys.executable, "GVAE_DEADLINE_S": "240"}, cwd=tmp,
+                          # with joblib's process pools on (as users run it): a pool left in a
+                          # cell's worker process once kept the study from ever exiting
+                          env={**{k: v for k, v in core_env.items() if k != "JOBLIB_MULTIPROCESSING"},
+                               "PYTHON": sys.executable, "GVAE_DEADLINE_S": "240"}, cwd=tmp,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, study
