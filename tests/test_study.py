@@ -125,3 +125,16 @@ def test_parallel_cells_on_ray_and_a_failed_cell_is_named(tmp_path, ray_env):
     assert [r["run"] for r in rows] == [good.name]
     again = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 1 and "skipped" in again.stdout and "1 of 2 study cells failed" in again.stderr
+
+
+def test_ablation_study_reuses_the_main_studys_ungated_cells():
+    """configs/study_ablation.yaml promises that the main study's un-gated run directories can
+    be copied in and collected: same names and same config fingerprints."""
+    main = {c.name: c for c in plan_cells(load_study(REPO / "configs" / "study_faces.yaml"))}
+    ablation = plan_cells(load_study(REPO / "configs" / "study_ablation.yaml"))
+    ungated = [c for c in ablation if c.variant == "ungated"]
+    assert len(ungated) == 5 and len(ablation) == 10
+    for cell in ungated:
+        assert cell.fingerprint == main[cell.name].fingerprint, cell.name
+    gated = [c for c in ablation if c.variant == "gated"]
+    assert all(c.cfg.gate.decoder and c.name not in main for c in gated)
