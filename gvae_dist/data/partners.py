@@ -33,9 +33,12 @@ Legend: B batch, C channels, H/W pixels, L weak labels, F factors, N stored samp
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the GPU benchmark runs without it
+    import numpy as np
 
 __all__ = ["PartnerIndex", "DatasetPartners", "BankPartners", "RenderedPartners", "build_partners",
            "match_sets"]
@@ -145,6 +148,8 @@ class PartnerIndex:
 
 
 def _label_range(labels_NL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     low = labels_NL.min(0) if len(labels_NL) else np.zeros(labels_NL.shape[1], np.int64)
     high = labels_NL.max(0) if len(labels_NL) else low
     return low, high - low + 1
