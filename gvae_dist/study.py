@@ -193,14 +193,29 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
     return cells
 
 
+# Keys a cell's numbers cannot depend on, given another key's value: an un-gated cell never reads
+# the gate's options, a cell without shared-factor (transform) pairs never searches partners
+# (transforms). Dropped so that, e.g., the un-gated cells of two studies whose gated presets differ
+# only in gate.decoder are recognised as the same cell.
+MOOT = [
+    (("gate", "enabled", False), ("gate", {"kl", "decoder", "closed_code"})),
+    (("pairing", "shared_factor", 0.0), ("pairing", {"match", "partner", "match_nuisance", "bank_size", "min_found"})),
+    (("pairing", "transform", 0.0), ("pairing", {"transform_kind", "transform_partition", "blur_sigma"})),
+]
+
+
 def _fingerprinted(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a ``Config.to_dict()``) without the :data:`RUN_LOCAL` keys."""
+    """``config`` (a ``Config.to_dict()``) without the :data:`RUN_LOCAL` keys and the
+    :data:`MOOT` keys that cannot change its numbers."""
     out = {}
     for section, value in config.items():
         drop = RUN_LOCAL.get(section, set())
         if drop == "*":
             continue
         out[section] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
+    for (section, key, value), (moot_section, moot_keys) in MOOT:
+        if isinstance(out.get(section), dict) and out[section].get(key, value) == value and moot_section in out:
+            out[moot_section] = {k: v for k, v in out[moot_section].items() if k not in moot_keys}
     return out
 
 
@@ -240,8 +255,11 @@ def _finished(cell: Cell) -> dict[str, Any] | None:
     path = run_dir / RESULT_FILE
     if path.is_file():
         result = json.loads(path.read_text())
-        if result.get("fingerprint") != cell.fingerprint:
+        # Recomputed from the saved config: results written before MOOT keys were dropped match too.
+        theirs = fingerprint(result["config"]) if result.get("config") else result.get("fingerprint")
+        if theirs != cell.fingerprint:
             raise _refuse(cell, path, result.get("config"), result.get("fingerprint"))
+        result["fingerprint"] = theirs
         return result
     saved = run_dir / "config.yaml"  # written by train_loop at its start
     if saved.is_file():

@@ -138,3 +138,52 @@ def test_ablation_study_reuses_the_main_studys_ungated_cells():
         assert cell.fingerprint == main[cell.name].fingerprint, cell.name
     gated = [c for c in ablation if c.variant == "gated"]
     assert all(c.cfg.gate.decoder and c.name not in main for c in gated)
+
+
+def test_fingerprint_ignores_only_the_keys_a_cell_cannot_read(tmp_path):
+    """An un-gated, identity-only cell does not depend on the gate's options or the partner
+    search, so studies whose gated presets differ there share their un-gated cells; a gated
+    cell does depend on them. A result.json written with an older fingerprint function is
+    matched by its saved config."""
+    import copy
+    import json
+
+    from gvae_dist.config import load_config
+    from gvae_dist.study import RESULT_FILE, _finished, fingerprint
+
+    ungated = load_config(REPO / "configs" / "faces_beta_ungated.yaml")
+    gated = load_config(REPO / "configs" / "faces_beta_gated.yaml")
+    for key, other in [("gate.decoder", False), ("gate.closed_code", "input"), ("pairing.partner", "batch")]:
+        section, name = key.split(".")
+        changed_u, changed_g = copy.deepcopy(ungated), copy.deepcopy(gated)
+        setattr(getattr(changed_u, section), name, other)
+        setattr(getattr(changed_g, section), name, other)
+        assert fingerprint(changed_u) == fingerprint(ungated), key
+        assert fingerprint(changed_g) != fingerprint(gated), key
+    changed = copy.deepcopy(ungated)
+    changed.objective.beta = 2.0  # what it computes still counts
+    assert fingerprint(changed) != fingerprint(ungated)
+
+    cell = plan_cells(load_study(_ungated_study(tmp_path)))[0]
+    run_dir = cell.cfg.run_dir()
+    run_dir.mkdir(parents=True)
+    old = cell.cfg.to_dict()
+    old["gate"]["decoder"] = not old["gate"]["decoder"]
+    (run_dir / RESULT_FILE).write_text(json.dumps(
+        {"fingerprint": "0123456789abcdef", "config": old, "eval": {"dci_mean": 0.5}}))
+    assert _finished(cell)["eval"]["dci_mean"] == 0.5
+    old["objective"]["beta"] = 7.0
+    (run_dir / RESULT_FILE).write_text(json.dumps({"fingerprint": "0123456789abcdef", "config": old}))
+    with pytest.raises(ConfigError, match="objective.beta"):
+        _finished(cell)
+
+
+def _ungated_study(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "study:\n"
+        f"  output_dir: {tmp_path / 'out'}\n"
+        "  objectives: [beta]\n  variants: [ungated]\n"
+        f"  preset: {REPO / 'configs'}/faces_{{objective}}_{{variant}}.yaml\n"
+        "  seeds: [0]\n  label_flip_probs: [0.0]\n")
+    return path
