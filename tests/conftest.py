@@ -45,6 +45,13 @@ os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(RAY_TOKEN_FILE)
 os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def free_port() -> int:
     from gvae_dist.launch import free_port as _free_port
 
@@ -138,27 +145,39 @@ def ray_cluster(ray_env):
 
 @pytest.fixture(scope="module")
 def ray_head(ray_env):
-    """``ray start --head --block`` on 127.0.0.1 with its own ports and temp dir; yields its
-    addresses and the environment (with the auth token) clients must use."""
-    ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
-                                            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                            "metrics-export-port", "runtime-env-agent-port",
-                                            "node-manager-port", "object-manager-port")}
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus", "2",
-           "--temp-dir", str(ray_env.tmp), "--disable-usage-stats",
-           *[arg for name, port in ports.items() for arg in (f"--{name}", str(port))]]
-    env = {**os.environ, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['dashboard-port']}"}
-    log = open(ray_env.tmp / "ray-start.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    """The README's head: ``ops/ray_head.sh start`` (``ray start --head --block`` on 127.0.0.1,
+    token auth, its own temp dir) with free ports; yields its addresses and the environment
+    (with the auth token) clients must use; ``ops/ray_head.sh stop`` stops it."""
+    ports = {name: free_port() for name in ("ray-client-server-port", "dashboard-agent-listen-port",
+                                            "dashboard-agent-grpc-port", "metrics-export-port",
+                                            "runtime-env-agent-port", "node-manager-port",
+                                            "object-manager-port")}
+    head_dir = ray_env.tmp / "head"
+    head_dir.mkdir(mode=0o700)
+    shutil.copy(RAY_TOKEN_FILE, head_dir / "auth_token")  # this process's Ray caches that token
+    gcs, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_HEAD_DIR": str(head_dir), "RAY_HEAD_TMP": str(ray_env.tmp),
+           "RAY_HEAD_PORT": str(gcs), "RAY_DASHBOARD_PORT": str(dash), "RAY_HEAD_CPUS": "2",
+           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
+    script = str(REPO / "ops" / "ray_head.sh")
+    start = subprocess.run(["bash", script, "start",
+                            *[arg for name, port in ports.items() for arg in (f"--{name}", str(port))]],
+                           env=env, capture_output=True, text=True, timeout=240)
+    assert start.returncode == 0, start.stdout + start.stderr
+    pid = int((head_dir / "head.pid").read_text())
     try:
-        dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
-        wait_for_http(f"{dashboard}/api/version", timeout=90, proc=proc)
-        yield SimpleNamespace(proc=proc, dashboard=dashboard, gcs=f"127.0.0.1:{ports['port']}",
-                              env=env, temp_dir=ray_env.tmp, token_file=ray_env.token_file)
+        yield SimpleNamespace(pid=pid, dashboard=f"http://127.0.0.1:{dash}", gcs=f"127.0.0.1:{gcs}",
+                              env=env, temp_dir=ray_env.tmp, token_file=head_dir / "auth_token",
+                              script=script, start_output=start.stdout)
     finally:
-        stop_group(proc)
-        log.close()
+        stop = subprocess.run(["bash", script, "stop"], env=env, capture_output=True, text=True, timeout=120)
+        import psutil
+
+        left = [p.pid for p in psutil.process_iter(["status"])
+                if _pgid(p.pid) == pid and p.info["status"] != psutil.STATUS_ZOMBIE]
+        if left:  # make sure, then fail: `ops/ray_head.sh stop` must stop its whole head
+            os.killpg(pid, signal.SIGKILL)
+        assert stop.returncode == 0 and not left, (stop.stdout, stop.stderr, left)
 
 
 @pytest.fixture(scope="module")

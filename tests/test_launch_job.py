@@ -32,8 +32,13 @@ def test_job_submit_trains_on_the_head_and_tracks(ray_head, tmp_path):
     out = tmp_path / "out"  # absolute: the job runs in a temporary copy of the working dir
     entry = ["gvae-dist", "train", "--workers", "2", *[a for kv in TINY for a in ("--set", kv)],
              "--set", f"run.output_dir={out}"]
-    proc = _ray(ray_head, "job", "submit", "--address", ray_head.dashboard, "--working-dir", ".",
-                "--submission-id", "gvae-job-1", "--", *entry)
+    # as the README: the client's environment from `ops/ray_head.sh env`, no --address
+    exported = subprocess.run(["bash", ray_head.script, "env"], env=ray_head.env, capture_output=True,
+                              text=True, check=True).stdout.split()
+    client = {k: v for k, v in (kv.split("=", 1) for kv in exported if "=" in kv)}
+    assert client["RAY_ADDRESS"] == ray_head.dashboard and client["RAY_AUTH_MODE"] == "token"
+    proc = _ray(ray_head, "job", "submit", "--working-dir", ".", "--submission-id", "gvae-job-1", "--",
+                *entry, env={**{k: v for k, v in ray_head.env.items() if not k.startswith("RAY_AUTH")}, **client})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "global batch 32 = 2 x 1 micro-batches of 16" in proc.stdout
 
@@ -84,9 +89,20 @@ def test_job_api_refuses_requests_without_the_token(ray_head, tmp_path):
 def test_head_binds_the_dashboard_to_loopback(ray_head):
     import psutil
 
-    family = [ray_head.proc.pid] + [p.pid for p in psutil.Process(ray_head.proc.pid).children(recursive=True)]
+    family = [ray_head.pid] + [p.pid for p in psutil.Process(ray_head.pid).children(recursive=True)]
     port = int(ray_head.dashboard.rsplit(":", 1)[1])
     listening = [c for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid in family]
     assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
     assert os.environ["RAY_AUTH_MODE"] == "token"
+
+
+def test_head_script_keeps_its_token_private_and_says_how_to_submit(ray_head):
+    assert "ray job submit" in ray_head.start_output and "ops/ray_head.sh stop" in ray_head.start_output
+    assert ray_head.token_file.stat().st_mode & 0o777 == 0o600
+    assert ray_head.token_file.parent.stat().st_mode & 0o777 == 0o700
+    status = subprocess.run(["bash", ray_head.script, "status"], env=ray_head.env, capture_output=True, text=True)
+    assert status.returncode == 0 and f"PID {ray_head.pid}" in status.stdout
+    again = subprocess.run(["bash", ray_head.script, "start"], env=ray_head.env, capture_output=True, text=True,
+                           timeout=60)  # a second start finds the running head instead of a second one
+    assert again.returncode == 0 and "runs already" in again.stderr
