@@ -161,11 +161,20 @@ def test_importer_input_errors(tmp_path):
 # --- bad input: refused before anything is written, naming the file, column/array and row -------
 
 
-def _refused(tmp_path, source, path, message, **kw):
+def _refused(tmp_path, source, path, message, while_writing=False, **kw):
+    """The import fails with ``message``; nothing is written, or (a bad image found ``while_writing``)
+    nothing a loader would accept."""
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as err:
         build_dataset(source, out, DataConfig(image_size=32), input_path=str(path), progress=False, **kw)
-    assert not out.exists()  # nothing half-written
+    assert "cannot read the image" not in str(err.value)  # the range error itself, not a wrapper
+    if not while_writing:
+        assert not out.exists()
+        return
+    from gvae_dist.data.shardset import open_shards
+
+    with pytest.raises(ValueError, match="manifest.json does not exist .a build is incomplete"):
+        open_shards(out)
 
 
 def _npz(tmp_path, name, **change):
@@ -235,3 +244,23 @@ def test_folder_csv_good_columns_still_import(tmp_path):
     man = build_dataset("folder", tmp_path / "out", DataConfig(image_size=16), input_path=str(_folder(tmp_path, _csv_rows())),
                         progress=False)
     assert [(f["name"], f["discrete"]) for f in man["factors"]] == [("yaw", False), ("expression", True)]
+
+
+def test_folder_16_bit_image_out_of_range_is_refused(tmp_path):
+    """PIL clips 16-bit pixels above 255 to 255 when converting: refused, naming the image."""
+    root = _folder(tmp_path, _csv_rows())
+    Image.fromarray(np.array([[0, 100], [300, 65535]], np.uint16)).save(root / "img.2.png")
+    _refused(tmp_path, "folder", root, r"faces/img.2.png \(mode I;16\): integer pixels must lie in 0..255, "
+                                       r"found values in \[0, 65535\]", while_writing=True)
+
+
+def test_check_source_refuses_a_label_outside_its_classes(tmp_path):
+    """The last gate before writing also holds for weak labels (built by the importers)."""
+    from gvae_dist.data.checks import check_source
+    from gvae_dist.data.importers import open_source
+
+    src = open_source("faces", DataConfig(image_size=16, label_bins=3), num=8)
+    check_source(src, "faces")
+    src.labels[5, 0] = 99
+    with pytest.raises(ValueError, match=r"faces: row 5: label 99 of factor 'yaw' is outside its 3 classes \[0, 2\]"):
+        check_source(src, "faces")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["check_factors", "check_image_shape", "check_source", "first_bad_label", "label_bounds",
+__all__ = ["PixelRangeError", "check_factors", "check_image_shape", "check_source", "first_bad_label", "label_bounds",
            "pixel_range", "pixel_scale", "to_uint8"]
 
 _PIXEL_CHUNK = 4096  # images per block when scanning an image array for its range
@@ -71,17 +71,22 @@ def pixel_range(read: Callable[[int, int], np.ndarray], n: int, dtype, where: st
     return lo, hi
 
 
+class PixelRangeError(ValueError):
+    """Pixel values outside what their dtype may hold (the message names the file and range)."""
+
+
 def pixel_scale(dtype, lo: float, hi: float, where: str) -> float:
-    """The factor that maps stored pixels in ``[lo, hi]`` to 0..255 (see module docstring)."""
+    """The factor that maps stored pixels in ``[lo, hi]`` to 0..255 (see module docstring);
+    :class:`PixelRangeError` if there is none."""
     dtype = np.dtype(dtype)
     found = f"found values in [{lo:g}, {hi:g}] ({dtype})"
     if dtype.kind in "biu":
         if lo < 0 or hi > 255:
-            raise ValueError(f"{where}: integer pixels must lie in 0..255, {found}; convert the images "
+            raise PixelRangeError(f"{where}: integer pixels must lie in 0..255, {found}; convert the images "
                              "to 8 bits (e.g. divide 16-bit images by 257) before importing")
         return 255.0 if hi <= 1 else 1.0
     if lo < 0 or hi > 255:
-        raise ValueError(f"{where}: float pixels must lie in [0, 1] or [0, 255], {found}; rescale "
+        raise PixelRangeError(f"{where}: float pixels must lie in [0, 1] or [0, 255], {found}; rescale "
                          "them (e.g. undo a normalisation) before importing")
     return 255.0 if hi <= 1 else 1.0
 

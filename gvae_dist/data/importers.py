@@ -43,6 +43,7 @@ import numpy as np
 
 from gvae_dist.data import synthetic
 from gvae_dist.data.checks import (
+    PixelRangeError,
     check_factors,
     check_image_shape,
     check_source,
@@ -360,6 +361,18 @@ def _csv_column(csv_path: Path, name: str, column: list[str], lines: list[int]) 
     return nums
 
 
+def _eight_bit(img, path: Path):
+    """``img`` if it has 8-bit channels; a 16-bit/32-bit/float image mapped by the pixel rule of
+    :mod:`gvae_dist.data.checks` (PIL would clip 16-bit values above 255 to 255 silently)."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;"):
+        return img
+    from PIL import Image
+
+    arr = np.asarray(img)
+    scale = pixel_scale(arr.dtype, float(arr.min()), float(arr.max()), f"{path} (mode {img.mode})")
+    return Image.fromarray(to_uint8(arr, scale))
+
+
 def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
     if not root.is_dir():
         raise ValueError(f"--input {root}: --source folder needs a directory of images")
@@ -421,11 +434,13 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
         for i, row in enumerate(sel):
             try:
                 with Image.open(root / files[row]) as img:
-                    img = img.convert("RGB")
+                    img = _eight_bit(img, root / files[row]).convert("RGB")
                     w, h = img.size
                     s = min(w, h)
                     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
                     out[i] = np.asarray(img.resize((size, size), Image.BICUBIC, box=box))
+            except PixelRangeError:
+                raise
             except (OSError, ValueError) as exc:
                 raise ValueError(f"{root / files[row]}: cannot read the image ({exc})") from None
         return out
