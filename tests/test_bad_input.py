@@ -133,7 +133,9 @@ def _count_plus_one(man):
 MISMATCH = {
     "count": (_count_plus_one, "shard-000001.tar: holds 16 samples, manifest.json lists 17", 1, N),
     "missing_tar": (lambda man: None, "shard-000001.tar: listed in manifest.json .* but missing", 16, N - 16),
-    "other_content": (lambda man: None, "shard-000002.tar: sha256 differs", 0, N),
+    # a copy of shard 0 holds keys 0..15, not the 32..47 listed for shard 2: none of it is read
+    # (it used to be, in skip mode: samples 0..15 twice per epoch)
+    "other_content": (lambda man: None, "shard-000002.tar: sha256 differs", 16, N - 16),
     "inconsistent": (lambda man: man.update(num_samples=N + 5), "num_samples is 55 but the shards hold 50",
                      None, None),
 }
@@ -190,3 +192,116 @@ def test_skipped_count_reaches_training_metrics(shards, tmp_path, backend):
                              f"data.backend={backend}", "data.on_bad_sample=skip", "data.num_workers=0",
                              f"run.output_dir={tmp_path}"])
     assert train_loop(cfg).metrics["data/skipped_samples"] == 1.0
+
+
+# --- issue 14, item 10: what the manifest does not list is never read; labels stay in their classes ---
+
+
+def _extra_member(key, source=BAD, after="00000025"):
+    """An edit that inserts a copy of sample ``source`` under ``key`` after sample ``after``."""
+    def edit(name, data):
+        out = [(name, data)]
+        if name == f"{after}.json":
+            out += [(n.replace(source, key, 1), d) for n, d in _EXTRA_PAYLOAD.items()]
+        return out
+    return edit
+
+
+_EXTRA_PAYLOAD: dict = {}
+
+
+def _copy_sample(tar, key):
+    with tarfile.open(tar) as tf:
+        _EXTRA_PAYLOAD.clear()
+        _EXTRA_PAYLOAD.update({m.name: tf.extractfile(m).read() for m in tf if m.name.startswith(f"{key}.")})
+
+
+def _reindex(shards, j):
+    """Rewrite shard j's DALI index from its tar (as a stale-but-consistent index would be)."""
+    from gvae_dist.data.shards import index_entries, write_index
+
+    write_index(shards / f"shard-{j:06d}.idx", index_entries(shards / f"shard-{j:06d}.tar"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["unlisted", "duplicate", "unlisted_verify_none"])
+def test_samples_the_manifest_does_not_list_are_never_read(shards, backend, case):
+    """An extra sample in a tar (key 00000099, or a second copy of a listed key) used to be
+    trained on in skip mode; with data.verify=none an index listing it fed it to the loader."""
+    tar = shards / "shard-000001.tar"
+    _copy_sample(tar, BAD)
+    key = BAD if case == "duplicate" else "00000099"
+    _rewrite(tar, _extra_member(key))
+    extra = []
+    if case == "unlisted_verify_none":
+        _reindex(shards, 1)
+        extra = ["data.verify=none"]
+    message = "appears more than once" if case == "duplicate" else r"not listed in manifest.json \(this shard lists keys 00000016..00000031\)"
+    with pytest.raises(ValueError, match=rf"shard-000001.tar: key {key}: {message}"):
+        _loader(shards, backend, "error", *extra)
+    loader = _loader(shards, backend, "skip", *extra)
+    counts = _epoch_keys(loader)
+    assert "00000099" not in counts and len(counts) == N and loader.info.num_samples == N
+    assert sum(counts.values()) == loader.layout["yielded"]  # each listed sample once (+ padding)
+
+
+def _set_label(value, key=BAD):
+    """An edit that stores label 0 of ``key`` as ``value`` in both .labels.i64 and .json."""
+    def edit(name, data):
+        if name == f"{key}.labels.i64":
+            labels = np.frombuffer(data, "<i8").copy()
+            labels[0] = value
+            return [(name, labels.tobytes())]
+        if name == f"{key}.json":
+            meta = json.loads(data)
+            meta["labels"]["yaw"] = value
+            return [(name, json.dumps(meta).encode())]
+        return [(name, data)]
+    return edit
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_label_outside_its_classes_is_named(shards, backend):
+    """Label 99 for the 3-class weak label 'yaw' used to train silently."""
+    _rewrite(shards / "shard-000001.tar", _set_label(99))
+    message = rf"shard-000001.tar: key {BAD}: label 99 of factor 'yaw' is outside its 3 classes \[0, 2\]"
+    with pytest.raises(ValueError, match=message):
+        _loader(shards, backend, "error")
+    loader = _loader(shards, backend, "skip")
+    counts = _epoch_keys(loader)
+    assert loader.skipped == 1 and BAD not in counts and len(counts) == N - 1
+
+
+def _patch_labels_in_place(tar, key, value):
+    """Overwrite label 0 of ``key`` in the tar's bytes (sizes and offsets unchanged, so the
+    checksum differs but the index still fits: what data.verify=none cannot notice)."""
+    with tarfile.open(tar) as tf:
+        member = next(m for m in tf if m.name == f"{key}.labels.i64")
+    raw = bytearray(tar.read_bytes())
+    raw[member.offset_data : member.offset_data + 8] = np.int64(value).tobytes()
+    tar.write_bytes(bytes(raw))
+
+
+def test_unverified_label_outside_its_classes_is_named_while_reading(shards):
+    _patch_labels_in_place(shards / "shard-000001.tar", BAD, 99)
+    message = rf"shard-000001.tar: key {BAD}: (ValueError: )?label 99 of factor 'yaw' is outside its 3 classes"
+    for backend in BACKENDS:
+        loader = _loader(shards, backend, "error", "data.verify=none")
+        with pytest.raises(ValueError, match=message):
+            _epoch_keys(loader)
+    loader = _loader(shards, "webdataset", "skip", "data.verify=none")
+    assert BAD not in _epoch_keys(loader) and loader.skipped == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_label_vector_of_the_wrong_length_is_named_before_dali(shards, backend):
+    """DALI used to fail with a bare `Assert "IsDenseTensor()" failed`: now the index sizes are
+    checked in every verify mode, so the error names shard and key before a pipeline runs."""
+    _rewrite(shards / "shard-000001.tar",
+             _replace(f"{BAD}.labels.i64", np.arange(3, dtype="<i8").tobytes()))
+    _reindex(shards, 1)
+    for verify in ("checksum", "none"):
+        with pytest.raises(ValueError, match=rf"shard-000001.tar: key {BAD}: .labels.i64 holds 24 bytes, expected 72"):
+            _loader(shards, backend, "error", f"data.verify={verify}")
+        loader = _loader(shards, backend, "skip", f"data.verify={verify}")
+        assert BAD not in _epoch_keys(loader) and loader.skipped == 1

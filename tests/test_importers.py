@@ -156,3 +156,111 @@ def test_importer_input_errors(tmp_path):
         build_dataset("dsprites", tmp_path / "o", num=6, input_path=str(tmp_path / "ok.npz"), progress=False)
     with pytest.raises(ValueError, match="needs --input"):
         build_dataset("folder", tmp_path / "o", progress=False)
+
+
+# --- bad input: refused before anything is written, naming the file, column/array and row -------
+
+
+def _refused(tmp_path, source, path, message, while_writing=False, **kw):
+    """The import fails with ``message``; nothing is written, or (a bad image found ``while_writing``)
+    nothing a loader would accept."""
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message) as err:
+        build_dataset(source, out, DataConfig(image_size=32), input_path=str(path), progress=False, **kw)
+    assert "cannot read the image" not in str(err.value)  # the range error itself, not a wrapper
+    if not while_writing:
+        assert not out.exists()
+        return
+    from gvae_dist.data.shardset import open_shards
+
+    with pytest.raises(ValueError, match="manifest.json does not exist .a build is incomplete"):
+        open_shards(out)
+
+
+def _npz(tmp_path, name, **change):
+    """A tiny dSprites .npz with some arrays replaced."""
+    _dsprites_npz(tmp_path / "base.npz", n=8)
+    arrays = dict(np.load(tmp_path / "base.npz"))
+    arrays.update(change)
+    np.savez(tmp_path / name, **arrays)
+    return tmp_path / name
+
+
+def test_dsprites_bad_arrays_are_refused(tmp_path):
+    values = np.load(_npz(tmp_path, "ok.npz"))["latents_values"].copy()
+    values[[3, 5], 2] = np.nan  # a NaN column used to look constant and was dropped
+    _refused(tmp_path, "dsprites", _npz(tmp_path, "nan.npz", latents_values=values),
+             r"nan.npz array 'latents_values': latent 'scale' has 2 non-finite value\(s\).*first at row 3")
+    _refused(tmp_path, "dsprites", _npz(tmp_path, "wide.npz", imgs=np.full((8, 64, 64), 300, np.int32)),
+             r"wide.npz array 'imgs': integer pixels must lie in 0..255, found values in \[300, 300\]")
+    _refused(tmp_path, "dsprites", _npz(tmp_path, "neg.npz", imgs=np.full((8, 64, 64), -0.5, np.float32)),
+             r"neg.npz array 'imgs': float pixels must lie in \[0, 1\] or \[0, 255\], found .*-0.5")
+    _refused(tmp_path, "dsprites", _npz(tmp_path, "1d.npz", latents_values=np.zeros(8), latents_classes=np.zeros(8)),
+             r"1d.npz: array 'latents_values' must be \[N, K\].*got shape \[8\]; one latent needs shape \[N, 1\]")
+    _refused(tmp_path, "dsprites", _npz(tmp_path, "empty.npz", imgs=np.zeros((0, 64, 64), np.uint8),
+                                        latents_values=np.zeros((0, 6)), latents_classes=np.zeros((0, 6))),
+             r"empty.npz array 'imgs': holds no images")
+    _refused(tmp_path, "dsprites", _npz(tmp_path, "c2.npz", imgs=np.zeros((8, 64, 64, 2), np.uint8)),
+             r"c2.npz array 'imgs': images must have shape \[N, H, W\] or \[N, H, W, C\] with C = 1 or 3")
+
+
+def test_float_pixels_follow_the_rule(tmp_path):
+    """Floats in [0, 1] are scaled by 255 (dSprites-style 0/1 uint8 too), floats in [0, 255] rounded."""
+    rng = np.random.default_rng(3)
+    unit = rng.random((6, 32, 32, 3)).astype(np.float32)
+    labels = rng.random((6, 2))
+    for name, images, expect in (("unit", unit, np.rint(unit * 255)), ("wide", unit * 255, np.rint(unit * 255))):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as fh:
+            fh["images"], fh["labels"] = images, labels
+        build_dataset("3dshapes", tmp_path / name, DataConfig(image_size=32), input_path=str(tmp_path / f"{name}.h5"),
+                      progress=False)
+        _, found = _samples(tmp_path / name)
+        for row, (img, *_rest) in found.items():
+            np.testing.assert_array_equal(img, expect[row].astype(np.uint8))
+    with h5py.File(tmp_path / "nan.h5", "w") as fh:
+        fh["images"], fh["labels"] = np.where(np.arange(6)[:, None, None, None] == 4, np.nan, unit), labels
+    _refused(tmp_path, "3dshapes", tmp_path / "nan.h5", r"nan.h5 dataset 'images': image 4 has a non-finite pixel")
+
+
+def _csv_rows(n=20):
+    return ["file,yaw,expression"] + [f"img.{i % 6}.{'jpg' if i % 6 == 4 else 'png'},{i * 1.5 - 7:.2f},"
+                                      f"{('happy', 'sad')[i % 2]}" for i in range(n)]
+
+
+@pytest.mark.parametrize("line, cell, message", [
+    (9, "nan", r"line 9: column 'yaw' holds 'nan' \(not a finite number; 1 such"),
+    (5, "-inf", r"line 5: column 'yaw' holds '-inf' \(not a finite number"),
+    (12, "n/a", r"line 12: column 'yaw' holds 'n/a' \(text in a numeric column"),
+])
+def test_folder_csv_non_finite_cell_is_refused(tmp_path, line, cell, message):
+    """One bad cell used to turn continuous yaw into a 20-class categorical factor."""
+    rows = _csv_rows()
+    file, _, expr = rows[line - 1].split(",")
+    rows[line - 1] = f"{file},{cell},{expr}"
+    _refused(tmp_path, "folder", _folder(tmp_path, rows), f"labels.csv {message}")
+
+
+def test_folder_csv_good_columns_still_import(tmp_path):
+    man = build_dataset("folder", tmp_path / "out", DataConfig(image_size=16), input_path=str(_folder(tmp_path, _csv_rows())),
+                        progress=False)
+    assert [(f["name"], f["discrete"]) for f in man["factors"]] == [("yaw", False), ("expression", True)]
+
+
+def test_folder_16_bit_image_out_of_range_is_refused(tmp_path):
+    """PIL clips 16-bit pixels above 255 to 255 when converting: refused, naming the image."""
+    root = _folder(tmp_path, _csv_rows())
+    Image.fromarray(np.array([[0, 100], [300, 65535]], np.uint16)).save(root / "img.2.png")
+    _refused(tmp_path, "folder", root, r"faces/img.2.png \(mode I;16\): integer pixels must lie in 0..255, "
+                                       r"found values in \[0, 65535\]", while_writing=True)
+
+
+def test_check_source_refuses_a_label_outside_its_classes(tmp_path):
+    """The last gate before writing also holds for weak labels (built by the importers)."""
+    from gvae_dist.data.checks import check_source
+    from gvae_dist.data.importers import open_source
+
+    src = open_source("faces", DataConfig(image_size=16, label_bins=3), num=8)
+    check_source(src, "faces")
+    src.labels[5, 0] = 99
+    with pytest.raises(ValueError, match=r"faces: row 5: label 99 of factor 'yaw' is outside its 3 classes \[0, 2\]"):
+        check_source(src, "faces")

@@ -12,10 +12,16 @@
 - ``folder``: an image folder plus a CSV with one row per image (the real-faces case: head-pose
   angles and expression classes estimated by another tool, hence noisy). The file column is the
   one named file/filename/image/path (else the first column); every other column becomes a factor
-  and a weak label of the same name. A column is *categorical* when any value is not a number, or
-  when all values are integers with at most ``MAX_INTEGER_CLASSES`` distinct values (class ids);
+  and a weak label of the same name. A column is *categorical* when most values are not numbers,
+  or when all values are integers with at most ``MAX_INTEGER_CLASSES`` distinct values (class ids);
   its label is the class index (sorted values). Other columns are continuous and binned like the
-  synthetic factors. Images are centre-cropped to a square and resized to ``data.image_size``.
+  synthetic factors. A NaN/inf cell, or a text cell in a column that is at least half numbers, is
+  refused with its line (it would otherwise turn a continuous factor into a categorical one).
+  Images are centre-cropped to a square and resized to ``data.image_size``.
+
+Every importer's arrays pass :mod:`gvae_dist.data.checks` before any shard is written: finite
+factors (else the column and first bad row are named), image shapes, pixel ranges (never
+wrapped), weak labels within their classes, at least one sample.
 
 Weak labels for every source come from :func:`gvae_dist.data.synthetic.weak_labels` with
 ``data.label_bins``, ``data.label_flip_prob`` and ``data.label_jitter`` (seed ``data.seed + 7919``).
@@ -36,6 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from gvae_dist.data import synthetic
+from gvae_dist.data.checks import (
+    PixelRangeError,
+    check_factors,
+    check_image_shape,
+    check_source,
+    pixel_range,
+    pixel_scale,
+    to_uint8,
+)
 from gvae_dist.data.synthetic import FACTOR_SPECS, FactorSpec, render, sample_factors, weak_labels
 
 __all__ = ["SOURCES", "MAX_INTEGER_CLASSES", "Source", "build_dataset", "open_source"]
@@ -150,6 +165,7 @@ def build_dataset(source: str, out: str | Path, data_cfg=None, *, num: int | Non
 
     d = data_cfg or DataConfig()
     src = open_source(source, d, num, input_path, labels_csv)
+    check_source(src, input_path or f"--source {source}")  # before anything is written
     return build_shards(BuildPlan(src, Path(out), image_format or d.image_format, shard_size,
                                   max(1, workers), progress, eval_fraction=d.eval_fraction))
 
@@ -208,8 +224,11 @@ def _synthetic(kind: str, d, num: int) -> Source:
                    d, generating)
 
 
-def _columns_to_specs(names, values_NF: np.ndarray, discrete: set[str], doc: str, notes: list[str]):
-    """FactorSpecs for the non-constant columns (constant ones cannot be learned: dropped)."""
+def _columns_to_specs(names, values_NF: np.ndarray, discrete: set[str], doc: str, notes: list[str],
+                      where: str, row_name=lambda i: f"row {i}"):
+    """FactorSpecs for the non-constant columns (constant ones cannot be learned: dropped).
+    Every value must be finite (checked first: a NaN column would otherwise look constant)."""
+    values_NF = check_factors(values_NF, names, where, row_name=row_name)
     specs, keep = [], []
     for j, name in enumerate(names):
         col = values_NF[:, j]
@@ -231,21 +250,34 @@ def _dsprites(path: Path, d, num: int | None) -> Source:
     if missing:
         raise ValueError(f"--input {path}: a dSprites .npz needs arrays {missing} (has {npz.files})")
     imgs, values, classes = npz["imgs"], npz["latents_values"], npz["latents_classes"]
-    if imgs.ndim != 3 or values.shape != classes.shape or len(values) != len(imgs):
-        raise ValueError(f"--input {path}: expected imgs [N, H, W] and latents [N, K] with the same N; "
+    where = f"--input {path}"
+    count, _, _, channels = check_image_shape(imgs.shape, imgs.dtype, f"{where} array 'imgs'")
+    for key, arr in (("latents_values", values), ("latents_classes", classes)):
+        if arr.ndim != 2:
+            raise ValueError(f"{where}: array {key!r} must be [N, K] (one row of latents per image), got "
+                             f"shape {list(arr.shape)}" + ("; one latent needs shape [N, 1]" if arr.ndim == 1 else ""))
+    if values.shape != classes.shape or len(values) != count:
+        raise ValueError(f"{where}: expected imgs [N, H, W] and latents [N, K] with the same N; "
                          f"got {imgs.shape}, {values.shape}, {classes.shape}")
     k = values.shape[1]
     names = DSPRITES_LATENTS if k == len(DSPRITES_LATENTS) else tuple(f"latent{i}" for i in range(k))
-    mixed = np.where([n in DSPRITES_DISCRETE for n in names], classes, values).astype(np.float64)
+    disc = [n in DSPRITES_DISCRETE for n in names]  # discrete latents are read from the classes
+    for key, arr, cols in (("latents_classes", classes, np.flatnonzero(disc)),
+                           ("latents_values", values, np.flatnonzero(~np.array(disc)))):
+        check_factors(arr[:, cols], [names[j] for j in cols], f"{where} array {key!r}", "latent")
+    mixed = np.where(disc, classes, values).astype(np.float64)
     notes: list[str] = []
-    specs, keep = _columns_to_specs(names, mixed, DSPRITES_DISCRETE, "dSprites latent", notes)
-    rows = _subset(len(imgs), num, d.seed)
-    scale = 255 if imgs.max(initial=0) <= 1 else 1  # dSprites stores 0/1 pixels
+    specs, keep = _columns_to_specs(names, mixed, DSPRITES_DISCRETE, "dSprites latent", notes, where)
+    rows = _subset(count, num, d.seed)
+    scale = pixel_scale(imgs.dtype, *pixel_range(lambda a, b: imgs[a:b], count, imgs.dtype,
+                                                 f"{where} array 'imgs'"), f"{where} array 'imgs'")
+    if scale != 1:
+        notes.append(f"pixels 0..1 ({imgs.dtype}) were scaled by {scale:g} to 0..255")
 
     def load(sel: np.ndarray) -> np.ndarray:
-        return _resize((imgs[sel] * scale).astype(np.uint8)[..., None], d.image_size)
+        return _resize(to_uint8(imgs[sel], scale).reshape(len(sel), *imgs.shape[1:3], channels), d.image_size)
 
-    return _finish("dsprites", specs, mixed[:, keep], rows, load, d.image_size, 1, d,
+    return _finish("dsprites", specs, mixed[:, keep], rows, load, d.image_size, channels, d,
                    _input_stamp(path), notes=notes)
 
 
@@ -263,45 +295,82 @@ def _h5(path: str):
 def _shapes3d(path: Path, d, num: int | None) -> Source:
     import h5py
 
+    where = f"--input {path}"
     try:
         with h5py.File(path, "r") as fh:  # closed again: h5py handles must not cross a fork
             missing = [k for k in ("images", "labels") if k not in fh]
             if missing:
                 raise ValueError(f"--input {path}: a 3dshapes .h5 needs datasets {missing} "
                                  f"(has {list(fh.keys())})")
-            shape, labels = fh["images"].shape, fh["labels"][()]
+            shape, dtype, labels = fh["images"].shape, fh["images"].dtype, fh["labels"][()]
+            count, _, _, channels = check_image_shape(shape, dtype, f"{where} dataset 'images'")
+            # a lazily read uint8 file is not scanned (all values valid); other dtypes are, once
+            lo, hi = pixel_range(lambda a, b: fh["images"][a:b], count, dtype, f"{where} dataset 'images'",
+                                 scan_uint8=False)
     except OSError as exc:
         raise ValueError(f"--input {path}: not a readable HDF5 file ({exc})") from None
-    if len(shape) != 4 or shape[-1] != 3 or labels.ndim != 2 or len(labels) != shape[0]:
-        raise ValueError(f"--input {path}: expected images [N, H, W, 3] and labels [N, K]; "
-                         f"got {shape} and {labels.shape}")
+    scale = pixel_scale(dtype, lo, hi, f"{where} dataset 'images'")
+    if labels.ndim != 2 or len(labels) != count:
+        raise ValueError(f"{where}: expected images [N, H, W, C] and labels [N, K] with the same N; "
+                         f"got {list(shape)} and {list(labels.shape)}"
+                         + ("; one factor needs labels of shape [N, 1]" if labels.ndim == 1 else ""))
     k = labels.shape[1]
     names = SHAPES3D_LATENTS if k == len(SHAPES3D_LATENTS) else tuple(f"latent{i}" for i in range(k))
     notes: list[str] = []
-    values = labels.astype(np.float64)
+    if scale != 1:
+        notes.append(f"pixels 0..1 ({dtype}) were scaled by {scale:g} to 0..255")
+    values = check_factors(labels, names, f"{where} dataset 'labels'")
     disc = [j for j, n in enumerate(names) if n in SHAPES3D_DISCRETE]
     values[:, disc] = np.rint(values[:, disc])
-    specs, keep = _columns_to_specs(names, values, SHAPES3D_DISCRETE, "3dshapes factor", notes)
-    rows = _subset(shape[0], num, d.seed)
-    where = str(path)
+    specs, keep = _columns_to_specs(names, values, SHAPES3D_DISCRETE, "3dshapes factor", notes, where)
+    rows = _subset(count, num, d.seed)
+    h5_path = str(path)
 
     def load(sel: np.ndarray) -> np.ndarray:
         order = np.argsort(sel)  # h5py reads need increasing indices
-        block = _h5(where)["images"][np.sort(sel)]
+        block = _h5(h5_path)["images"][np.sort(sel)]
         out = np.empty_like(block)
         out[order] = block
-        return _resize(out, d.image_size)
+        return _resize(to_uint8(out, scale).reshape(len(sel), *shape[1:3], channels), d.image_size)
 
-    return _finish("3dshapes", specs, values[:, keep], rows, load, d.image_size, 3, d,
+    return _finish("3dshapes", specs, values[:, keep], rows, load, d.image_size, channels, d,
                    _input_stamp(path), notes=notes)
 
 
 def _number(text: str) -> float | None:
+    """The number in a CSV cell (possibly NaN or inf), or None for text."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
+
+
+def _csv_column(csv_path: Path, name: str, column: list[str], lines: list[int]) -> list[float | None]:
+    """The numbers of one label column (None for text cells), refusing cells that would silently
+    change its meaning: a NaN/inf cell anywhere, and a text cell in a mostly numeric column
+    (either would turn a continuous factor into a categorical one; see the module docstring)."""
+    nums = [_number(c) for c in column]
+    bad = [i for i, v in enumerate(nums) if v is not None and not math.isfinite(v)]
+    kind = "not a finite number"
+    if not bad and 2 * sum(v is not None for v in nums) >= len(nums):
+        bad, kind = [i for i, v in enumerate(nums) if v is None], "text in a numeric column"
+    if bad:
+        raise ValueError(f"{csv_path} line {lines[bad[0]]}: column {name!r} holds {column[bad[0]]!r} "
+                         f"({kind}; {len(bad)} such cell(s) in the column). Fix or drop those rows: "
+                         "missing or non-finite values cannot be imported")
+    return nums
+
+
+def _eight_bit(img, path: Path):
+    """``img`` if it has 8-bit channels; a 16-bit/32-bit/float image mapped by the pixel rule of
+    :mod:`gvae_dist.data.checks` (PIL would clip 16-bit values above 255 to 255 silently)."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;"):
+        return img
+    from PIL import Image
+
+    arr = np.asarray(img)
+    scale = pixel_scale(arr.dtype, float(arr.min()), float(arr.max()), f"{path} (mode {img.mode})")
+    return Image.fromarray(to_uint8(arr, scale))
 
 
 def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
@@ -320,7 +389,7 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
     label_cols = [j for j in range(len(header)) if j != file_col]
     if len(set(header)) != len(header) or any(not header[j] for j in label_cols):
         raise ValueError(f"{csv_path}: column names must be unique and non-empty, got {header}")
-    files, cells = [], []
+    files, cells, lines = [], [], []
     for r, row in enumerate(table[1:], start=2):
         if not any(c.strip() for c in row):
             continue
@@ -330,6 +399,7 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
             if not row[j].strip():
                 raise ValueError(f"{csv_path} line {r}: column {header[j]!r} is empty")
         files.append(row[file_col].strip())
+        lines.append(r)
         cells.append([row[j].strip() for j in label_cols])
     missing = [f for f in files if not (root / f).is_file()]
     if missing:
@@ -339,7 +409,7 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
     categories, discrete = {}, set()
     for j, name in enumerate(names):
         column = [row[j] for row in cells]
-        nums = [_number(c) for c in column]
+        nums = _csv_column(csv_path, name, column, lines)
         integral = all(v is not None and v.is_integer() for v in nums)
         if any(v is None for v in nums) or (integral and len(set(nums)) <= MAX_INTEGER_CLASSES):
             classes = sorted(set(nums)) if integral else sorted(set(column))
@@ -350,7 +420,8 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
         else:
             values[:, j] = nums
     notes: list[str] = []
-    specs, keep = _columns_to_specs(names, values, discrete, f"from {csv_path.name}", notes)
+    specs, keep = _columns_to_specs(names, values, discrete, f"from {csv_path.name}", notes, str(csv_path),
+                                    row_name=lambda i: f"line {lines[i]}")
     if not specs:
         raise ValueError(f"{csv_path}: every label column is constant; nothing to learn from")
     rows = _subset(len(files), num, d.seed)
@@ -363,11 +434,13 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
         for i, row in enumerate(sel):
             try:
                 with Image.open(root / files[row]) as img:
-                    img = img.convert("RGB")
+                    img = _eight_bit(img, root / files[row]).convert("RGB")
                     w, h = img.size
                     s = min(w, h)
                     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
                     out[i] = np.asarray(img.resize((size, size), Image.BICUBIC, box=box))
+            except PixelRangeError:
+                raise
             except (OSError, ValueError) as exc:
                 raise ValueError(f"{root / files[row]}: cannot read the image ({exc})") from None
         return out

@@ -18,8 +18,17 @@ What is checked at start-up (``data.verify``):
 - ``none``: the index files are trusted as they are; a bad sample then surfaces while loading
   (named by the WebDataset backend, as a DALI error by the DALI backend).
 
+In every mode the index entries (names and sizes, no I/O) must agree with the manifest: only the
+keys the manifest lists for a shard (positions ``first .. first + count - 1``) are read, each
+once, and each sample must have the image, a ``.labels.i64`` of 8 x L bytes and a ``.factors.f32``
+of 4 x F bytes. So neither skip mode nor a stale index can feed a sample the manifest does not
+list, and DALI never meets a label vector of the wrong length (it would fail with a bare
+``Assert "IsDenseTensor()" failed``). While loading, both backends also check every label
+against its classes (``labels[l]``: ``low .. low + num_classes - 1``) and name shard and key.
+
 The per-sample scan reads the tar and flags: a missing component, a label/factor payload of the
-wrong byte size, a ``.json`` that does not parse or whose labels disagree with ``.labels.i64``,
+wrong byte size, a label outside its classes, a ``.json`` that does not parse or whose labels
+disagree with ``.labels.i64``,
 image bytes that do not decode, an image whose size differs from the manifest, a member cut off
 by a truncated tar. Shard-level problems: a missing tar, a sample count or checksum that differs
 from the manifest.
@@ -42,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gvae_dist.data.checks import describe_label, first_bad_label
 from gvae_dist.data.loader import DatasetInfo
 from gvae_dist.data.shards import (
     FACTORS_EXT,
@@ -50,6 +60,7 @@ from gvae_dist.data.shards import (
     MANIFEST,
     SPLITS,
     index_entries,
+    key_width,
     read_index,
     read_manifest,
     sha256_file,
@@ -128,6 +139,13 @@ class ShardSet:
         s, j = self.locate(pos)
         return split_member(self.shards[s].entries[j][0][3])[0]
 
+    def tar_of_key(self, key: str) -> Path | None:
+        """The tar that holds the sample ``key`` (to name it in an error), or None."""
+        for sh in self.shards:
+            if any(split_member(e[0][3])[0] == key for e in sh.entries):
+                return sh.tar
+        return None
+
     def read(self, pos: int) -> dict[str, bytes]:
         """The components of the sample at ``pos``: ``{ext: bytes}`` (random access by offset)."""
         s, j = self.locate(pos)
@@ -161,25 +179,38 @@ class ShardSet:
         return state
 
 
+def component_problem(sizes: dict[str, int], manifest: dict, need=(LABELS_EXT, FACTORS_EXT)) -> str | None:
+    """Why a sample with components ``{ext: byte size}`` cannot be read, or None: a component of
+    ``need`` (and the image) missing, or a label/factor payload of the wrong size."""
+    for ext in (manifest["image_format"], *need):
+        if ext not in sizes:
+            return f"missing component .{ext} (has {sorted(sizes)})"
+    for ext, width, n in ((LABELS_EXT, 8, len(manifest["labels"])), (FACTORS_EXT, 4, len(manifest["factors"]))):
+        if sizes[ext] != width * n:
+            return f".{ext} holds {sizes[ext]} bytes, expected {width * n} ({n} values)"
+    return None
+
+
 def check_sample(comps: dict[str, bytes], manifest: dict) -> str | None:
     """Why the sample ``{ext: bytes}`` is unusable, or None if it is fine."""
     from PIL import Image
 
     fmt, size = manifest["image_format"], int(manifest["image_size"])
-    num_l, num_f = len(manifest["labels"]), len(manifest["factors"])
-    for ext in (fmt, LABELS_EXT, FACTORS_EXT, JSON_EXT):
-        if ext not in comps:
-            return f"missing component .{ext} (has {sorted(comps)})"
-    for ext, width, n in ((LABELS_EXT, 8, num_l), (FACTORS_EXT, 4, num_f)):
-        if len(comps[ext]) != width * n:
-            return f".{ext} holds {len(comps[ext])} bytes, expected {width * n} ({n} values)"
+    reason = component_problem({ext: len(b) for ext, b in comps.items()}, manifest,
+                               (LABELS_EXT, FACTORS_EXT, JSON_EXT))
+    if reason:
+        return reason
+    stored = np.frombuffer(comps[LABELS_EXT], "<i8")
+    bad = first_bad_label(stored[None], manifest["labels"])
+    if bad is not None:
+        return describe_label(manifest["labels"], bad[1], bad[2])
     try:
         meta = json.loads(comps[JSON_EXT])
         named = meta["labels"]
         labels = [int(named[lab["name"]]) for lab in manifest["labels"]]
     except (ValueError, TypeError, KeyError) as exc:
         return f"malformed .json ({type(exc).__name__}: {exc})"
-    if labels != np.frombuffer(comps[LABELS_EXT], "<i8").tolist():
+    if labels != stored.tolist():
         return f"the .json labels {labels} disagree with .{LABELS_EXT}"
     try:
         with Image.open(io.BytesIO(comps[fmt])) as img:
@@ -264,6 +295,7 @@ def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum
         raise ValueError(f"data.path {root} is not a directory")
     manifest = read_manifest(root)
     records = select_split(manifest, split, root)
+    firsts = _first_positions(manifest)
     shards, bad, problems = [], [], []
     for rec in records:
         name, count = rec["tar"], int(rec["count"])
@@ -290,7 +322,9 @@ def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum
             if verify != "none" and len(entries) != count:
                 problems.append(BadSample(name, None, f"holds {len(entries)} samples, manifest.json "
                                                       f"lists {count}"))
-        shards.append(_Shard(tar, idx, entries, rewritten))
+        kept, found = _listed_entries(entries, firsts[id(rec)], count, manifest, name)
+        bad += found
+        shards.append(_Shard(tar, idx, kept, rewritten or len(kept) != len(entries)))
     sset = ShardSet(root, manifest, shards, bad, problems, split,
                     sum(int(rec["count"]) for rec in records))
     issues = problems + bad
@@ -306,6 +340,42 @@ def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum
     if sset.num_samples == 0:
         raise ValueError(f"shards in {root}: no readable samples left (of {sset.listed} listed)")
     return sset
+
+
+def _first_positions(manifest: dict) -> dict[int, int]:
+    """Per shard record (by id): the position of its first sample (``first``, or the running
+    count for a manifest that does not record it)."""
+    out, pos = {}, 0
+    for rec in manifest["shards"]:
+        out[id(rec)] = int(rec.get("first", pos))
+        pos = out[id(rec)] + int(rec["count"])
+    return out
+
+
+def _listed_entries(entries: list[_Entry], first: int, count: int, manifest: dict,
+                    name: str) -> tuple[list[_Entry], list[BadSample]]:
+    """The entries whose key the manifest lists for this shard (each once) and whose components
+    have the manifest's sizes (see module docstring); the others as bad samples."""
+    width = key_width(int(manifest["num_samples"]))
+    listed = {f"{pos:0{width}d}" for pos in range(first, first + count)}
+    span = f"{first:0{width}d}..{first + count - 1:0{width}d}" if count else "none"
+    good, bad, seen = [], [], set()
+    for entry in entries:
+        key = split_member(entry[0][3])[0]
+        if key not in listed:
+            reason = f"not listed in manifest.json (this shard lists keys {span}); it is not read"
+        elif key in seen:
+            reason = "appears more than once in the shard; only the first copy is read"
+        elif len({ext for ext, *_ in entry}) != len(entry):
+            reason = f"has a component twice ({sorted(ext for ext, *_ in entry)})"
+        else:
+            reason = component_problem({ext: size for ext, _, size, _ in entry}, manifest)
+        seen.add(key)
+        if reason:
+            bad.append(BadSample(name, key, reason))
+        else:
+            good.append(entry)
+    return good, bad
 
 
 def _index_matches(idx: Path, rec: dict) -> bool:

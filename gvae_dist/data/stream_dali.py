@@ -9,8 +9,11 @@ resized only if ``data.image_size`` differs from the shards, and normalised to f
 [0, 1] by ``crop_mirror_normalize``. ``Batch.keys`` come from each image's ``source_info``.
 
 Bad samples: DALI stops the pipeline on an unreadable sample without naming it, so the start-up
-check (:mod:`gvae_dist.data.shardset`) finds them first; in skip mode the reader gets rewritten
-index files without them. With ``data.verify=none`` a DALI error is re-raised with that hint.
+check (:mod:`gvae_dist.data.shardset`) finds them first (label and factor sizes are checked on the
+index in every mode, so DALI never batches a label vector of the wrong length); in skip mode the
+reader gets rewritten index files without them. With ``data.verify=none`` a DALI error is
+re-raised with that hint, and a label outside its classes (checked per batch, no copy) raises
+``ValueError`` naming shard and key.
 
 Position: DALI's own checkpointing (``enable_checkpointing``) serialises the reader state after
 the last batch handed out; ``load_state_dict`` rebuilds the pipeline from it, which resumes the
@@ -28,6 +31,7 @@ import weakref
 import numpy as np
 import torch
 
+from gvae_dist.data.checks import describe_label, label_bounds
 from gvae_dist.data.loader import Batch
 from gvae_dist.data.shards import FACTORS_EXT, LABELS_EXT, key_width, split_member
 from gvae_dist.data.stream import StreamLoaderBase
@@ -52,6 +56,8 @@ class DaliLoader(StreamLoaderBase):
         self._shuffle_buffer = cfg.data.shuffle_buffer
         self._mixed = device.type == "cuda"
         self._key_width = self._uniform_key_width()
+        low, num = label_bounds(shards.manifest["labels"])
+        self._label_low, self._label_end = torch.from_numpy(low), torch.from_numpy(low + num)
         self._pipe = self._build()
 
     def _uniform_key_width(self) -> int | None:
@@ -122,8 +128,21 @@ class DaliLoader(StreamLoaderBase):
         else:
             keys = [split_member(source.at(i).tobytes().decode().rsplit(":", 1)[-1])[0]
                     for i in range(len(source))]
+        self._check_labels(labels_BL, keys)
         self._advance()
         return self._batch(image_BCHW, labels_BL, factors_BF, keys)
+
+    def _check_labels(self, labels_BL: torch.Tensor, keys: list[str]) -> None:
+        """``ValueError`` naming shard and key if a label is outside its classes."""
+        bad_BL = (labels_BL < self._label_low) | (labels_BL >= self._label_end)
+        if not bad_BL.any():
+            return
+        i, j = (int(v) for v in bad_BL.nonzero()[0])
+        meta = self.shards.manifest["labels"]
+        raise ValueError(f"{self.shards.tar_of_key(keys[i])}: key {keys[i]}: "
+                         f"{describe_label(meta, j, int(labels_BL[i, j]))}. Run with data.verify=full to "
+                         "find every such sample (data.on_bad_sample=skip leaves them out), or rebuild "
+                         "the shards with `gvae-dist data build`.")
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from gvae_dist.data.checks import describe_label, first_bad_label
 from gvae_dist.data.loader import Batch
 from gvae_dist.data.shards import FACTORS_EXT, LABELS_EXT, split_member
 from gvae_dist.data.stream import StreamLoaderBase, rank_range
@@ -140,6 +141,7 @@ class _RankStream(IterableDataset):
         self.fmt, self.channels = loader.fmt, loader.channels
         self.native, self.size = loader.native_size, loader.image_size
         self.num_l, self.num_f = len(loader.info.label_names), len(loader.info.factor_names)
+        self.label_meta = loader.shards.manifest["labels"]
         self.start_epoch, self.start_chunk = start_epoch, start_chunk
         self._skipped = 0
         self.reader = None  # chosen in the worker process (the WebDataset pipes do not pickle)
@@ -208,6 +210,9 @@ class _RankStream(IterableDataset):
                 if lab.size != self.num_l or fac.size != self.num_f:
                     raise ValueError(f"{lab.size} labels / {fac.size} factors, expected "
                                      f"{self.num_l} / {self.num_f}")
+                bad = first_bad_label(lab[None], self.label_meta)
+                if bad is not None:
+                    raise ValueError(describe_label(self.label_meta, bad[1], bad[2]))
             except KeyError as exc:
                 self._bad(s["__url__"], s["__key__"], f"missing component .{exc.args[0]}")
                 continue
