@@ -134,7 +134,8 @@ def load_newest(candidates: list[Candidate], map_location: str | torch.device = 
             if not isinstance(state, dict) or int(state.get("step", -1)) != cand.step or "model" not in state:
                 raise CheckpointError(f"state.pt does not hold the step-{cand.step} training state")
         except (CheckpointError, ValueError, TypeError) as exc:
-            reason = str(exc).replace(str(cand.path / STATE_FILE), "").strip(" :")
+            cause = exc.__cause__ or exc  # load_checkpoint's message names the (maybe copied) file
+            reason = f"{type(cause).__name__}: {cause}" if cause is not exc else str(exc)
             log.warning("checkpoint %s is damaged and is skipped (%s); trying the previous one",
                         cand.origin, reason[:300])
             skipped.append(cand)
