@@ -431,7 +431,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             log.warning("checkpoint has %d ranks' RNG/data state but this run has %d: reseeding",
                         len(rngs), world)
         _print(is_main, f"[gvae-dist] resumed from {found.origin.removesuffix('/state.pt')} at step {step}")
-        del state
+        del state, found.state  # the restored weights live in the model and optimizer now
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
         dropped = rewind_metrics(run_dir, step)  # the steps after the checkpoint are trained again
