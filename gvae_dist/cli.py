@@ -21,7 +21,9 @@ missing one prints one line naming the feature and the extra to install, and exi
 
 Exit codes: 0 done; 2 bad config or input, or a missing optional backend; 75 (``EX_TEMPFAIL``) stopped early on
 ``run.checkpoint_signal`` / ``run.stop_file`` after writing a checkpoint: run the same command
-again to resume (the SLURM scripts in cluster/slurm requeue the job on it).
+again to resume (the SLURM scripts in cluster/slurm requeue the job on it); 73 the run
+directory is in use by another live run (its lock names the pid and host); 130 interrupted
+(Ctrl-C): the MLflow run is marked KILLED, run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ def cmd_train(args) -> int:
     if args.address:
         extra.append(f"distributed.address={args.address}")
     cfg = _load(args, extra)
-    from gvae_dist.train import Preempted
+    from gvae_dist.rundir import RunLocked
+    from gvae_dist.train import INTERRUPTED_EXIT_CODE, Interrupted, Preempted
 
     try:
         if cfg.distributed.workers > 0:
@@ -147,9 +150,12 @@ def cmd_train(args) -> int:
             from gvae_dist.train import train_loop
 
             result = train_loop(cfg)
-    except Preempted as exc:
+    except (Preempted, RunLocked, Interrupted) as exc:
         print(f"gvae-dist: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # before the loop started (or after it ended)
+        print("gvae-dist: interrupted; run the same command to resume", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     if os.environ.get("RANK", "0") != "0":  # torchrun: the summary is rank 0's to print
         return 0
     _print_data_summary(cfg, Path(result.run_dir))

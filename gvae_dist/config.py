@@ -177,7 +177,7 @@ class RunConfig:
     log_every: int = f(50, "print/log metrics every N steps")
     checkpoint_every: int = f(500, "save a checkpoint every N steps (and at the end)")
     keep_checkpoints: int = f(2, "checkpoints kept on disk")
-    resume: bool = f(True, "resume from the newest checkpoint in the run directory if there is one")
+    resume: Literal[True, False, "force"] = f(True, "true: resume from the newest checkpoint that loads (damaged ones skipped), refusing one made with a config that computes something else (the differing keys are listed; run.*/tracking.*/distributed.* locality and a longer optim.steps may change); false: refuse a run directory that holds checkpoints; 'force': resume despite a different config")
     device: Literal["auto", "cpu", "cuda"] = f("auto", "training device; auto = cuda when available")
     threads: int = f(0, "torch CPU threads per process (0 = torch default)")
     retain_freed_memory: bool = f(True, "CPU runs: keep freed heap memory in the process (glibc mallopt) instead of page-faulting it back every step: ~1.3x images/s on CPU; holds the peak heap (docs/performance.md)")

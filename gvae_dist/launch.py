@@ -11,9 +11,13 @@ sets up (``Accelerator(cpu=True)`` on CPU workers, see ``train.py``).
 - Resources are checked before ``fit()``: an unsatisfiable ``ScalingConfig`` would otherwise
   wait forever.
 - Run identity: ``RunConfig(name=run.name, storage_path=distributed.storage_path or
-  <run.output_dir>/ray)``. Re-running the same name resumes it (Ray restores the newest
-  reported checkpoint); worker failures restart the group from it, up to
-  ``distributed.max_failures`` times.
+  <run.output_dir>/ray)``. The driver holds the run directory's lock (``gvae_dist.rundir``)
+  from before anything is written until it returns, so a second launch of the same run fails
+  at once, naming the holder. Re-running the same name resumes it; worker failures restart the
+  group, up to ``distributed.max_failures`` times. Either way the workers restore the newest
+  checkpoint that loads among the run directory's, the storage's and Ray's own (Ray's
+  latest-registered checkpoint can lag the newest on disk by a report or two), and a config
+  that computes something else is refused by the driver before Ray starts.
 - MLflow: the driver opens (or, when resuming, finds by tag) the run and passes its id to the
   workers, so a restart before the first checkpoint logs into the same run; the checkpoint
   carries the id from then on.
@@ -27,6 +31,8 @@ sets up (``Accelerator(cpu=True)`` on CPU workers, see ``train.py``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -35,32 +41,73 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from gvae_dist.checkpoint import Candidate, local_candidates
 from gvae_dist.config import Config, ConfigError, config_from_dict
-from gvae_dist.train import Preempted, RunHooks, TrainResult, train_loop
+from gvae_dist.rundir import METRICS_FILE, RESTORE_DIR, clear_leftovers
+from gvae_dist.train import (
+    Interrupted,
+    Preempted,
+    RunHooks,
+    TrainResult,
+    check_resume_config,
+    claim_run_dir,
+    train_loop,
+)
 
 __all__ = ["launch", "RayHooks", "resolve_config", "check_resources", "local_cpus", "free_port"]
 
 
+def _candidates_on_disk(cfg: Config) -> list[Candidate]:
+    """The run directory's checkpoints, then the (local) Ray storage's copies of them."""
+    found = local_candidates(cfg.run_dir() / "checkpoints")
+    storage = cfg.distributed.storage_path
+    if storage and not _is_uri(storage):
+        found += local_candidates(Path(storage) / cfg.run.name)
+    return found
+
+
 class RayHooks(RunHooks):
-    """Report metrics and checkpoints to Ray Train; restore from its latest checkpoint."""
+    """Report metrics and checkpoints to Ray Train; restore the newest checkpoint that loads.
+
+    The driver holds the run directory's lock (so ``claim`` does nothing here). Candidates:
+    the run directory's checkpoints, the storage's copies when the storage is a local path, and
+    Ray's latest-registered checkpoint (copied to ``<run dir>/.restore/rank<r>`` when the
+    storage is remote; the copy is dropped once loaded). Ray's is not always the newest: its
+    controller registers a report only when it next polls, so a worker killed just after a
+    checkpoint would otherwise resume one checkpoint early.
+    """
 
     def __init__(self, tracking_run_id: str | None = None):
         self._run_id = tracking_run_id
+        self._copy: Path | None = None
 
     def tracking_run_id(self, cfg: Config) -> str | None:
         return self._run_id
 
-    def restore_dir(self, cfg: Config) -> Path | None:
+    def claim(self, cfg: Config) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def restore_candidates(self, cfg: Config) -> list[Candidate]:
         import ray.train
 
+        found = _candidates_on_disk(cfg)
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        # a private local copy: storage may be remote, and ranks on one node must not race
-        local = cfg.run_dir() / ".restore" / f"rank{ray.train.get_context().get_world_rank()}"
-        shutil.rmtree(local, ignore_errors=True)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        return Path(ckpt.to_directory(str(local)))
+        storage = cfg.distributed.storage_path or ""
+        if ckpt is not None and _is_uri(storage):
+            # a private local copy: ranks on one node must not race on one directory
+            self._copy = cfg.run_dir() / RESTORE_DIR / f"rank{ray.train.get_context().get_world_rank()}"
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy.parent.mkdir(parents=True, exist_ok=True)
+            name = Path(ckpt.path).name
+            local = Path(ckpt.to_directory(str(self._copy)))
+            found.append(Candidate(int(name.split("_")[1]), local,
+                                   f"{storage.rstrip('/')}/{cfg.run.name}/{name}/state.pt"))
+        return found
+
+    def restored(self, cfg: Config) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train
@@ -271,15 +318,39 @@ def launch(cfg: Config) -> TrainResult:
     from gvae_dist.optional import require
 
     ray = require("ray", "distributed.workers > 0 (gvae-dist train --workers N: Ray Train)")
-    from gvae_dist.tracking import close_run, open_run
 
     _validate(cfg)
     cfg = resolve_config(cfg)
+    with claim_run_dir(cfg.run_dir()):  # held until the run ends: one run per run directory
+        try:
+            return _launch(cfg, ray)
+        finally:
+            clear_leftovers(cfg.run_dir())
+
+
+def _last_logged_step(run_dir: Path) -> int | None:
+    try:
+        lines = (run_dir / METRICS_FILE).read_text().splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else None
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def _launch(cfg: Config, ray) -> TrainResult:
+    from gvae_dist.tracking import close_run, open_run
+
     d, storage, name = cfg.distributed, cfg.distributed.storage_path, cfg.run.name
     exists = _run_exists(storage, name)
     if exists and not cfg.run.resume:
         raise ConfigError(f"run.resume: false, but Ray Train run {storage}/{name} exists and would be "
                           "resumed; delete it, pick another run.name, or set run.resume=true")
+    on_disk = _candidates_on_disk(cfg)
+    if on_disk and not cfg.run.resume:
+        raise ConfigError(f"run.resume: false, but {cfg.run_dir()} holds checkpoints; pick another "
+                          "run.name, move that directory away, or set run.resume=true")
+    if on_disk:  # refuse a different config here, not after Ray has retried every worker
+        newest = max(on_disk, key=lambda c: c.step)
+        check_resume_config(cfg, newest.path)
     temp_dir = _connect(cfg)
     ok = False
     try:
@@ -299,6 +370,10 @@ def launch(cfg: Config) -> TrainResult:
         trainer = build_trainer(cfg, run_id)
         try:
             result = trainer.fit()
+        except KeyboardInterrupt:  # Ctrl-C on the driver: resumable, not a failure
+            close_run(cfg, run_id, "KILLED")
+            newest = max(_candidates_on_disk(cfg), key=lambda c: c.step, default=None)
+            raise Interrupted(_last_logged_step(cfg.run_dir()), newest.path if newest else None) from None
         except BaseException:
             close_run(cfg, run_id, "FAILED")
             raise

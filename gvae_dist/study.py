@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import hashlib
 import json
 import math
 import os
@@ -52,6 +51,8 @@ from typing import Any
 
 from gvae_dist.compare import compare, format_comparison
 from gvae_dist.config import Config, ConfigError, load_config, read_yaml_mapping
+from gvae_dist.fingerprint import MOOT, RUN_LOCAL, differing_keys, fingerprint  # noqa: F401 (re-exported)
+from gvae_dist.fingerprint import fingerprinted as _fingerprinted
 
 __all__ = ["StudySpec", "StudyError", "Cell", "load_study", "plan_cells", "run_study", "collect", "format_table",
            "fingerprint", "RESULT_FILE", "RUN_LOCAL"]
@@ -61,15 +62,8 @@ METRICS = {"D": "disentanglement", "C": "completeness", "I": "informativeness",
 VARIANTS = ("gated", "ungated")
 EXECUTORS = ("auto", "local", "ray")
 RESULT_FILE = "result.json"
-# Config keys that say where and how a cell runs, not what it computes: left out of the fingerprint.
-RUN_LOCAL = {
-    "run": {"name", "output_dir", "resume", "keep_checkpoints", "checkpoint_every", "log_every",
-            "threads", "retain_freed_memory", "checkpoint_signal", "stop_file", "device"},
-    "tracking": "*", "distributed": "*",
-    "data": {"path", "num_workers", "verify", "backend"},
-    "eval": {"batch_size"},
-    "optim": {"compile", "channels_last"},
-}
+# RUN_LOCAL (config keys that say where and how a cell runs, not what it computes: left out of
+# the fingerprint) and MOOT live in gvae_dist.fingerprint, shared with run.resume.
 
 
 @dataclass
@@ -193,53 +187,8 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
     return cells
 
 
-# Keys a cell's numbers cannot depend on, given another key's value: an un-gated cell never reads
-# the gate's options, a cell without shared-factor (transform) pairs never searches partners
-# (transforms). Dropped so that, e.g., the un-gated cells of two studies whose gated presets differ
-# only in gate.decoder are recognised as the same cell.
-MOOT = [
-    (("gate", "enabled", False), ("gate", {"kl", "decoder", "closed_code"})),
-    (("pairing", "shared_factor", 0.0), ("pairing", {"match", "partner", "match_nuisance", "bank_size", "min_found"})),
-    (("pairing", "transform", 0.0), ("pairing", {"transform_kind", "transform_partition", "blur_sigma"})),
-]
-
-
-def _fingerprinted(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a ``Config.to_dict()``) without the :data:`RUN_LOCAL` keys and the
-    :data:`MOOT` keys that cannot change its numbers."""
-    out = {}
-    for section, value in config.items():
-        drop = RUN_LOCAL.get(section, set())
-        if drop == "*":
-            continue
-        out[section] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
-    for (section, key, value), (moot_section, moot_keys) in MOOT:
-        if isinstance(out.get(section), dict) and out[section].get(key, value) == value and moot_section in out:
-            out[moot_section] = {k: v for k, v in out[moot_section].items() if k not in moot_keys}
-    return out
-
-
-def fingerprint(cfg: Config | dict[str, Any]) -> str:
-    """A short hash of what a cell computes: its config without the :data:`RUN_LOCAL` keys."""
-    data = _fingerprinted(cfg.to_dict() if isinstance(cfg, Config) else cfg)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _refuse(cell: Cell, source: Path, theirs: dict[str, Any] | None, fp: str) -> ConfigError:
-    mine = _flat(_fingerprinted(cell.cfg.to_dict()))
-    other = _flat(_fingerprinted(theirs)) if theirs else {}
-    diff = [f"{k}: {other.get(k, '?')!r} there, {mine.get(k, '?')!r} here"
-            for k in sorted(set(mine) | set(other)) if mine.get(k) != other.get(k)]
+    diff = differing_keys(theirs, cell.cfg.to_dict()) if theirs else []
     return ConfigError(
         f"study cell {cell.name}: {source} was made with a different config (fingerprint {fp}, this "
         f"study's cell is {cell.fingerprint}"

@@ -16,7 +16,10 @@ MLflow is optional (``pip install 'gvae-dist[mlflow]'``): without it, runs with
 
 Run identity: a launcher that may restart workers (Ray Train) opens the run up front with
 :func:`open_run`, keyed by a ``gvae_dist.run_key`` tag, and hands its id to the workers; the id
-is also stored in every checkpoint, so restarts and resumes log into the same run.
+is also stored in every checkpoint, so restarts and resumes log into the same run. A continued
+run is sent each metric only for steps after the last one it holds for that key (MLflow appends a
+second point for a step logged twice), so a resume from a checkpoint older than the crash does not
+log the steps in between twice; ``run/*`` bookkeeping metrics are always sent.
 
 Also here: the reconstruction and latent-traversal grids logged as PNG artifacts.
 """
@@ -182,10 +185,12 @@ class MLflowTracker:
     """MLflow run (created, or continued by ``run_id``) with warn-once failure handling."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None,
-                 tags: dict[str, str] | None = None):
+                 tags: dict[str, str] | None = None, dedupe: bool = False):
         self.uri, self.run_id = uri, None
         self._client = None
         self._broken = False
+        self._dedupe = dedupe and run_id is not None
+        self._last_step: dict[str, int] = {}
         self._call(self._start, experiment, run_name, run_id, tags or {})
 
     def _start(self, experiment, run_name, run_id, tags):
@@ -218,9 +223,18 @@ class MLflowTracker:
         for i in range(0, len(items), 100):
             self._call(self._client.log_batch, self.run_id, [], items[i : i + 100])
 
+    def _logged_up_to(self, key: str) -> int:
+        """The last step this run holds for ``key`` (-1: none), asked once per key."""
+        if key not in self._last_step:
+            history = self._call(self._client.get_metric_history, self.run_id, key) or []
+            self._last_step[key] = max((m.step for m in history), default=-1)
+        return self._last_step[key]
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if self._dedupe and self.active:
+            metrics = {k: v for k, v in metrics.items() if k.startswith("run/") or step > self._logged_up_to(k)}
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
@@ -253,13 +267,14 @@ class MLflowTracker:
             self._call(self._client.set_terminated, self.run_id, status)
 
 
-def make_tracker(cfg, is_main: bool, run_id: str | None = None):
-    """MLflow tracker on the main process when tracking is enabled, else a NullTracker."""
+def make_tracker(cfg, is_main: bool, run_id: str | None = None, dedupe: bool = False):
+    """MLflow tracker on the main process when tracking is enabled, else a NullTracker.
+    ``dedupe``: continuing ``run_id``, skip the steps it already holds (see module doc)."""
     if not (is_main and cfg.tracking.enabled) or mlflow_missing():
         return NullTracker()
     uri = tracking_uri(cfg)
     tracker = MLflowTracker(uri, cfg.tracking.experiment, cfg.run.name, run_id,
-                            tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())})
+                            tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())}, dedupe=dedupe)
     return tracker if tracker.active else NullTracker()
 
 

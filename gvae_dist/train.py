@@ -13,10 +13,18 @@ Preemption: ``run.checkpoint_signal`` (default SIGUSR1, e.g. SLURM's ``--signal`
 appearance of ``run.stop_file`` asks the loop to write a checkpoint at the next step boundary and
 raise :class:`Preempted`; the CLI turns that into exit code 75 (``EX_TEMPFAIL``: run again to
 resume). Several processes agree on the stop at a log step, so all ranks stop at the same step.
+
+Run directory (docs/reliability.md): the process that writes it holds its lock
+(:mod:`gvae_dist.rundir`) for the whole run. Resume restores the newest checkpoint that loads,
+skipping damaged ones with a warning, and refuses one made with a config that computes something
+else (:mod:`gvae_dist.fingerprint`; ``run.resume: force`` overrides). ``metrics.jsonl`` is cut back
+to the restored step, and MLflow is not sent steps it already holds, so each step is logged once.
+Ctrl-C marks the MLflow run KILLED and raises :class:`Interrupted` (the CLI exits 130).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,6 +33,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,17 +41,28 @@ from typing import Any
 import torch
 import yaml
 
-from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gvae_dist.checkpoint import (
+    CONFIG_FILE,
+    Candidate,
+    CheckpointError,
+    load_newest,
+    local_candidates,
+    save_checkpoint,
+    set_aside,
+)
 from gvae_dist.config import Config, ConfigError, config_from_dict, save_config
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
 from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, PairingPlan, make_pairs
 from gvae_dist.data.partners import build_partners
 from gvae_dist.eval_runner import eval_steps
+from gvae_dist.fingerprint import differing_keys, resume_fingerprint
 from gvae_dist.model import GatedVAE
 from gvae_dist.objective import kl_weight, objective, reconstruction_loss
+from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
 from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean
 
-__all__ = ["RunHooks", "train_loop", "build_model", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE"]
+__all__ = ["RunHooks", "train_loop", "build_model", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE",
+           "Interrupted", "INTERRUPTED_EXIT_CODE", "claim_run_dir", "check_resume_config"]
 
 log = logging.getLogger("gvae_dist.train")
 
@@ -50,15 +70,29 @@ log = logging.getLogger("gvae_dist.train")
 class RunHooks:
     """What a launcher supplies to the loop. The default: a local run directory.
 
-    ``restore_dir`` returns a checkpoint directory to resume from (or None); ``report`` is
-    called on every rank at every checkpoint with the metrics and, on the main rank, the
+    ``claim`` is entered by the main rank before anything is written and held for the run: the
+    run directory's lock (a launcher that holds it itself returns a null context);
+    ``restore_candidates`` lists the checkpoints to resume from (the loop loads the newest that
+    loads); ``restored`` is called on every rank after that (drop temporary copies); ``report``
+    is called on every rank at every checkpoint with the metrics and, on the main rank, the
     checkpoint directory just written (None elsewhere); ``tracking_run_id`` names an MLflow run
     the launcher opened (a checkpoint's run id takes precedence), so a run restarted before its
     first checkpoint still logs into the same run.
     """
 
-    def restore_dir(self, cfg: Config) -> Path | None:
-        return latest_checkpoint(cfg.run_dir() / "checkpoints") if cfg.run.resume else None
+    def claim(self, cfg: Config) -> contextlib.AbstractContextManager:
+        return claim_run_dir(cfg.run_dir())
+
+    def restore_candidates(self, cfg: Config) -> list[Candidate]:
+        found = local_candidates(cfg.run_dir() / "checkpoints")
+        if found and not cfg.run.resume:
+            raise ConfigError(f"run.resume: false, but {cfg.run_dir()} holds checkpoints (newest "
+                              f"{found[-1].path.name}) of a run this one would mix with; pick another "
+                              "run.name, move that directory away, or set run.resume=true")
+        return found
+
+    def restored(self, cfg: Config) -> None:
+        pass
 
     def tracking_run_id(self, cfg: Config) -> str | None:
         return None
@@ -137,6 +171,69 @@ class Preempted(RuntimeError):
         return type(self), (self.step, self.checkpoint, self.reason)
 
 
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run; the MLflow run is marked KILLED. Rerun to resume."""
+
+    exit_code = INTERRUPTED_EXIT_CODE
+
+    def __init__(self, step: int | None, checkpoint: Path | None):
+        at = f"at step {step}" if step is not None else "before the first step"
+        super().__init__(f"interrupted {at}; last checkpoint {checkpoint or '(none yet)'}; "
+                         "run the same command to resume")
+        self.step, self.checkpoint = step, checkpoint
+
+    def __reduce__(self):
+        return type(self), (self.step, self.checkpoint)
+
+
+def claim_run_dir(run_dir: Path) -> RunLock:
+    """Take ``run_dir``'s lock (:class:`gvae_dist.rundir.RunLocked` names a live holder) and
+    clear what an interrupted run left there; release it with ``.release()`` or ``with``."""
+    lock = RunLock(run_dir).acquire()
+    try:
+        clear_leftovers(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _saved_config(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The config a checkpoint was made with, completed with today's defaults; None if absent."""
+    path = ckpt_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text())
+    try:
+        return config_from_dict(data).to_dict()
+    except ConfigError:  # a key renamed since: compare what is there
+        return data if isinstance(data, dict) else None
+
+
+def check_resume_config(cfg: Config, ckpt_dir: Path, origin: str | None = None) -> None:
+    """Raise :class:`ConfigError` listing the keys in which ``cfg`` computes something other
+    than the run that wrote ``ckpt_dir`` (``run.resume: force``: warn and go on)."""
+    saved = _saved_config(ckpt_dir)
+    if saved is None:
+        return
+    diff = differing_keys(saved, cfg.to_dict(), resume=True)
+    if not diff:
+        return
+    shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+    where = origin or str(ckpt_dir)
+    if cfg.run.resume == "force":
+        warnings.warn(f"run.resume: force: resuming {where} with a different config ({shown})",
+                      RuntimeWarning, stacklevel=2)
+        return
+    raise ConfigError(
+        f"run.resume: {cfg.run_dir()} holds a run made with a different config (checkpoint {where}); "
+        f"differing keys: {shown}. To start a new run, pick another run.name (or move the "
+        "directory away); to continue that run with this config anyway, set run.resume=force")
+
+
 class _StopRequest:
     """Checkpoint-and-stop requests: a signal handler that sets a flag, plus an optional stop file.
 
@@ -211,12 +308,50 @@ def train_loop(config: Config | dict, hooks: RunHooks | None = None) -> TrainRes
     Raises :class:`Preempted` after checkpointing when a stop was requested (see module doc).
     """
     cfg = config if isinstance(config, Config) else config_from_dict(config)
-    with _StopRequest(cfg.run.checkpoint_signal, cfg.run.stop_file) as stop:
-        return _train_loop(cfg, hooks, stop)
+    with contextlib.ExitStack() as claims, _StopRequest(cfg.run.checkpoint_signal, cfg.run.stop_file) as stop:
+        return _train_loop(cfg, hooks, stop, claims)
 
 
-def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopRequest) -> TrainResult:
-    """The loop of :func:`train_loop`; ``stop`` carries checkpoint-and-stop requests."""
+class _Restored:
+    def __init__(self, cand: Candidate, state: dict[str, Any]):
+        self.path, self.origin, self.step, self.state = cand.path, cand.origin, cand.step, state
+
+
+def _restore(cfg: Config, hooks: RunHooks, accelerator, is_main: bool) -> _Restored | None:
+    """The newest checkpoint every rank can load (None: start fresh), config-checked.
+
+    Each rank loads the newest of ``hooks.restore_candidates`` that reads back (damaged ones
+    are skipped with a warning, and the main rank sets its own damaged copies aside); with
+    several ranks they agree on the oldest step any rank found, so all restore the same step.
+    """
+    from accelerate.utils import gather_object
+
+    candidates = hooks.restore_candidates(cfg)
+    found = load_newest(candidates)
+    if accelerator.num_processes > 1:
+        steps = gather_object([found[0].step if found else -1])
+        target = min(steps)
+        if target < 0 < max(steps):
+            raise CheckpointError(f"ranks found different checkpoints to resume from (steps {steps}, -1: "
+                                  "none): every rank must see the run directory or distributed.storage_path")
+        if found is not None and found[0].step != target:
+            found = load_newest([c for c in candidates if c.step == target])
+    hooks.restored(cfg)
+    if found is None:
+        return None
+    cand, state, skipped = found
+    check_resume_config(cfg, cand.path, cand.origin.removesuffix("/state.pt"))
+    ckpt_root = cfg.run_dir() / "checkpoints"
+    for bad in skipped if is_main else []:
+        if bad.path.parent == ckpt_root and (moved := set_aside(bad.path)) is not None:
+            log.warning("damaged checkpoint %s set aside as %s", bad.path, moved)
+    return _Restored(cand, state)
+
+
+def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopRequest,
+                claims: contextlib.ExitStack) -> TrainResult:
+    """The loop of :func:`train_loop`; ``stop`` carries checkpoint-and-stop requests, ``claims``
+    holds the run directory's lock until the run ends."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import gather_object
@@ -248,9 +383,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                     f"{world} x {o.grad_accum} micro-batches of {micro}; precision {o.mixed_precision}")
 
     run_dir = cfg.run_dir()
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    if is_main:  # before anything is written; released when train_loop returns or raises
+        claims.enter_context(hooks.claim(cfg))
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     random.seed(cfg.run.seed)
 
@@ -278,9 +412,10 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     torch.manual_seed(cfg.run.seed * 1000 + rank + 1)  # per-rank reparameterisation noise
 
     step, run_id = 0, hooks.tracking_run_id(cfg)
-    restore = hooks.restore_dir(cfg)
-    if restore is not None:
-        state = load_checkpoint(restore, map_location="cpu")
+    found = _restore(cfg, hooks, accelerator, is_main)
+    restore = found.path if found else None
+    if found is not None:
+        state = found.state
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # the config, not the checkpoint, sets the schedule
@@ -295,9 +430,16 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
         else:
             log.warning("checkpoint has %d ranks' RNG/data state but this run has %d: reseeding",
                         len(rngs), world)
-        _print(is_main, f"[gvae-dist] resumed from {restore} at step {step}")
+        _print(is_main, f"[gvae-dist] resumed from {found.origin.removesuffix('/state.pt')} at step {step}")
+        del state, found.state  # the restored weights live in the model and optimizer now
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        dropped = rewind_metrics(run_dir, step)  # the steps after the checkpoint are trained again
+        if dropped:
+            _print(is_main, f"[gvae-dist] metrics.jsonl: dropped {dropped} row(s) after step {step}, "
+                            "trained again now")
 
-    tracker = make_tracker(cfg, is_main, run_id=run_id)
+    tracker = make_tracker(cfg, is_main, run_id=run_id, dedupe=found is not None or run_id is not None)
     if is_main and restore is None:
         tracker.log_params(cfg.to_dict())
         tracker.log_artifact(run_dir / "config.yaml")
@@ -321,7 +463,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             path = save_checkpoint(run_dir / "checkpoints", at_step, state,
                                    yaml.safe_dump(cfg.to_dict(), sort_keys=False),
                                    keep=cfg.run.keep_checkpoints,
-                                   meta={"metrics": metrics, "param_digests": digests})
+                                   meta={"metrics": metrics, "param_digests": digests,
+                                         "resume_fingerprint": resume_fingerprint(cfg)})
         hooks.report(metrics, path)
         return path
 
@@ -340,149 +483,153 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     last_ckpt: Path | None = restore
     preempt = False
     during = eval_steps(cfg)  # cheap evaluations before the full one at the end
-    model.train()
-    while step < o.steps:
-        for _ in range(o.grad_accum):
-            t0 = time.perf_counter()
-            batch = next(loader)
-            t_data += time.perf_counter() - t0
-            x = batch.image
-            if o.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            own_B = partners.observe(batch) if partners is not None else None
-            pairs = make_pairs(x, batch.labels, plan, pair_gen, partners, own_B, batch.factors)
-            with accelerator.accumulate(model), accelerator.autocast():
-                closed = None
-                if gated and cfg.gate.closed_code == "target":
-                    closed = raw_model.sample_code(pairs.target_BCHW)  # one more encoder forward
-                out = model(x, mask=pairs.mask_BD if gated else None, closed_BD=closed,
-                            decoder_update_B=None if cfg.gate.decoder or not gated
-                            else pairs.kind_B == IDENTITY)
-                recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW,
-                                              cfg.objective.likelihood, cfg.objective.gaussian_std,
-                                              cfg.objective.gaussian_calibrated)
-                loss, terms = objective(cfg.objective, recon_B, out.mu.float(), out.logvar.float(),
-                                        out.z_reg.float(),
-                                        kl_mask=pairs.mask_BD if cfg.gate.kl and cfg.gate.enabled else None)
-                accelerator.backward(loss)
-                if o.grad_clip > 0 and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                terms = dict(terms)
-                terms["gate/open_fraction"] = pairs.mask_BD.float().mean()
-                terms["pairing/found"] = pairs.found
-                kl_D = terms.pop("kl_per_dim").detach().float()
-                kl_sum_D += kl_D
-                kl_P = masks_PD @ kl_D
-                open_P = (pairs.mask_BD.float().mean(0) @ share_PD.T if cfg.gate.enabled
-                          else torch.ones(len(spec), device=device))
-                for p, part in enumerate(spec):
-                    terms[f"kl/{part.name}"] = kl_P[p]
-                    terms[f"gate/open_share/{part.name}"] = open_P[p]
-                for k, v in terms.items():
-                    sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float().clone()
-                kind_sum_K.scatter_add_(0, pairs.kind_B, recon_B.detach().float())
-                kind_cnt_K += torch.bincount(pairs.kind_B, minlength=K).float()
-                found_sum_K += pairs.found_K
-                drawn_sum_K += pairs.drawn_K
-            n_acc += 1
-        step += 1
+    try:
+        model.train()
+        while step < o.steps:
+            for _ in range(o.grad_accum):
+                t0 = time.perf_counter()
+                batch = next(loader)
+                t_data += time.perf_counter() - t0
+                x = batch.image
+                if o.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                own_B = partners.observe(batch) if partners is not None else None
+                pairs = make_pairs(x, batch.labels, plan, pair_gen, partners, own_B, batch.factors)
+                with accelerator.accumulate(model), accelerator.autocast():
+                    closed = None
+                    if gated and cfg.gate.closed_code == "target":
+                        closed = raw_model.sample_code(pairs.target_BCHW)  # one more encoder forward
+                    out = model(x, mask=pairs.mask_BD if gated else None, closed_BD=closed,
+                                decoder_update_B=None if cfg.gate.decoder or not gated
+                                else pairs.kind_B == IDENTITY)
+                    recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW,
+                                                  cfg.objective.likelihood, cfg.objective.gaussian_std,
+                                                  cfg.objective.gaussian_calibrated)
+                    loss, terms = objective(cfg.objective, recon_B, out.mu.float(), out.logvar.float(),
+                                            out.z_reg.float(),
+                                            kl_mask=pairs.mask_BD if cfg.gate.kl and cfg.gate.enabled else None)
+                    accelerator.backward(loss)
+                    if o.grad_clip > 0 and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    terms = dict(terms)
+                    terms["gate/open_fraction"] = pairs.mask_BD.float().mean()
+                    terms["pairing/found"] = pairs.found
+                    kl_D = terms.pop("kl_per_dim").detach().float()
+                    kl_sum_D += kl_D
+                    kl_P = masks_PD @ kl_D
+                    open_P = (pairs.mask_BD.float().mean(0) @ share_PD.T if cfg.gate.enabled
+                              else torch.ones(len(spec), device=device))
+                    for p, part in enumerate(spec):
+                        terms[f"kl/{part.name}"] = kl_P[p]
+                        terms[f"gate/open_share/{part.name}"] = open_P[p]
+                    for k, v in terms.items():
+                        sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float().clone()
+                    kind_sum_K.scatter_add_(0, pairs.kind_B, recon_B.detach().float())
+                    kind_cnt_K += torch.bincount(pairs.kind_B, minlength=K).float()
+                    found_sum_K += pairs.found_K
+                    drawn_sum_K += pairs.drawn_K
+                n_acc += 1
+            step += 1
 
-        at_log = step % cfg.run.log_every == 0 or step == o.steps
-        at_ckpt = step % cfg.run.checkpoint_every == 0 or step == o.steps
-        # One process checks its flag every step; several agree at log steps (one all-reduce).
-        preempt = step < o.steps and (world == 1 or at_log) and stop.agreed(accelerator, at_log)
-        at_ckpt = at_ckpt or preempt
-        if at_log or at_ckpt:
-            keys = list(sums)
-            values = torch.cat([torch.stack([sums[k] for k in keys]), kind_sum_K, kind_cnt_K,
-                                kl_sum_D, found_sum_K, drawn_sum_K]).tolist()  # one sync
-            S = plan.num_shared
-            found_K, drawn_K = values[len(values) - 2 * S : len(values) - S], values[len(values) - S :]
-            values = values[: len(values) - 2 * S]
-            metrics = {k: v / n_acc for k, v in zip(keys, values[: len(keys)])}
-            ks, kc = values[len(keys) : len(keys) + K], values[len(keys) + K : len(keys) + 2 * K]
-            for d, v in enumerate(values[len(keys) + 2 * K :]):
-                metrics[f"kl_dim/{d:02d}"] = v / n_acc
-            for name, s, c in zip(KIND_NAMES, ks, kc):
-                if c > 0:
-                    metrics[f"recon/{name}"] = s / c
-            for part in spec:  # KL weight over the share of reconstruction gradient (docs/objectives.md)
-                share = metrics[f"gate/open_share/{part.name}"]
-                if share > 0:
-                    metrics[f"gate/effective_beta/{part.name}"] = kl_weight(cfg.objective) / (
-                        1.0 if cfg.gate.kl else share)
-            now = time.perf_counter()
-            imgs = n_acc * micro * world
-            for name, fd, dr in zip(plan.shared_names, found_K, drawn_K):
-                if dr > 0:
-                    metrics[f"pairing/found/{name}"] = fd / dr
-                    if fd / dr < cfg.pairing.min_found and name not in warned_found:
-                        warned_found.add(name)
-                        knobs = ["pairing.match: one", "fewer data.label_bins"]
-                        knobs += ["pairing.partner: dataset"] if partners is None else []
-                        knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
-                        knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
-                        log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
-                                    "(step %d); they train as identity pairs. Try %s",
-                                    100 * fd / dr, name, step, ", ".join(knobs))
-            metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
-            metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
-            metrics["data/skipped_samples"] = float(getattr(loader, "skipped", 0))
-            metrics["step"] = step
-            if not all(math.isfinite(v) for v in metrics.values()):
-                bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-                raise FloatingPointError(f"non-finite {bad} at step {step}; last good checkpoint: "
-                                         f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip")
-            tracker.log_metrics(metrics, step)
-            if is_main:
-                with open(run_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
-            _print(is_main, f"step {step:>6}/{o.steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
-                            f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
-                            f"  {metrics['perf/images_per_s']:.0f} img/s"
-                            f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%")
-            sums.clear()
-            kind_sum_K.zero_()
-            kind_cnt_K.zero_()
-            kl_sum_D.zero_()
-            found_sum_K.zero_()
-            drawn_sum_K.zero_()
-            # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
-            final = step == o.steps
-            if is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):
-                result = _evaluate(cfg, raw_model, info, device, tracker, step,
-                                   run_dir / ("eval" if final else f"eval_step_{step}"), during=not final)
-                raw_model.train()
-                metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)})
-                eval_metrics = result if final else eval_metrics
-            if at_ckpt:
-                last_ckpt = checkpoint(step, metrics) or last_ckpt
-            if preempt:
-                break
-            n_acc, t_data, t_last = 0, 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
-        if grid_x is not None and cfg.tracking.image_every and step % cfg.tracking.image_every == 0:
-            log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
+            at_log = step % cfg.run.log_every == 0 or step == o.steps
+            at_ckpt = step % cfg.run.checkpoint_every == 0 or step == o.steps
+            # One process checks its flag every step; several agree at log steps (one all-reduce).
+            preempt = step < o.steps and (world == 1 or at_log) and stop.agreed(accelerator, at_log)
+            at_ckpt = at_ckpt or preempt
+            if at_log or at_ckpt:
+                keys = list(sums)
+                values = torch.cat([torch.stack([sums[k] for k in keys]), kind_sum_K, kind_cnt_K,
+                                    kl_sum_D, found_sum_K, drawn_sum_K]).tolist()  # one sync
+                S = plan.num_shared
+                found_K, drawn_K = values[len(values) - 2 * S : len(values) - S], values[len(values) - S :]
+                values = values[: len(values) - 2 * S]
+                metrics = {k: v / n_acc for k, v in zip(keys, values[: len(keys)])}
+                ks, kc = values[len(keys) : len(keys) + K], values[len(keys) + K : len(keys) + 2 * K]
+                for d, v in enumerate(values[len(keys) + 2 * K :]):
+                    metrics[f"kl_dim/{d:02d}"] = v / n_acc
+                for name, s, c in zip(KIND_NAMES, ks, kc):
+                    if c > 0:
+                        metrics[f"recon/{name}"] = s / c
+                for part in spec:  # KL weight over the share of reconstruction gradient (docs/objectives.md)
+                    share = metrics[f"gate/open_share/{part.name}"]
+                    if share > 0:
+                        metrics[f"gate/effective_beta/{part.name}"] = kl_weight(cfg.objective) / (
+                            1.0 if cfg.gate.kl else share)
+                now = time.perf_counter()
+                imgs = n_acc * micro * world
+                for name, fd, dr in zip(plan.shared_names, found_K, drawn_K):
+                    if dr > 0:
+                        metrics[f"pairing/found/{name}"] = fd / dr
+                        if fd / dr < cfg.pairing.min_found and name not in warned_found:
+                            warned_found.add(name)
+                            knobs = ["pairing.match: one", "fewer data.label_bins"]
+                            knobs += ["pairing.partner: dataset"] if partners is None else []
+                            knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
+                            knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
+                            log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
+                                        "(step %d); they train as identity pairs. Try %s",
+                                        100 * fd / dr, name, step, ", ".join(knobs))
+                metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
+                metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
+                metrics["data/skipped_samples"] = float(getattr(loader, "skipped", 0))
+                metrics["step"] = step
+                if not all(math.isfinite(v) for v in metrics.values()):
+                    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+                    raise FloatingPointError(f"non-finite {bad} at step {step}; last good checkpoint: "
+                                             f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip")
+                tracker.log_metrics(metrics, step)
+                if is_main:
+                    with open(run_dir / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(metrics) + "\n")
+                _print(is_main, f"step {step:>6}/{o.steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
+                                f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
+                                f"  {metrics['perf/images_per_s']:.0f} img/s"
+                                f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%")
+                sums.clear()
+                kind_sum_K.zero_()
+                kind_cnt_K.zero_()
+                kl_sum_D.zero_()
+                found_sum_K.zero_()
+                drawn_sum_K.zero_()
+                # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
+                final = step == o.steps
+                if is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):
+                    result = _evaluate(cfg, raw_model, info, device, tracker, step,
+                                       run_dir / ("eval" if final else f"eval_step_{step}"), during=not final)
+                    raw_model.train()
+                    metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)})
+                    eval_metrics = result if final else eval_metrics
+                if at_ckpt:
+                    last_ckpt = checkpoint(step, metrics) or last_ckpt
+                if preempt:
+                    break
+                n_acc, t_data, t_last = 0, 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
+            if grid_x is not None and cfg.tracking.image_every and step % cfg.tracking.image_every == 0:
+                log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
 
-    if preempt:
-        tracker.finish("KILLED")  # a resumed run sets it RUNNING again
+        if preempt:
+            tracker.finish("KILLED")  # a resumed run sets it RUNNING again
+            accelerator.wait_for_everyone()
+            raise Preempted(step, last_ckpt, stop.reason)
+
+        if eval_metrics is None and cfg.eval.at_end and is_main:  # resumed a run that had already finished
+            eval_metrics = _evaluate(cfg, raw_model, info, device, tracker, step, run_dir / "eval")
+        if is_main:
+            train_metrics = {k: v for k, v in metrics.items() if not k.startswith("eval/")}
+            (run_dir / "metrics.json").write_text(json.dumps({"train": train_metrics, "eval": eval_metrics}, indent=2))
+            tracker.log_artifact(run_dir / "metrics.json")
+        if grid_x is not None:
+            if not (cfg.tracking.image_every and step % cfg.tracking.image_every == 0):
+                log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
+            tracker.log_model(posterior_mean(raw_model), grid_x[:2].cpu().numpy(), name="encoder")
+        tracker.finish()
         accelerator.wait_for_everyone()
-        raise Preempted(step, last_ckpt, stop.reason)
-
-    if eval_metrics is None and cfg.eval.at_end and is_main:  # resumed a run that had already finished
-        eval_metrics = _evaluate(cfg, raw_model, info, device, tracker, step, run_dir / "eval")
-    if is_main:
-        train_metrics = {k: v for k, v in metrics.items() if not k.startswith("eval/")}
-        (run_dir / "metrics.json").write_text(json.dumps({"train": train_metrics, "eval": eval_metrics}, indent=2))
-        tracker.log_artifact(run_dir / "metrics.json")
-    if grid_x is not None:
-        if not (cfg.tracking.image_every and step % cfg.tracking.image_every == 0):
-            log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
-        tracker.log_model(posterior_mean(raw_model), grid_x[:2].cpu().numpy(), name="encoder")
-    tracker.finish()
-    accelerator.wait_for_everyone()
+    except KeyboardInterrupt:  # Ctrl-C: not a failure of the run, and resumable
+        tracker.finish("KILLED")
+        raise Interrupted(step, last_ckpt) from None
     return TrainResult(step, metrics, eval_metrics, run_dir, last_ckpt, tracker.run_id)
 
 

@@ -44,3 +44,12 @@ def test_torchrun_two_cpu_processes_train_in_sync(tmp_path):
     assert len(runs) == 1
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [5, 10, 15, 20]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gvae", "mlartifacts", "mlflow.db"]
+    # run again with more steps: rank 0 alone holds the run directory's lock, both ranks agree on
+    # the checkpoint to restore, and each step is logged once
+    again = subprocess.run([*cmd, "--set", "optim.steps=30"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000020'} at step 20" in again.stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [5, 10, 15, 20, 25, 30]

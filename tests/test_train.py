@@ -106,9 +106,12 @@ def test_failed_run_leaves_last_checkpoint_intact(tmp_path):
     cfg = _cfg(tmp_path, "optim.steps=10", "run.checkpoint_every=5")
     result = train_loop(cfg)
     before = load_checkpoint(result.checkpoint)["model"]
-    # a diverging continuation (absurd lr) must fail with a clear error and keep step 10
-    with pytest.raises(FloatingPointError, match="last good checkpoint"):
-        train_loop(_cfg(tmp_path, "optim.steps=400", "run.checkpoint_every=1000", "optim.lr=1e6"))
+    # a diverging continuation (absurd lr, forced past the config check) must fail with a clear
+    # error and keep step 10
+    with pytest.raises(FloatingPointError, match="last good checkpoint"), \
+            pytest.warns(RuntimeWarning, match=r"run.resume: force.*optim.lr: 0.0001 there, 1000000.0 here"):
+        train_loop(_cfg(tmp_path, "optim.steps=400", "run.checkpoint_every=1000", "optim.lr=1e6",
+                        "run.resume=force"))
     after = load_checkpoint(latest_checkpoint(result.run_dir / "checkpoints"))
     assert after["step"] == 10
     assert all(torch.equal(before[k], after["model"][k]) for k in before)

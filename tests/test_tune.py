@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_train=256",
         "data.num_eval=100", "eval.num_train=50", "eval.num_test=50", "optim.batch_size=32",
         "optim.steps=20", "run.threads=1", "run.log_every=2", "run.checkpoint_every=2",
-        # an interrupted trial resumes from the newest checkpoint Ray persisted, which may be older
-        # than the run directory's newest: pruning must keep the new timeline (test_checkpoint)
+        # an interrupted trial resumes from the newest checkpoint on disk that loads (Ray's own
+        # may lag it); pruning never removes a newer one (test_checkpoint)
         "run.keep_checkpoints=2", "data.backend=memory", "optim.lr=0.002",
         "distributed.workers=1", "eval.points=0"]
 
