@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from gvae_dist.config import Config, ConfigError, config_from_dict, save_config
+from gvae_dist.config import Config, ConfigError, config_from_dict, config_yaml, save_config
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
 from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, PairingPlan, make_pairs
 from gvae_dist.data.partners import build_partners
@@ -319,7 +318,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                      "step": at_step, "rng": rng_all, "data": data_all,
                      "tracking_run_id": tracker.run_id, "world_size": world}
             path = save_checkpoint(run_dir / "checkpoints", at_step, state,
-                                   yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                                   config_yaml(cfg),
                                    keep=cfg.run.keep_checkpoints,
                                    meta={"metrics": metrics, "param_digests": digests})
         hooks.report(metrics, path)
