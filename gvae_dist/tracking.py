@@ -18,6 +18,11 @@ Run identity: a launcher that may restart workers (Ray Train) opens the run up f
 :func:`open_run`, keyed by a ``gvae_dist.run_key`` tag, and hands its id to the workers; the id
 is also stored in every checkpoint, so restarts and resumes log into the same run.
 
+Credentials: a tracking URI may carry them (``http://user:password@host``, as
+``$MLFLOW_TRACKING_URI`` often does). Params, warnings and printed lines go through
+:func:`gvae_dist.config.redact_uri`; the saved config is redacted by ``config_yaml``; Ray
+workers get the real URI in their environment, not in their config (``launch.worker_env``).
+
 Also here: the reconstruction and latent-traversal grids logged as PNG artifacts.
 """
 
@@ -31,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gvae_dist.config import redact, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +120,9 @@ def _experiment_id(client, uri: str, experiment: str) -> str:
 
 
 def _warn(what: str, exc: Exception) -> None:
-    warnings.warn(f"MLflow {what} failed ({type(exc).__name__}: {exc}); training continues without "
-                  "tracking", RuntimeWarning, stacklevel=3)
+    # MLflow's errors quote the request URL, credentials included
+    warnings.warn(f"MLflow {what} failed ({type(exc).__name__}: {redact_uri(str(exc))}); training continues "
+                  "without tracking", RuntimeWarning, stacklevel=3)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -214,7 +222,7 @@ class MLflowTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+        items = [Param(k, str(v)[:6000]) for k, v in _flatten(redact(params)).items()]
         for i in range(0, len(items), 100):
             self._call(self._client.log_batch, self.run_id, [], items[i : i + 100])
 
