@@ -272,7 +272,8 @@ def _connect(cfg: Config) -> str | None:
     The private cluster is reachable from this machine's loopback only and by this user only:
     node IP 127.0.0.1 (GCS, raylet, object manager, workers and dashboard bind 127.0.0.1), token
     authentication with a per-cluster token in a 0700 directory (:func:`_private_session`), Ray's
-    temp dir (logs, sockets, spilled objects) in there too, no metrics export port."""
+    temp dir (logs, sockets, spilled objects) in there too, so out of other users' reach although
+    Ray makes it 0777 itself, no metrics export port."""
     import ray
 
     if ray.is_initialized():  # the caller (a test, a Tune trial) chose the cluster
@@ -295,7 +296,9 @@ def _connect(cfg: Config) -> str | None:
     except BaseException:
         _disconnect(str(session), keep_logs=True)
         raise
-    temp_dir.chmod(0o700)  # Ray opens its temp dir to everyone (0777)
+    # Ray opens its temp, session, socket and log dirs to everyone (0777), again in every worker
+    # process it starts (ray/_private/node.py, try_make_directory_shared), so a chmod here would
+    # not last: the 0700 session dir around them is what keeps other users out.
     node_ip = ctx.address_info.get("node_ip_address")
     if node_ip != "127.0.0.1":  # a Ray version that ignores the single-node flag
         warnings.warn(f"the private Ray cluster runs on node IP {node_ip}, not 127.0.0.1: its services "

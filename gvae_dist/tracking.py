@@ -107,6 +107,8 @@ def _client(uri: str):
 
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if redact_uri(uri) != uri:  # MLflow prints "View run at <URI>" on every run end, credentials included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).resolve().parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
