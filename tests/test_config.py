@@ -130,7 +130,7 @@ def _laughs(levels: int, key: str = "a") -> str:
 def test_alias_bomb_across_extends_is_refused_before_merging(tmp_path):
     import time
 
-    (tmp_path / "base.yaml").write_text(_laughs(8))  # 1.6 KB that would expand to 3.9e8 values
+    (tmp_path / "base.yaml").write_text(_laughs(8))  # 468 bytes that would expand to 4.9e8 values
     (tmp_path / "run.yaml").write_text("extends: base.yaml\nobjective: {beta: 2}\n")
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=r"base\.yaml: its YAML aliases \(\*name\) expand to [\d_]+ values"):
