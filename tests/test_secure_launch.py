@@ -143,9 +143,10 @@ def test_private_cluster_listens_on_loopback_only_without_open_metrics(cli_run):
     # Known exception, outside Ray: torch.distributed's TCPStore, the process-group rendezvous
     # Ray Train opens on rank 0, binds all interfaces (torch has no bind-address option);
     # every Ray service (GCS, raylet, object manager, agents, dashboard, core workers) is loopback.
+    # (Ray retitles the worker process "ray::RayTrainWorker.run_train_fn" while it trains)
     open_ = [s for s in seen.listening if s[1] not in LOOPBACK]
-    assert [s for s in open_ if s[0] != "ray::RayTrainWorker"] == [], sorted(seen.listening)
-    assert len(open_) <= 1, open_
+    assert [s for s in open_ if not s[0].startswith("ray::RayTrainWorker")] == [], sorted(seen.listening)
+    assert len({(ip, port) for _, ip, port in open_}) <= 1, open_
     assert len(seen.probed) >= 5 and not seen.metrics_ports, (seen.metrics_ports, sorted(seen.listening))
 
 
