@@ -163,9 +163,10 @@ def cmd_train(args) -> int:
     if result.checkpoint:
         print(f"[gvae-dist] last checkpoint: {result.checkpoint}")
     if cfg.tracking.enabled and result.tracking_run_id:
+        from gvae_dist.config import redact_uri
         from gvae_dist.tracking import tracking_uri
 
-        uri = tracking_uri(cfg)
+        uri = redact_uri(tracking_uri(cfg))
         print(f"[gvae-dist] MLflow run {result.tracking_run_id} in {uri}")
         if uri.startswith("sqlite:"):
             print(f"[gvae-dist] browse it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")

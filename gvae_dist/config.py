@@ -5,12 +5,21 @@ bad values raise :class:`ConfigError` (a ``ValueError``) naming the dotted key a
 values before any work starts. The resolved config is written into every run directory.
 
 A preset may start with ``extends: other.yaml`` (relative to the preset) to inherit and override.
+
+Hostile input is bounded before any work: a config file larger than :data:`MAX_CONFIG_BYTES`,
+or whose YAML aliases would expand to more than :data:`MAX_CONFIG_NODES` values, is refused
+naming the file; every float must be finite; keys that size memory (batch, dataset, bank,
+image, latent and evaluation sizes) have an upper bound, shown by ``--explain`` as ``max N``;
+``run.name`` must stay inside ``run.output_dir``. Credentials in URIs (``user:password@``,
+``?token=``) never reach a saved config: :func:`redact_uri` masks them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,18 +36,31 @@ __all__ = [
     "apply_overrides",
     "save_config",
     "explain",
+    "redact_uri",
+    "redact",
+    "config_yaml",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_NODES",
 ]
+
+# A config file is a few KB; a megabyte is far past any real preset.
+MAX_CONFIG_BYTES = 1 << 20
+# Values a loaded YAML document may expand to, counting each alias use in full: the defaults
+# are ~130 leaves, a study file a few thousand; 8 nested alias levels reach millions.
+MAX_CONFIG_NODES = 100_000
 
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the dotted key."""
 
 
-def f(default: Any, doc: str) -> Any:
-    """A dataclass field with a default and a one-line doc."""
+def f(default: Any, doc: str, max: int | None = None) -> Any:  # noqa: A002 - reads as the bound
+    """A dataclass field with a default and a one-line doc; ``max`` is an upper bound that
+    :func:`validate` enforces (for sizes that would exhaust memory long before they are useful)."""
+    meta = {"doc": doc, **({"max": max} if max is not None else {})}
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -46,19 +68,19 @@ class DataConfig:
     source: Literal["faces", "shapes", "shards"] = f("faces", "built-in synthetic 'faces' or 'shapes', or 'shards' (WebDataset tars at data.path)")
     path: str | None = f(None, "directory holding manifest.json and the tar shards (source=shards)")
     backend: Literal["auto", "dali", "webdataset", "memory"] = f("auto", "loader: 'auto' (DALI if importable, else WebDataset+PIL), or force one; 'memory' = synthetic in RAM")
-    num_train: int = f(20000, "training images generated for synthetic sources")
-    num_eval: int = f(6000, "held-out images generated for evaluation (synthetic sources)")
+    num_train: int = f(20000, "training images generated for synthetic sources", max=2_000_000)
+    num_eval: int = f(6000, "held-out images generated for evaluation (synthetic sources)", max=1_000_000)
     image_size: Literal[32, 64, 128] = f(64, "image height = width in pixels")
     feature_scale: float = f(1.0, "faces: size of eyes, brows and mouth, 0.25..2.0 (1.0 cartoon, 0.5 about real-face proportions)")
     seed: int = f(0, "seed of the synthetic data and of its weak labels (independent of run.seed)")
-    label_bins: int = f(3, "bins per continuous factor for the weak labels used by pairing")
+    label_bins: int = f(3, "bins per continuous factor for the weak labels used by pairing", max=1000)
     label_flip_prob: float = f(0.0, "probability a weak label is replaced by a random bin (label noise)")
     label_jitter: float = f(0.0, "Gaussian jitter (fraction of the factor range) added before binning")
     on_bad_sample: Literal["error", "skip"] = f("error", "a corrupt sample stops with an error naming it, or is skipped and counted")
-    num_workers: int = f(2, "decoding threads (DALI) or DataLoader workers (WebDataset backend)")
+    num_workers: int = f(2, "decoding threads (DALI) or DataLoader workers (WebDataset backend)", max=256)
     image_format: Literal["png", "jpg"] = f("png", "image encoding when shards are written")
     verify: Literal["checksum", "full", "none"] = f("checksum", "shard check at loader start: sha256 vs manifest (changed shards are scanned sample by sample), 'full' scans every sample, 'none' trusts the files")
-    shuffle_buffer: int = f(1024, "samples in the shard loaders' shuffle buffer (DALI initial_fill)")
+    shuffle_buffer: int = f(1024, "samples in the shard loaders' shuffle buffer (DALI initial_fill)", max=100_000)
     eval_fraction: float = f(0.2, "share of the samples `data build` holds out in evaluation shards of their own; training reads only the train shards, evaluation only these")
     eval_path: str | None = f(None, "another built shard directory to evaluate on (all its samples) instead of data.path's eval split")
     record_reads: bool = f(False, "each shard-loader rank writes <run dir>/data/rank-R.json: backend, split, epoch layout, keys of its first epoch")
@@ -66,15 +88,15 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = f(10, "latent dims D; must equal the sum of partition sizes")
-    channels: list[int] = f([32, 32, 64, 64], "conv channels of the encoder (decoder mirrors them)")
-    hidden: int = f(256, "width of the fully connected layer")
+    latent_dim: int = f(10, "latent dims D; must equal the sum of partition sizes", max=1024)
+    channels: list[int] = f([32, 32, 64, 64], "conv channels of the encoder (decoder mirrors them); each at most 4096", max=4096)
+    hidden: int = f(256, "width of the fully connected layer", max=16384)
 
 
 @dataclass
 class PartitionConfig:
     name: str = f("rest", "partition name (identifier)")
-    size: int = f(1, "number of latent dims")
+    size: int = f(1, "number of latent dims", max=1024)
     factors: list[str] = f([], "weak-label names whose shared_factor pairings train this partition")
 
 
@@ -103,7 +125,7 @@ class PairingConfig:
     match: Literal["all", "one"] = f("all", "shared_factor partner must match all of k's weak labels, or one chosen at random")
     partner: Literal["batch", "dataset", "rendered"] = f("dataset", "where shared_factor partners come from: a batch-mate (paper), an index of the whole training set (shards: a per-rank bank of decoded samples), or rendered with only the other supervised partitions' factors resampled (built-in generators; ours)")
     match_nuisance: bool = f(False, "partners must also match the weak labels of factors no partition lists (when the data has such labels)")
-    bank_size: int = f(4096, "shard loaders with pairing.partner=dataset: samples each rank keeps (uint8, on the training device) to draw partners from")
+    bank_size: int = f(4096, "shard loaders with pairing.partner=dataset: samples each rank keeps (uint8, on the training device) to draw partners from", max=262_144)
     min_found: float = f(0.5, "warn when a partition's share of shared_factor draws that find a partner falls below this")
     transform_kind: Literal["blur", "hflip"] = f("blur", "transform used by transform pairs")
     transform_partition: str = f("rest", "partition trained by transform pairs")
@@ -130,9 +152,9 @@ class OptimConfig:
     lr: float = f(1e-4, "Adam learning rate")
     betas: list[float] = f([0.9, 0.999], "Adam betas")
     weight_decay: float = f(0.0, "AdamW weight decay")
-    batch_size: int = f(64, "global batch size (split across workers)")
+    batch_size: int = f(64, "global batch size (split across workers)", max=65_536)
     steps: int = f(3000, "optimizer steps")
-    grad_accum: int = f(1, "micro-batches accumulated per optimizer step")
+    grad_accum: int = f(1, "micro-batches accumulated per optimizer step", max=65_536)
     grad_clip: float = f(0.0, "clip gradient norm to this value (0 = off)")
     mixed_precision: Literal["no", "bf16", "fp16"] = f("no", "autocast dtype; fp16 (GPU only) uses a GradScaler")
     compile: bool = f(False, "torch.compile the model")
@@ -141,14 +163,14 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    num_train: int = f(4000, "codes used to fit the DCI regressors")
-    num_test: int = f(2000, "codes used to score them")
+    num_train: int = f(4000, "codes used to fit the DCI regressors", max=200_000)
+    num_test: int = f(2000, "codes used to score them", max=200_000)
     method: Literal["gbt", "lasso", "forest"] = f("gbt", "DCI importance model")
     every: int = f(0, "evaluate every N steps (0 = at eval.points steps); overrides eval.points; Tune reports carry eval/* only where this matches run.checkpoint_every")
     points: int = f(4, "evaluations spread evenly over the run (moved to run.log_every steps) besides the full one at the end, so the tracker shows curves; 0 = none; needs eval.at_end")
-    during_codes: int = f(1500, "held-out codes of an evaluation during training (2/3 fit, 1/3 score; no pictures); 0 = eval.num_train + eval.num_test")
+    during_codes: int = f(1500, "held-out codes of an evaluation during training (2/3 fit, 1/3 score; no pictures); 0 = eval.num_train + eval.num_test", max=400_000)
     at_end: bool = f(True, "evaluate DCI when training ends (on eval.num_train + eval.num_test codes, with pictures)")
-    batch_size: int = f(256, "encoding batch size")
+    batch_size: int = f(256, "encoding batch size", max=65_536)
 
 
 @dataclass
@@ -171,7 +193,7 @@ class DistributedConfig:
 
 @dataclass
 class RunConfig:
-    name: str = f("gvae", "run name: the run directory is <output_dir>/<name>")
+    name: str = f("gvae", "run name: the run directory is <output_dir>/<name>; relative, no '..', must stay inside run.output_dir")
     output_dir: str = f("runs", "parent directory of run directories")
     seed: int = f(0, "seed for weights, noise and pairing")
     log_every: int = f(50, "print/log metrics every N steps")
@@ -179,7 +201,7 @@ class RunConfig:
     keep_checkpoints: int = f(2, "checkpoints kept on disk")
     resume: Literal[True, False, "force"] = f(True, "true: resume from the newest checkpoint that loads (damaged ones skipped), refusing one made with a config that computes something else (the differing keys are listed; run.*/tracking.*/distributed.* locality and a longer optim.steps may change); false: refuse a run directory that holds checkpoints; 'force': resume despite a different config")
     device: Literal["auto", "cpu", "cuda"] = f("auto", "training device; auto = cuda when available")
-    threads: int = f(0, "torch CPU threads per process (0 = torch default)")
+    threads: int = f(0, "torch CPU threads per process (0 = torch default)", max=1024)
     retain_freed_memory: bool = f(True, "CPU runs: keep freed heap memory in the process (glibc mallopt) instead of page-faulting it back every step: ~1.3x images/s on CPU; holds the peak heap (docs/performance.md)")
     checkpoint_signal: Literal["none", "USR1", "USR2", "TERM", "INT", "HUP"] = f("USR1", "on this signal the loop checkpoints at the next step boundary (log step when multi-process) and stops with exit code 75 so a SLURM job can requeue itself; 'none' = default signal action")
     stop_file: str | None = f(None, "a file whose appearance (checked at log steps) acts like run.checkpoint_signal: for training processes no signal reaches (Ray workers)")
@@ -255,6 +277,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        # every float key, present and future: NaN compares False with every bound below, and
+        # an infinite lr or weight only surfaces as a NaN loss thousands of steps later
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -297,8 +323,46 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _check_bounds(node: Any, prefix: str = "") -> None:
+    """Enforce every field's ``max`` (see :func:`f`), on list items too (``model.channels.2``)."""
+    for fl in dataclasses.fields(node):
+        value, key = getattr(node, fl.name), f"{prefix}{fl.name}"
+        if dataclasses.is_dataclass(value):
+            _check_bounds(value, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check_bounds(item, f"{key}.{i}.")
+                elif "max" in fl.metadata and isinstance(item, int | float) and item > fl.metadata["max"]:
+                    raise ConfigError(f"{key}.{i}: at most {fl.metadata['max']:_}, got {item:_}")
+        elif "max" in fl.metadata and isinstance(value, int | float) and value > fl.metadata["max"]:
+            raise ConfigError(f"{key}: at most {fl.metadata['max']:_} (a bound against exhausting memory; "
+                              f"see `gvae-dist config --explain`), got {value:_}")
+
+
+def _check_run_name(run: RunConfig) -> None:
+    """``run.name`` names a directory inside ``run.output_dir``, never outside (nor the output
+    directory itself, which holds the shared MLflow store and Ray storage)."""
+    name = run.name
+    where = f"run.name: {name!r}"
+    if not name.strip() or Path(name).is_absolute() or name.startswith("~"):
+        raise ConfigError(f"{where} must be a relative name inside run.output_dir ({run.output_dir}), "
+                          "e.g. 'beta4-seed0'; set the parent directory with run.output_dir")
+    parts = Path(name).parts
+    if ".." in parts or not parts or parts == (".",):
+        raise ConfigError(f"{where} may not contain '..' (or be '.'): the run directory must stay inside "
+                          f"run.output_dir ({run.output_dir}); set the parent directory with run.output_dir")
+    out = Path(run.output_dir).expanduser().resolve()
+    target = (out / name).resolve()  # follows symlinks already on disk
+    if target == out or out not in target.parents:
+        raise ConfigError(f"{where} resolves to {target}, outside run.output_dir ({out}) (a symlink?); "
+                          "pick another run.name")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks; raises ConfigError naming the key."""
+    _check_bounds(cfg)
+    _check_run_name(cfg.run)
     d, o, p = cfg.data, cfg.optim, cfg.pairing
     for key, val in [("data.num_train", d.num_train), ("data.num_eval", d.num_eval),
                      ("data.shuffle_buffer", d.shuffle_buffer),
@@ -394,13 +458,45 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size:_} bytes, more than a {what} may hold ({MAX_CONFIG_BYTES:_}); "
+                          "is this the right file?")
+    data = _safe_load(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Values in ``node`` with every shared (aliased) sub-tree counted at each use, as merging and
+    building the config would copy them; linear in the distinct objects (``memo``)."""
+    if not isinstance(node, dict | list):
+        return 1
+    if id(node) not in memo:
+        memo[id(node)] = 0  # a recursive alias (`&a [*a]`) counts once instead of looping
+        items = node.values() if isinstance(node, dict) else node
+        memo[id(node)] = 1 + sum(_expanded_size(v, memo) for v in items)
+    return memo[id(node)]
+
+
+def _safe_load(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses documents whose aliases expand past
+    :data:`MAX_CONFIG_NODES` values ("billion laughs"): PyYAML shares aliased objects, but the
+    ``extends`` merge, the overrides and the dataclasses copy them out in full."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    _check_expansion(data, where)
+    return data
+
+
+def _check_expansion(data: Any, where: str) -> None:
+    size = _expanded_size(data, {})
+    if size > MAX_CONFIG_NODES:
+        raise ConfigError(f"{where}: its YAML aliases (*name) expand to {size:_} values, more than "
+                          f"{MAX_CONFIG_NODES:_}; write the values out or use fewer nested aliases")
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -435,27 +531,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
+        _check_expansion(value, f"--set {key}")
         parts = key.strip().split(".")
         node: Any = data
-        for depth, part in enumerate(parts[:-1]):
-            nxt = node[int(part)] if isinstance(node, list) and part.isdigit() else None
+        for depth, part in enumerate(parts):
             if isinstance(node, list):
-                if nxt is None:
-                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is out of range")
-                node = nxt
+                if not part.isdigit():
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a list; use an index "
+                                      f"0..{len(node) - 1} for {part!r}")
+                if int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: index {part} is out of range: "
+                                      f"{'.'.join(parts[:depth])} has {len(node)} entries (0..{len(node) - 1}); "
+                                      "set the whole list to add entries, e.g. --set 'partitions=[...]'")
+                if depth == len(parts) - 1:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
                 continue
-            if part == "partitions" and part not in node:
-                node[part] = [dataclasses.asdict(pc) for pc in _default_partitions()]
-            node = node.setdefault(part, {})
-        last = parts[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise ConfigError(f"--set {key}: index {last} is out of range")
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a section")
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                if part == "partitions" and part not in node:
+                    node[part] = [dataclasses.asdict(pc) for pc in _default_partitions()]
+                node = node.setdefault(part, {})
     return data
 
 
@@ -465,12 +565,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(apply_overrides(data, overrides or []))
 
 
+# userinfo of any scheme://user:password@host (also a token alone as user), and query values
+# whose names say they are secrets (?token=..., &X-Amz-Signature=..., &password=...)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/@:?#]*)(?::(?P<pw>[^\s/@?#]*))?@")
+_SECRET_QUERY = re.compile(r"(?P<name>[?&;][^=&\s#]*(?:token|passw|secret|signature|sig|key|credential|auth)"
+                           r"[^=&\s#]*=)(?P<value>[^&\s#]+)", re.IGNORECASE)
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the credentials of every URI in it masked: ``http://user:pw@host`` ->
+    ``http://user:***@host``, ``https://TOKEN@host`` -> ``https://***@host``, secret-named query
+    values -> ``***``. Idempotent; text without credentials comes back unchanged. Use it wherever
+    a URI (or an error message that may quote one) is logged, saved or printed."""
+    def userinfo(m: re.Match) -> str:
+        if m["pw"] is not None:
+            return f"{m['scheme']}{m['user']}:***@"
+        return f"{m['scheme']}***@" if m["user"] not in ("", "***") else m[0]
+
+    return _SECRET_QUERY.sub(lambda m: f"{m['name']}***", _USERINFO.sub(userinfo, text))
+
+
+def redact(data: Any) -> Any:
+    """A copy of a config dict (or list, or value) with :func:`redact_uri` applied to every
+    string that holds a URI: tracking.uri, data paths, storage_path, addresses."""
+    if isinstance(data, dict):
+        return {k: redact(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    if isinstance(data, str) and "://" in data:
+        return redact_uri(data)
+    return data
+
+
+def config_yaml(cfg: Config) -> str:
+    """The config as it is written to disk (run dir, checkpoints): YAML, credentials redacted."""
+    return yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config as YAML (``load_config`` reads it back to the same Config)."""
+    """Write the resolved config as YAML (``load_config`` reads it back to the same Config,
+    except for credentials in URIs, which are redacted)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.write_text(config_yaml(cfg))
     tmp.replace(path)
     return path
 
@@ -487,5 +625,7 @@ def explain(cls: type = Config, prefix: str = "") -> list[str]:
             lines.append(f"{key}  (list of {{name, size, factors}})  named contiguous latent blocks")
             lines += explain(PartitionConfig, key + ".N.")
         else:
-            lines.append(f"{key}  ({_type_name(tp)}, default {getattr(defaults, fl.name)!r})  {fl.metadata.get('doc', '')}")
+            bound = f", max {fl.metadata['max']:_}" if "max" in fl.metadata else ""
+            lines.append(f"{key}  ({_type_name(tp)}, default {getattr(defaults, fl.name)!r}{bound})  "
+                         f"{fl.metadata.get('doc', '')}")
     return lines

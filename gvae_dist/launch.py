@@ -5,9 +5,11 @@
 sets up (``Accelerator(cpu=True)`` on CPU workers, see ``train.py``).
 
 - Cluster: ``distributed.address`` or ``$RAY_ADDRESS`` (set by ``ray job submit``) joins that
-  cluster; otherwise a private local cluster is started with its own temp dir, no dashboard and
-  exactly the CPUs of this machine, and shut down afterwards. Nothing attaches to another Ray on
-  the machine by accident.
+  cluster; otherwise a private local cluster is started with exactly the CPUs of this machine,
+  and shut down afterwards. Nothing attaches to another Ray on the machine by accident. The
+  private cluster is for this user on this machine only: loopback node IP (every Ray server
+  binds 127.0.0.1), a fresh token (0600) and Ray's temp dir in one 0700 directory, dashboard on
+  127.0.0.1, no metrics export port (``_connect``).
 - Resources are checked before ``fit()``: an unsatisfiable ``ScalingConfig`` would otherwise
   wait forever.
 - Run identity: ``RunConfig(name=run.name, storage_path=distributed.storage_path or
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gvae_dist.checkpoint import Candidate, local_candidates
-from gvae_dist.config import Config, ConfigError, config_from_dict
+from gvae_dist.config import Config, ConfigError, config_from_dict, redact_uri
 from gvae_dist.rundir import METRICS_FILE, RESTORE_DIR, clear_leftovers
 from gvae_dist.train import (
     Interrupted,
@@ -170,8 +172,31 @@ def resolve_config(cfg: Config) -> Config:
     if cfg.run.stop_file:
         data["run"]["stop_file"] = str(Path(cfg.run.stop_file).expanduser().resolve())
     if cfg.tracking.enabled:
-        data["tracking"]["uri"] = cfg.tracking.uri or default_tracking_uri(out)
+        uri = cfg.tracking.uri or default_tracking_uri(out)
+        # a URI with credentials stays out of the config (which is shipped, saved and logged):
+        # the driver reads it where it came from, the workers from their environment (worker_env)
+        data["tracking"]["uri"] = uri if redact_uri(uri) == uri else cfg.tracking.uri
     return config_from_dict(data)
+
+
+def _secret_tracking_uri(cfg: Config) -> str | None:
+    """The tracking URI when it carries credentials (from ``tracking.uri`` or
+    ``$MLFLOW_TRACKING_URI``), else None."""
+    from gvae_dist.tracking import tracking_uri
+
+    if not cfg.tracking.enabled:
+        return None
+    uri = tracking_uri(cfg)
+    return uri if redact_uri(uri) != uri else None
+
+
+def _shipped_config(cfg: Config) -> dict[str, Any]:
+    """The config dict the workers get: no credentials (they find the tracking URI in
+    ``$MLFLOW_TRACKING_URI``, set by :func:`worker_env`)."""
+    data = cfg.to_dict()
+    if _secret_tracking_uri(cfg):
+        data["tracking"]["uri"] = None
+    return data
 
 
 def local_cpus() -> int:
@@ -225,9 +250,77 @@ def _run_exists(storage: str, name: str) -> bool:
     return fs.get_file_info(f"{root.rstrip('/')}/{name}").type != pyarrow.fs.FileType.NotFound
 
 
+# Environment of a private local cluster (see _private_session); restored by _disconnect.
+_SESSION_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS",
+                "RAY_enable_metrics_collection", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+_saved_env: dict[str, str | None] = {}
+_saved_cluster_flag: list[bool] = []
+
+
+def _single_node_loopback(on: bool) -> None:
+    """Ray's single-node mode (its default on macOS/Windows): ``ray.init`` turns a node IP of
+    127.0.0.1 into this machine's network address, and every Ray gRPC server (GCS, raylet,
+    object manager, workers, agents) then listens on all interfaces; in this mode the node IP
+    stays 127.0.0.1 and they bind it. Ray reads the flag at import (``ray_constants``), so the
+    loaded module is switched too; ``on=False`` restores it."""
+    from ray._private import ray_constants
+
+    if on:
+        _saved_cluster_flag.append(ray_constants.ENABLE_RAY_CLUSTER)
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    elif _saved_cluster_flag:
+        ray_constants.ENABLE_RAY_CLUSTER = _saved_cluster_flag.pop()
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray re-read ``RAY_AUTH_MODE`` and the token: both are cached on first
+    use, and a process may already have used another cluster (a test suite, a notebook)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+        from ray._raylet import Config as RayConfig
+    except ImportError:  # a Ray without token authentication: nothing cached
+        return
+    RayConfig.initialize("")  # before the cache reset, as Ray's own tests do
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _private_session(dashboard_port: int) -> Path:
+    """A private directory for a local cluster: ``<tmp>/gvae-ray-XXXX`` (0700, short: Ray puts
+    Unix sockets under it) holding a fresh token (``auth_token``, 0600) and Ray's temp dir
+    (``r``). Sets the environment the cluster's processes inherit: token auth with that token
+    (never Ray's shared ``~/.ray/auth_token``), metrics collection off (its Prometheus port
+    answers anyone who can connect), and the state API pinned to our dashboard."""
+    import secrets
+
+    session = Path(tempfile.mkdtemp(prefix="gvae-ray-"))  # mkdtemp: mode 0700
+    token = session / "auth_token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    (session / "r").mkdir(mode=0o700)
+    _saved_env.update({k: os.environ.get(k) for k in _SESSION_ENV})
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    # The dashboard serves the state API that Ray Train V2's placement-group cleaner polls
+    # (without it, it warns every second). The cleaner finds the API by auto-detection, which
+    # picks the newest of *all* Ray clusters on the machine and can then declare our controller
+    # dead and remove our workers' placement group: pin it to ours.
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
+                      RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dashboard_port}",
+                      RAY_enable_metrics_collection="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    _single_node_loopback(True)
+    _reload_ray_auth()
+    return session
+
+
 def _connect(cfg: Config) -> str | None:
-    """Join the configured cluster or start a private local one; returns the temp dir of a
-    cluster this call started (to clean up), else None."""
+    """Join the configured cluster or start a private local one; returns the session dir of a
+    cluster this call started (to clean up), else None.
+
+    The private cluster is reachable from this machine's loopback only and by this user only:
+    node IP 127.0.0.1 (GCS, raylet, object manager, workers and dashboard bind 127.0.0.1), token
+    authentication with a per-cluster token in a 0700 directory (:func:`_private_session`), Ray's
+    temp dir (logs, sockets, spilled objects) in there too, so out of other users' reach although
+    Ray makes it 0777 itself, no metrics export port."""
     import ray
 
     if ray.is_initialized():  # the caller (a test, a Tune trial) chose the cluster
@@ -240,36 +333,51 @@ def _connect(cfg: Config) -> str | None:
 
     # check before paying for a cluster start
     check_resources(cfg, [{"CPU": float(local_cpus()), "GPU": float(torch.cuda.device_count())}])
-    temp_dir = tempfile.mkdtemp(prefix="gvae-ray-")  # short: Ray puts Unix sockets in it
-    # The dashboard serves the state API that Ray Train V2's placement-group cleaner polls
-    # (without it, it warns every second); keep it on loopback. The cleaner finds the API by
-    # auto-detection, which picks the newest of *all* Ray clusters on the machine and can then
-    # declare our controller dead and remove our workers' placement group: pin it to ours
-    # (the cluster's processes inherit this environment).
     port = free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ctx = ray.init(address="local", num_cpus=local_cpus(), include_dashboard=True,
-                   dashboard_host="127.0.0.1", dashboard_port=port, _temp_dir=temp_dir,
-                   log_to_driver=True)
+    session = _private_session(port)
+    temp_dir = session / "r"
+    try:
+        ctx = ray.init(address="local", num_cpus=local_cpus(), include_dashboard=True,
+                       dashboard_host="127.0.0.1", dashboard_port=port, _temp_dir=str(temp_dir),
+                       _node_ip_address="127.0.0.1", log_to_driver=True)
+    except BaseException:
+        _disconnect(str(session), keep_logs=True)
+        raise
+    # Ray opens its temp, session, socket and log dirs to everyone (0777), again in every worker
+    # process it starts (ray/_private/node.py, try_make_directory_shared), so a chmod here would
+    # not last: the 0700 session dir around them is what keeps other users out.
+    node_ip = ctx.address_info.get("node_ip_address")
+    if node_ip != "127.0.0.1":  # a Ray version that ignores the single-node flag
+        warnings.warn(f"the private Ray cluster runs on node IP {node_ip}, not 127.0.0.1: its services "
+                      "may be reachable from the network (token authentication is on)", RuntimeWarning,
+                      stacklevel=2)
     print(f"[gvae-dist] local Ray cluster (temp dir {temp_dir}); dashboard http://{ctx.dashboard_url}",
           flush=True)
-    return temp_dir
+    return str(session)
 
 
-def _disconnect(temp_dir: str | None, keep_logs: bool = False) -> None:
-    """Undo :func:`_connect`: shut down the private local cluster it started (``temp_dir``; None:
-    a cluster someone else chose, left alone) and remove its temp dir, or with ``keep_logs``
-    keep it and say where."""
-    if temp_dir is None:
+def _disconnect(session: str | None, keep_logs: bool = False) -> None:
+    """Undo :func:`_connect`: shut down the private local cluster it started (``session``; None:
+    a cluster someone else chose, left alone), restore the environment and remove its session
+    dir, or with ``keep_logs`` keep the logs (the token is removed either way) and say where."""
+    if session is None:
         return
     import ray
 
     ray.shutdown()
-    os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+    for key, value in _saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _saved_env.clear()
+    _single_node_loopback(False)
+    _reload_ray_auth()
     if keep_logs:
-        print(f"[gvae-dist] Ray logs kept in {temp_dir}", flush=True)
+        (Path(session) / "auth_token").unlink(missing_ok=True)
+        print(f"[gvae-dist] Ray logs kept in {session}", flush=True)
     else:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(session, ignore_errors=True)
 
 
 def _per_worker(cfg: Config) -> dict[str, float]:
@@ -286,10 +394,15 @@ def worker_env(cfg: Config) -> dict[str, str]:
       a thread, whose glibc arena deletes every heap that becomes free (``M_TRIM_THRESHOLD``
       does not cover that), so the activations were page-faulted back every step (48k faults/s);
       one arena keeps them (docs/performance.md).
+    - ``MLFLOW_TRACKING_URI`` when the tracking URI carries credentials: they travel in the
+      environment, never in the config the workers save and log (:func:`_shipped_config`).
     """
     env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     if not cfg.distributed.use_gpu and cfg.run.retain_freed_memory:
         env["MALLOC_ARENA_MAX"] = "1"
+    secret = _secret_tracking_uri(cfg)
+    if secret:
+        env["MLFLOW_TRACKING_URI"] = secret
     return env
 
 
@@ -303,7 +416,7 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
     d = cfg.distributed
     return TorchTrainer(
         _train_worker,
-        train_loop_config={"config": cfg.to_dict(), "tracking_run_id": run_id},
+        train_loop_config={"config": _shipped_config(cfg), "tracking_run_id": run_id},
         scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=d.use_gpu, resources_per_worker=_per_worker(cfg)),
         run_config=RunConfig(name=cfg.run.name, storage_path=d.storage_path, callbacks=callbacks,
                              failure_config=FailureConfig(max_failures=d.max_failures),
@@ -318,7 +431,6 @@ def launch(cfg: Config) -> TrainResult:
     from gvae_dist.optional import require
 
     ray = require("ray", "distributed.workers > 0 (gvae-dist train --workers N: Ray Train)")
-
     _validate(cfg)
     cfg = resolve_config(cfg)
     with claim_run_dir(cfg.run_dir()):  # held until the run ends: one run per run directory
@@ -337,7 +449,7 @@ def _last_logged_step(run_dir: Path) -> int | None:
 
 
 def _launch(cfg: Config, ray) -> TrainResult:
-    from gvae_dist.tracking import close_run, open_run
+    from gvae_dist.tracking import close_run, open_run, tracking_uri
 
     d, storage, name = cfg.distributed, cfg.distributed.storage_path, cfg.run.name
     exists = _run_exists(storage, name)
@@ -356,16 +468,16 @@ def _launch(cfg: Config, ray) -> TrainResult:
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         check_resources(cfg, nodes)
-        if len(nodes) > 1 and cfg.tracking.enabled and cfg.tracking.uri.startswith("sqlite:"):
+        if len(nodes) > 1 and cfg.tracking.enabled and tracking_uri(cfg).startswith("sqlite:"):
             warnings.warn(f"tracking.uri={cfg.tracking.uri} is a file on this machine, but rank 0 may "
                           "run on another node (then the run is not tracked): use a tracking server "
                           "(ops/mlflow_server.sh) or a path on a shared filesystem", RuntimeWarning,
                           stacklevel=2)
-        run_key = f"{storage}/{name}"
+        run_key = redact_uri(f"{storage}/{name}")  # an MLflow tag and printed
         run_id = open_run(cfg, run_key, reuse=exists)
         print(f"[gvae-dist] Ray Train: {d.workers} worker(s) x {_per_worker(cfg)} on "
               f"{ray.get_runtime_context().gcs_address}; {'resuming' if exists else 'new'} run "
-              f"{run_key}; MLflow run {run_id} at {cfg.tracking.uri if cfg.tracking.enabled else '-'}",
+              f"{run_key}; MLflow run {run_id} at {redact_uri(tracking_uri(cfg)) if cfg.tracking.enabled else '-'}",
               flush=True)
         trainer = build_trainer(cfg, run_id)
         try:

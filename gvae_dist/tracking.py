@@ -21,6 +21,11 @@ run is sent each metric only for steps after the last one it holds for that key 
 second point for a step logged twice), so a resume from a checkpoint older than the crash does not
 log the steps in between twice; ``run/*`` bookkeeping metrics are always sent.
 
+Credentials: a tracking URI may carry them (``http://user:password@host``, as
+``$MLFLOW_TRACKING_URI`` often does). Params, warnings and printed lines go through
+:func:`gvae_dist.config.redact_uri`; the saved config is redacted by ``config_yaml``; Ray
+workers get the real URI in their environment, not in their config (``launch.worker_env``).
+
 Also here: the reconstruction and latent-traversal grids logged as PNG artifacts.
 """
 
@@ -34,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gvae_dist.config import redact, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,8 @@ def _client(uri: str):
 
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if redact_uri(uri) != uri:  # MLflow prints "View run at <URI>" on every run end, credentials included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).resolve().parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
@@ -116,8 +125,9 @@ def _experiment_id(client, uri: str, experiment: str) -> str:
 
 
 def _warn(what: str, exc: Exception) -> None:
-    warnings.warn(f"MLflow {what} failed ({type(exc).__name__}: {exc}); training continues without "
-                  "tracking", RuntimeWarning, stacklevel=3)
+    # MLflow's errors quote the request URL, credentials included
+    warnings.warn(f"MLflow {what} failed ({type(exc).__name__}: {redact_uri(str(exc))}); training continues "
+                  "without tracking", RuntimeWarning, stacklevel=3)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -219,7 +229,7 @@ class MLflowTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+        items = [Param(k, str(v)[:6000]) for k, v in _flatten(redact(params)).items()]
         for i in range(0, len(items), 100):
             self._call(self._client.log_batch, self.run_id, [], items[i : i + 100])
 

@@ -50,7 +50,7 @@ from gvae_dist.checkpoint import (
     save_checkpoint,
     set_aside,
 )
-from gvae_dist.config import Config, ConfigError, config_from_dict, save_config
+from gvae_dist.config import Config, ConfigError, config_from_dict, config_yaml, save_config
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
 from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, PairingPlan, make_pairs
 from gvae_dist.data.partners import build_partners
@@ -461,7 +461,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                      "step": at_step, "rng": rng_all, "data": data_all,
                      "tracking_run_id": tracker.run_id, "world_size": world}
             path = save_checkpoint(run_dir / "checkpoints", at_step, state,
-                                   yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                                   config_yaml(cfg),
                                    keep=cfg.run.keep_checkpoints,
                                    meta={"metrics": metrics, "param_digests": digests,
                                          "resume_fingerprint": resume_fingerprint(cfg)})

@@ -209,7 +209,7 @@ def _trial(config: dict[str, Any], space: Space, sweep: str, extra: list[str], p
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from gvae_dist.launch import _run_exists, build_trainer
-    from gvae_dist.tracking import _client, open_run
+    from gvae_dist.tracking import _client, open_run, tracking_uri
 
     point = {k: config[k] for k in space.params}
     name = f"{sweep}_{tune.get_context().get_trial_id()}"
@@ -218,7 +218,7 @@ def _trial(config: dict[str, Any], space: Space, sweep: str, extra: list[str], p
     exists = _run_exists(storage, name)
     run_id = open_run(cfg, f"{storage}/{name}", reuse=exists)
     if run_id is not None and parent_run_id:
-        client = _client(cfg.tracking.uri)
+        client = _client(tracking_uri(cfg))
         client.set_tag(run_id, PARENT_TAG, parent_run_id)
         client.set_tag(run_id, "gvae_dist.sweep", sweep)
         if not exists:
@@ -238,7 +238,7 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
     from ray import tune
 
     from gvae_dist.launch import _connect, _disconnect, resolve_config
-    from gvae_dist.tracking import _client, open_run
+    from gvae_dist.tracking import _client, open_run, tracking_uri
 
     extra = list(extra or [])
     base = resolve_config(trial_config(space, extra, {}, "x"))
@@ -248,7 +248,7 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
     # ship absolute paths to the trials; the trials' Train runs live next to launch's
     extra = [*extra, f"run.output_dir={base.run.output_dir}",
              f"distributed.storage_path={base.distributed.storage_path}"]
-    if base.tracking.enabled:
+    if base.tracking.enabled and base.tracking.uri:  # None: credentials, kept in the environment
         extra.append(f"tracking.uri={base.tracking.uri}")
     temp_dir = _connect(base)
     t0 = time.perf_counter()
@@ -284,7 +284,7 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
     rows = _rows(space, trials)
     best = _pick(space, rows)
     if parent is not None and not interrupted:
-        client = _client(base.tracking.uri)
+        client = _client(tracking_uri(base))
         if best is not None:
             for k in space.params:
                 client.log_param(parent, f"best.{k}", best[k])

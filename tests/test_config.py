@@ -76,3 +76,98 @@ def test_extends_loop_and_missing_file(tmp_path):
         load_config(tmp_path / "a.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+# --- hostile or out-of-range input (issue 14, items 8, 9, 11) ---------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=.nan", "optim.lr: expected a finite number, got nan"),
+    ("optim.lr=.inf", "optim.lr: expected a finite number, got inf"),
+    ("objective.beta=-.inf", "objective.beta: expected a finite number"),
+    ("optim.betas=[0.9, .nan]", "optim.betas.1: expected a finite number"),
+    ("partitions.5.size=1", "--set partitions.5.size: index 5 is out of range: partitions has 3 entries"),
+    ("partitions.x.size=1", "--set partitions.x.size: partitions is a list; use an index 0..2"),
+    ("optim.batch_size=1000000000", "optim.batch_size: at most 65_536"),
+    ("data.num_train=100000000", "data.num_train: at most 2_000_000"),
+    ("pairing.bank_size=10000000", "pairing.bank_size: at most 262_144"),
+    ("model.channels=[32, 100000]", "model.channels.1: at most 4_096"),
+    ("eval.num_train=10000000", "eval.num_train: at most 200_000"),
+    ("run.name=/tmp/elsewhere", "run.name: '/tmp/elsewhere' must be a relative name inside run.output_dir"),
+    ("run.name=../elsewhere", "run.name: '../elsewhere' may not contain '..'"),
+    ("run.name=a/../../elsewhere", "run.name: 'a/../../elsewhere' may not contain '..'"),
+    ("run.name=.", "run.name: '.'"),
+])
+def test_hostile_values_are_config_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_every_bound_is_documented_and_defaults_are_within_it():
+    from gvae_dist.config import explain
+
+    bounded = [line for line in explain() if ", max " in line]
+    assert {line.split()[0] for line in bounded} >= {
+        "optim.batch_size", "data.num_train", "data.num_eval", "model.latent_dim", "pairing.bank_size",
+        "eval.num_train", "eval.num_test", "eval.batch_size", "data.shuffle_buffer"}
+    assert load_config(None, ["run.name=group/run-1"]).run_dir() == Path("runs/group/run-1")
+
+
+def test_run_name_through_a_symlink_out_of_output_dir_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(ConfigError, match=r"run.name: 'link/x' resolves to .*outside run.output_dir"):
+        load_config(None, [f"run.output_dir={tmp_path / 'out'}", "run.name=link/x"])
+
+
+def _laughs(levels: int, key: str = "a") -> str:
+    """YAML whose last alias expands to 9**levels values in 9 * levels short lines."""
+    lines = [f"{key}0: &{key}0 [1, 2, 3, 4, 5, 6, 7, 8, 9]"]
+    lines += [f"{key}{i}: &{key}{i} [{', '.join([f'*{key}{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_across_extends_is_refused_before_merging(tmp_path):
+    import time
+
+    (tmp_path / "base.yaml").write_text(_laughs(8))  # 468 bytes that would expand to 4.9e8 values
+    (tmp_path / "run.yaml").write_text("extends: base.yaml\nobjective: {beta: 2}\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"base\.yaml: its YAML aliases \(\*name\) expand to [\d_]+ values"):
+        load_config(tmp_path / "run.yaml")
+    assert time.perf_counter() - t0 < 2.0
+    # the same bomb in an override value
+    with pytest.raises(ConfigError, match=r"--set model.channels: its YAML aliases"):
+        load_config(None, ["model.channels=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+                           "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], "
+                           "[*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"])
+    # a few honest aliases still load
+    (tmp_path / "ok.yaml").write_text("optim: &o {lr: 0.001}\nobjective: {beta: 2}\n")
+    assert load_config(tmp_path / "ok.yaml").optim.lr == 0.001
+
+
+def test_oversized_config_file_is_refused_naming_it(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match=r"big\.yaml: 2_000_000 bytes, more than a config file may hold"):
+        load_config(big)
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("http://alice:s3cret@127.0.0.1:5000", "http://alice:***@127.0.0.1:5000"),
+    ("https://tok3n@mlflow.example/x", "https://***@mlflow.example/x"),
+    ("postgresql://u:s3cret@db/mlflow", "postgresql://u:***@db/mlflow"),
+    ("s3://bucket/x?X-Amz-Signature=s3cret&y=1", "s3://bucket/x?X-Amz-Signature=***&y=1"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("sqlite:////tmp/a@b/mlflow.db", "sqlite:////tmp/a@b/mlflow.db"),
+])
+def test_redact_uri(uri, shown):
+    from gvae_dist.config import redact_uri
+
+    assert redact_uri(uri) == shown and redact_uri(shown) == shown
+
+
+def test_saved_config_holds_no_credentials(tmp_path):
+    cfg = load_config(None, ["tracking.uri=http://alice:s3cret@127.0.0.1:5000"])
+    text = save_config(cfg, tmp_path / "config.yaml").read_text()
+    assert "s3cret" not in text and "http://alice:***@127.0.0.1:5000" in text
