@@ -388,13 +388,15 @@ def _check_partition_factors(cfg: Config) -> None:
         raise ConfigError(f"data.path: {exc}") from None
     if names is None:
         return
-    where = (f"the weak labels in {Path(d.path) / 'manifest.json'} (data.path)" if d.source == "shards"
-             else f"the factors of data.source={d.source!r}")
     for i, part in enumerate(cfg.partitions):
         missing = [fac for fac in part.factors if fac not in names["labels"]]
-        if missing:
-            raise ConfigError(f"partitions.{i}.factors ({part.name}): {', '.join(map(repr, missing))} "
-                              f"not among {where}; available: {', '.join(names['labels'])}")
+        if not missing:
+            continue
+        one = len(missing) == 1
+        what = (("a weak label" if one else "weak labels") + f" in {Path(d.path) / 'manifest.json'} (data.path)"
+                if d.source == "shards" else ("a factor" if one else "factors") + f" of data.source={d.source!r}")
+        raise ConfigError(f"partitions.{i}.factors: {', '.join(map(repr, missing))} {'is' if one else 'are'} "
+                          f"not {what}; available: {', '.join(names['labels'])}")
 
 
 # ---------------------------------------------------------------------------------------------
