@@ -105,6 +105,24 @@ def test_valid_metric_names_are_what_an_evaluation_logs(tmp_path):
     assert "eval/informativeness/yaw" in logged and "eval/purity/pose" in logged
 
 
+def test_sweep_whose_trials_all_errored_ends_its_parent_failed(tmp_path):
+    """Tune returns normally when every trial errors; the parent must not end FINISHED then."""
+    from mlflow.tracking import MlflowClient
+
+    from gvae_dist.config import load_config
+    from gvae_dist.tune import _finish_parent
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.create_run(client.create_experiment("e")).info.run_id
+    space = load_space(_space(tmp_path))
+    rows = [{"trial": t, "status": "ERROR", "objective.beta": 1.0, "iters": 0, "step": None, "loss": None,
+             "checkpoint": None} for t in ("a", "b")]
+    _finish_parent(client, parent, space, "sweep", load_config(None, TINY), rows, None, 1.0)
+    run = client.get_run(parent)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["gvae_dist.error"] == "no trial reported a finite loss; statuses: ['ERROR']"
+
+
 def test_tune_overrides_reach_the_space(tmp_path):
     space = load_space(_space(tmp_path), ["tune.num_samples=3", "tune.scheduler.grace_period=4", "optim.steps=7"])
     assert space.num_samples == 3 and space.scheduler["grace_period"] == 4
