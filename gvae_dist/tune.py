@@ -304,6 +304,12 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
         # what each trial reserves: its driver (a Tune actor that only waits on its TorchTrainer)
         # and the Train workers, which do the work
         per_trial = TRIAL_DRIVER_CPUS + d.workers * d.cpus_per_worker
+        workers = f"{d.workers} worker(s) x {d.cpus_per_worker} CPU"
+        if any(k.startswith("distributed.") for k in space.params):  # the largest trial bounds it
+            sized = [trial_config(space, extra, point, "x").distributed for point in _corners(space.params)]
+            c = max(sized, key=lambda c: c.workers * c.cpus_per_worker)
+            per_trial = TRIAL_DRIVER_CPUS + c.workers * c.cpus_per_worker
+            workers = f"up to {c.workers} worker(s) x {c.cpus_per_worker} CPU"
         fits = max(1, int(cpus // per_trial))
         concurrent = min(fits, space.max_concurrent) if space.max_concurrent else fits
         restoring = tune.Tuner.can_restore(exp_path)
@@ -322,8 +328,8 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
                                                          callbacks=callbacks, verbose=1))
         print(f"[gvae-dist] sweep {sweep}: {space.num_trials()} trial(s), {min(concurrent, space.num_trials())} "
               f"at a time on {cpus:g} CPUs; each trial reserves {per_trial:g} CPUs: "
-              f"{TRIAL_DRIVER_CPUS} for its driver (idle while its run trains) + {d.workers} worker(s) x "
-              f"{d.cpus_per_worker} CPU; MLflow parent run {parent}", flush=True)
+              f"{TRIAL_DRIVER_CPUS} for its driver (idle while its run trains) + {workers}; "
+              f"MLflow parent run {parent}", flush=True)
         grid = tuner.fit()
         seconds = time.perf_counter() - t0
         trials = grid._experiment_analysis.trials
