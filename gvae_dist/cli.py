@@ -1,7 +1,7 @@
 """The ``gvae-dist`` command: a small surface over the config tree.
 
     gvae-dist train  --config FILE [--set key=value ...] [--workers N] [--address ADDR]
-    gvae-dist eval   --checkpoint DIR [--set key=value ...]
+    gvae-dist eval   --checkpoint DIR [--json] [--set key=value ...]
     gvae-dist config --config FILE [--set ...] [--explain]
     gvae-dist data build --source faces|shapes|dsprites|3dshapes|folder --out DIR [--num N]
                          [--format png|jpg] [--shard-size K] [--workers W] [--input PATH]
@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join (sets distributed.address)")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: DCI, partition purity, MIG, SAP")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (runs/<name>/checkpoints/step_N)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (runs/<name>/checkpoints/step_N), "
+                                                       "or a run directory (runs/<name>: its newest checkpoint)")
     p.add_argument("--out", help="output directory (default: <run dir>/eval)")
+    p.add_argument("--json", action="store_true", help="print the headline numbers as JSON instead of a summary")
     _add_config_args(p)
 
     p = sub.add_parser("config", help="print the resolved config, or --explain every key")
@@ -208,14 +210,26 @@ def _print_data_summary(cfg, run_dir: Path) -> None:
 
 
 def cmd_eval(args) -> int:
-    from gvae_dist.eval_runner import evaluate_checkpoint
+    from gvae_dist.eval_runner import (
+        default_out_dir,
+        evaluate_checkpoint,
+        format_summary,
+        resolve_checkpoint,
+    )
 
-    ckpt = Path(args.checkpoint)
-    cfg = load_config(ckpt / "config.yaml", args.overrides) if (ckpt / "config.yaml").is_file() else None
-    if cfg is None:
-        raise ConfigError(f"--checkpoint {ckpt}: no config.yaml there; is this a checkpoint directory?")
-    result = evaluate_checkpoint(ckpt, cfg, args.out)
-    print(json.dumps({k: v for k, v in result.items() if isinstance(v, int | float | str)}, indent=2))
+    ckpt = resolve_checkpoint(args.checkpoint)
+    cfg = load_config(ckpt / "config.yaml", args.overrides)
+    out = Path(args.out) if args.out else default_out_dir(ckpt)
+    result = evaluate_checkpoint(ckpt, cfg, out)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if isinstance(v, int | float | str)}, indent=2))
+        return 0
+    print(f"[gvae-dist] evaluated {ckpt} on {cfg.eval.num_train} + {cfg.eval.num_test} held-out codes "
+          f"(fit + score, eval.num_train / eval.num_test)")
+    for line in format_summary(result):
+        print(f"  {line}")
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    print(f"[gvae-dist] wrote to {out}: {', '.join(files)}")
     return 0
 
 

@@ -429,15 +429,7 @@ def validate(cfg: Config) -> None:
     if p.shared_factor > 0 and not any(part.factors for part in cfg.partitions):
         raise ConfigError("pairing.shared_factor > 0 but no partition lists factors: give a partition "
                           "`factors: [...]` or set pairing.shared_factor: 0")
-    if d.source in ("faces", "shapes"):
-        from gvae_dist.data.synthetic import FACTOR_SPECS
-
-        known = [s.name for s in FACTOR_SPECS[d.source]]
-        for i, part in enumerate(cfg.partitions):
-            for fac in part.factors:
-                if fac not in known:
-                    raise ConfigError(f"partitions.{i}.factors: {fac!r} is not a factor of data.source="
-                                      f"{d.source!r}; factors are {known}")
+    _check_partition_factors(cfg)
     if o.mixed_precision == "fp16" and cfg.run.device == "cpu":
         raise ConfigError("optim.mixed_precision: fp16 needs a GPU; use 'bf16' or 'no' on CPU")
     from gvae_dist.objective import validate_objective
@@ -446,6 +438,29 @@ def validate(cfg: Config) -> None:
         validate_objective(cfg.objective)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_partition_factors(cfg: Config) -> None:
+    """Partitions name weak labels the data has: the built-in generators' factors, or the labels
+    in the manifest at data.path (checked when it is readable here, before any data is loaded)."""
+    from gvae_dist.data.shards import source_names
+
+    d = cfg.data
+    try:
+        names = source_names(d)
+    except ValueError as exc:  # a manifest that is there but unreadable
+        raise ConfigError(f"data.path: {exc}") from None
+    if names is None:
+        return
+    for i, part in enumerate(cfg.partitions):
+        missing = [fac for fac in part.factors if fac not in names["labels"]]
+        if not missing:
+            continue
+        one = len(missing) == 1
+        what = (("a weak label" if one else "weak labels") + f" in {Path(d.path) / 'manifest.json'} (data.path)"
+                if d.source == "shards" else ("a factor" if one else "factors") + f" of data.source={d.source!r}")
+        raise ConfigError(f"partitions.{i}.factors: {', '.join(map(repr, missing))} {'is' if one else 'are'} "
+                          f"not {what}; available: {', '.join(names['labels'])}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import torch
 from gvae_dist.config import Config
 from gvae_dist.data.loader import load_eval_arrays
 
-__all__ = ["encode", "eval_steps", "evaluate_model", "evaluate_checkpoint", "heldout_elbo", "summarize"]
+__all__ = ["default_out_dir", "encode", "eval_steps", "evaluate_model", "evaluate_checkpoint", "format_summary",
+           "heldout_elbo", "metric_names", "resolve_checkpoint", "summarize"]
 
 
 @torch.no_grad()
@@ -150,9 +151,61 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+HEADLINE = ("disentanglement", "completeness", "informativeness", "informativeness_error", "dci_mean")
+
+
+def metric_names(cfg: Config, factor_names: list[str]) -> list[str]:
+    """The numeric keys of an evaluation result (:func:`summarize` + :func:`heldout_elbo`), which
+    a training run logs as ``eval/<name>``, for ``cfg`` on data whose factors are ``factor_names``."""
+    spec = cfg.partition_spec()
+    names = [*HEADLINE, *(f"all/{k}" for k in HEADLINE), *(f"informativeness/{f}" for f in factor_names),
+             "mig", "sap", "partition_disentanglement", "partition_completeness"]
+    owned = [p.name for p in spec if any(f in factor_names for f in p.factors)]
+    if owned:
+        names += ["partition_purity", *(f"purity/{name}" for name in owned), "purity_mean"]
+    return [*names, "neg_elbo", "recon", "kl"]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory ``path`` names: a checkpoint itself, or a run directory (or its
+    ``checkpoints/`` folder, or a Ray run directory holding ``step_*`` copies): its newest
+    checkpoint. ``FileNotFoundError`` naming the path and the checkpoints that do exist nearby."""
+    from gvae_dist.checkpoint import CONFIG_FILE, STATE_FILE, latest_checkpoint, list_checkpoints
+
+    p = Path(path)
+    if (p / CONFIG_FILE).is_file() and (p / STATE_FILE).is_file():
+        return p
+    for root in (p / "checkpoints", p):
+        found = latest_checkpoint(root)
+        if found is not None:
+            return found
+    # what is there: the checkpoints of the nearest existing run directory above the path
+    for above in (p.parent, p.parent.parent):
+        for root in (above / "checkpoints", above):
+            listed = list_checkpoints(root)
+            if listed:
+                what = "does not exist" if not p.exists() else "is not a checkpoint (no config.yaml + state.pt)"
+                raise FileNotFoundError(f"{p} {what}; checkpoints under {root}: "
+                                        f"{', '.join(c.name for c in listed)}")
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist; give a checkpoint directory "
+                                "(runs/<name>/checkpoints/step_N) or a run directory (runs/<name>)")
+    raise FileNotFoundError(f"{p} holds no checkpoint: neither config.yaml + state.pt nor "
+                            "checkpoints/step_* with meta.json; give runs/<name> or runs/<name>/checkpoints/step_N")
+
+
+def default_out_dir(checkpoint: Path) -> Path:
+    """``<run dir>/eval``: runs/<name>/eval for runs/<name>/checkpoints/step_N, and
+    runs/ray/<name>/eval for Ray Train's copy runs/ray/<name>/step_N."""
+    ckpt = Path(checkpoint)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run_dir / "eval"
+
+
 def evaluate_checkpoint(checkpoint: str | Path, cfg: Config | None = None, out_dir: str | Path | None = None,
                         device: str = "cpu") -> dict[str, Any]:
-    """Load a checkpoint directory (its own config unless ``cfg`` is given) and evaluate it."""
+    """Load a checkpoint directory (its own config unless ``cfg`` is given) and evaluate it;
+    writes into ``out_dir`` (default :func:`default_out_dir`)."""
     from gvae_dist.checkpoint import load_checkpoint
     from gvae_dist.config import load_config
     from gvae_dist.train import build_model
@@ -163,4 +216,28 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Config | None = None, out_d
     _, _, info = load_eval_arrays(cfg, limit=1)
     model = build_model(cfg, info.channels).to(device)
     model.load_state_dict(state["model"])
-    return evaluate_model(cfg, model, device, out_dir or ckpt.parent.parent / "eval")
+    return evaluate_model(cfg, model, device, out_dir or default_out_dir(ckpt))
+
+
+def format_summary(result: dict[str, Any]) -> list[str]:
+    """Readable lines of an evaluation result: DCI headline (targeted, all factors), partition
+    purity, MIG/SAP, held-out -ELBO, informativeness per factor."""
+    def dci(prefix: str) -> str:
+        g = lambda k: result[f"{prefix}{k}"]  # noqa: E731
+        return (f"disentanglement {g('disentanglement'):.3f}  completeness {g('completeness'):.3f}  "
+                f"informativeness {g('informativeness'):.3f} (error {g('informativeness_error'):.3f})  "
+                f"mean {g('dci_mean'):.3f}")
+
+    lines = [f"DCI over targeted factors ({', '.join(result['targeted_factors'])}): {dci('')}",
+             f"DCI over all factors: {dci('all/')}"]
+    if "partition_purity" in result:
+        parts = ", ".join(f"{k.removeprefix('purity/')} {v:.3f}" for k, v in result.items() if k.startswith("purity/"))
+        lines.append(f"partition purity {result['partition_purity']:.3f} (factor-wise); by partition: {parts}")
+    lines.append(f"MIG {result['mig']:.3f}  SAP {result['sap']:.3f}  held-out -ELBO {result['neg_elbo']:.1f} nats "
+                 f"(recon {result['recon']:.1f} + KL {result['kl']:.1f})")
+    measures = result.get("informativeness_measures", {})
+    per = ", ".join(f"{name} {result[f'informativeness/{name}']:.3f} ({measures.get(name, '?')})"
+                    for name in measures if f"informativeness/{name}" in result)
+    if per:
+        lines.append(f"informativeness per factor: {per}")
+    return lines

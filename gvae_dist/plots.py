@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["kl_per_dim", "traversal_figsize", "plot_traversals", "plot_heatmap", "plot_kl",
+__all__ = ["kl_per_dim", "traversal_figsize", "plot_traversals", "heatmap_figure", "plot_heatmap", "plot_kl",
            "plot_side_by_side", "write_eval_plots"]
 
 DPI = 100
@@ -96,16 +96,23 @@ def plot_traversals(model, x_KCHW, spec, path: str | Path, span: float = 3.0, st
 def plot_heatmap(matrix_RF: Any, row_labels: list[str], col_labels: list[str], title: str,
                  path: str | Path) -> Path:
     """Annotated heatmap of a non-negative ``[rows, factors]`` matrix (e.g. DCI importance)."""
+    return _save(heatmap_figure(matrix_RF, row_labels, col_labels, title), path)
+
+
+def heatmap_figure(matrix_RF: Any, row_labels: list[str], col_labels: list[str], title: str):
+    """The figure of :func:`plot_heatmap`. Constrained layout places the axes so that the rotated
+    factor names, the row labels and the title lie inside the fixed-size figure (with the default
+    margins a 2-row partition heatmap cut the names to "itch", "outh")."""
     plt = _pyplot()
     m_RF = np.asarray(matrix_RF, dtype=np.float64)
     if m_RF.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"matrix is {m_RF.shape} but got {len(row_labels)} row and "
                          f"{len(col_labels)} column labels")
     R, F = m_RF.shape
-    fig, ax = plt.subplots(figsize=(0.7 * F + 2.5, 0.4 * R + 1.5), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(0.7 * F + 2.5, 0.4 * R + 1.5), dpi=DPI, layout="constrained")
     im = ax.imshow(m_RF, cmap="viridis", vmin=0.0, vmax=max(float(m_RF.max()), 1e-12), aspect="auto")
     ax.set_xticks(range(F))
-    ax.set_xticklabels(col_labels, rotation=45, ha="right", fontsize=7)
+    ax.set_xticklabels(col_labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=7)
     ax.set_yticks(range(R))
     ax.set_yticklabels(row_labels, fontsize=7)
     for r in range(R):
@@ -114,7 +121,7 @@ def plot_heatmap(matrix_RF: Any, row_labels: list[str], col_labels: list[str], t
                     color="white" if m_RF[r, j] < 0.5 * m_RF.max() else "black")
     fig.colorbar(im, ax=ax)
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
 def plot_kl(kl_D: np.ndarray, spec, path: str | Path) -> Path:

@@ -19,6 +19,7 @@ and tag ``gvae_dist.best_trial``; the child of the best trial is tagged ``gvae_d
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ __all__ = ["Space", "load_space", "run_sweep", "trial_config"]
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
 SEARCHERS = ("random", "optuna")
 PARENT_TAG = "mlflow.parentRunId"
+TRIAL_DRIVER_CPUS = 1
 
 
 @dataclass
@@ -154,7 +156,8 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
         cfg = load_config(base, space.overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: base config: {exc}") from None
-    _check_metric(path, space.metric, cfg)
+    _check_metric(path, space.metric, space.mode, cfg)
+    _check_scheduler(path, sched, cfg)
     for point in _corners(params):
         try:
             _build(space, [], point)
@@ -164,21 +167,63 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
 
 
 TRAIN_METRICS = ("loss", "recon", "kl")
+# the direction in which each reported metric improves (the rest have none: kl, ...)
+LOWER_IS_BETTER = ("loss", "recon", "eval/informativeness_error", "eval/all/informativeness_error",
+                   "eval/neg_elbo", "eval/recon")
 
 
-def _check_metric(path: Path, metric: str, cfg: Config) -> None:
-    """Every Tune report (one per checkpoint) must carry the objective metric, or Tune stops
-    the sweep at the first report without it: eval/* needs an evaluation at every checkpoint."""
+def reported_metrics(cfg: Config) -> list[str] | None:
+    """Every metric a trial reports to Tune at each checkpoint (when eval/* coincides with it):
+    the train loss terms and the ``eval/*`` names of :func:`gvae_dist.eval_runner.metric_names`.
+    None for the per-factor names when the data's factors cannot be read here (no manifest)."""
+    from gvae_dist.data.shards import source_names
+    from gvae_dist.eval_runner import metric_names
+
+    names = source_names(cfg.data)
+    return [*TRAIN_METRICS, *(f"eval/{m}" for m in metric_names(cfg, names["factors"] if names else []))]
+
+
+def _check_metric(path: Path, metric: str, mode: str, cfg: Config) -> None:
+    """The objective metric must be one a trial reports, in every Tune report (one per
+    checkpoint), or Tune ends the sweep after the first trial trained; the mode must improve it."""
+    valid = reported_metrics(cfg)
+    per_factor = metric.startswith("eval/informativeness/") and cfg.data.source == "shards" and \
+        not any(v.startswith("eval/informativeness/") for v in valid)  # shards not readable here
+    if metric not in valid and not per_factor:
+        close = difflib.get_close_matches(metric, valid, n=1)
+        raise _err(path, "metric", f"{metric!r} is not a metric a trial reports"
+                                   + (f" (did you mean {close[0]!r}?)" if close else "")
+                                   + f"; valid metrics: {', '.join(valid)}")
+    best = ("min" if metric in LOWER_IS_BETTER else
+            "max" if metric.startswith("eval/") and metric != "eval/kl" else None)
+    if best and mode != best:
+        raise _err(path, "mode", f"{metric} is better when {'lower' if best == 'min' else 'higher'}: "
+                                 f"set mode: {best} (now {mode})")
     if metric in TRAIN_METRICS:
         return
-    if not metric.startswith("eval/"):
-        raise _err(path, "metric", f"{metric!r} is not reported; use one of {', '.join(TRAIN_METRICS)} or "
-                                   "eval/<name> (eval/dci_mean, eval/partition_purity, eval/neg_elbo, ...)")
     every, ckpt = cfg.eval.every, cfg.run.checkpoint_every
     if not cfg.eval.at_end or not every or ckpt % every:
         raise _err(path, "metric", f"{metric} is reported only when an evaluation coincides with a checkpoint: "
                                    f"set eval.every to run.checkpoint_every ({ckpt}) or a divisor of it "
                                    f"(now {every}) and eval.at_end=true (now {cfg.eval.at_end})")
+
+
+def _check_scheduler(path: Path, sched: dict[str, Any], cfg: Config) -> None:
+    """ASHA's numbers are counts of Tune reports (one per checkpoint)."""
+    for key, kind, low in (("grace_period", int, 1), ("max_t", int, 1), ("reduction_factor", (int, float), 1)):
+        v = sched.get(key)
+        if v is not None and (not isinstance(v, kind) or isinstance(v, bool) or v < low
+                              or (key == "reduction_factor" and v <= 1)):
+            want = "a number > 1" if key == "reduction_factor" else "an integer >= 1"
+            raise _err(path, f"scheduler.{key}", f"{want}, got {v!r}")
+    reports = math.ceil(cfg.optim.steps / cfg.run.checkpoint_every)
+    if sched.get("name") == "asha" and int(sched.get("grace_period", 1)) > int(sched.get("max_t", 100)):
+        raise _err(path, "scheduler.grace_period", f"{sched['grace_period']} is above max_t {sched.get('max_t', 100)}")
+    if sched.get("name") == "asha" and int(sched.get("grace_period", 1)) > reports:
+        raise _err(path, "scheduler.grace_period", f"{sched.get('grace_period', 1)} reports, but a trial reports "
+                                                   f"only {reports} times (optim.steps {cfg.optim.steps} / "
+                                                   f"run.checkpoint_every {cfg.run.checkpoint_every}): ASHA "
+                                                   "would never decide; lower it or checkpoint more often")
 
 
 def _tune_param(spec: dict[str, list]):
@@ -252,10 +297,19 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
         extra.append(f"tracking.uri={base.tracking.uri}")
     temp_dir = _connect(base)
     t0 = time.perf_counter()
+    parent = None
     try:
         cpus = ray.cluster_resources().get("CPU", 1.0)
         d = base.distributed
-        per_trial = 1 + d.workers * d.cpus_per_worker  # the trial's driver + its workers
+        # what each trial reserves: its driver (a Tune actor that only waits on its TorchTrainer)
+        # and the Train workers, which do the work
+        per_trial = TRIAL_DRIVER_CPUS + d.workers * d.cpus_per_worker
+        workers = f"{d.workers} worker(s) x {d.cpus_per_worker} CPU"
+        if any(k.startswith("distributed.") for k in space.params):  # the largest trial bounds it
+            sized = [trial_config(space, extra, point, "x").distributed for point in _corners(space.params)]
+            c = max(sized, key=lambda c: c.workers * c.cpus_per_worker)
+            per_trial = TRIAL_DRIVER_CPUS + c.workers * c.cpus_per_worker
+            workers = f"up to {c.workers} worker(s) x {c.cpus_per_worker} CPU"
         fits = max(1, int(cpus // per_trial))
         concurrent = min(fits, space.max_concurrent) if space.max_concurrent else fits
         restoring = tune.Tuner.can_restore(exp_path)
@@ -263,7 +317,7 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
         parent = open_run(parent_cfg, f"tune:{exp_path}", reuse=restoring)
         # the sweep's fixed arguments stay out of the param space (and of Tune's trial table)
         trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep=sweep, extra=extra,
-                                                             parent_run_id=parent), {"CPU": 1})
+                                                             parent_run_id=parent), {"CPU": TRIAL_DRIVER_CPUS})
         if restoring:
             print(f"[gvae-dist] resuming sweep {exp_path}", flush=True)
             tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -272,36 +326,61 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
                                tune_config=_tune_config(space, concurrent),
                                run_config=tune.RunConfig(name=sweep, storage_path=tune_root,
                                                          callbacks=callbacks, verbose=1))
-        print(f"[gvae-dist] sweep {sweep}: {space.num_samples} sample(s), {concurrent} at a time "
-              f"({per_trial} CPU per trial, {cpus:g} CPUs); MLflow parent run {parent}", flush=True)
+        print(f"[gvae-dist] sweep {sweep}: {space.num_trials()} trial(s), {min(concurrent, space.num_trials())} "
+              f"at a time on {cpus:g} CPUs; each trial reserves {per_trial:g} CPUs: "
+              f"{TRIAL_DRIVER_CPUS} for its driver (idle while its run trains) + {workers}; "
+              f"MLflow parent run {parent}", flush=True)
         grid = tuner.fit()
+        seconds = time.perf_counter() - t0
+        trials = grid._experiment_analysis.trials
+        # Tune returns normally when interrupted (SIGINT/SIGUSR1): trials then are missing or unfinished
+        interrupted = len(trials) < space.num_trials() or any(t.status not in ("TERMINATED", "ERROR")
+                                                              for t in trials)
+        rows = _rows(space, trials)
+        best = _pick(space, rows)
+        if parent is not None and not interrupted:
+            _finish_parent(_client(tracking_uri(base)), parent, space, sweep, base, rows, best, seconds)
+    except BaseException as exc:
+        if parent is not None:  # else the parent stays RUNNING forever in the MLflow UI
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            client = _client(tracking_uri(base))
+            client.set_tag(parent, "gvae_dist.error", f"{type(exc).__name__}: {exc}"[:4000])
+            client.set_terminated(parent, status)
+        raise
     finally:
         _disconnect(temp_dir)
-    seconds = time.perf_counter() - t0
-    trials = grid._experiment_analysis.trials
-    # Tune returns normally when interrupted (SIGINT/SIGUSR1): trials then are missing or unfinished
-    interrupted = len(trials) < space.num_trials() or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
-    rows = _rows(space, trials)
-    best = _pick(space, rows)
-    if parent is not None and not interrupted:
-        client = _client(tracking_uri(base))
-        if best is not None:
-            for k in space.params:
-                client.log_param(parent, f"best.{k}", best[k])
-            client.log_metric(parent, f"best_{space.metric.replace('/', '_')}", best[space.metric])
-            client.set_tag(parent, "gvae_dist.best_trial", best["trial"])
-            # Tune only sees the checkpoint path TuneReportCallback forwards; the run dir always has them
-            ckpt = best.get("checkpoint") or str(Path(base.run.output_dir) / f"{sweep}_{best['trial']}" / "checkpoints")
-            best["checkpoint"] = ckpt
-            client.set_tag(parent, "gvae_dist.best_checkpoint", ckpt)
-            child = _child_of(client, parent, best["trial"], sweep)
-            if child:
-                client.set_tag(child, "gvae_dist.best", "true")
-        client.set_tag(parent, "gvae_dist.summary", format_table(space, rows))
-        client.log_metric(parent, "sweep_seconds", seconds)
-        client.set_terminated(parent, "FINISHED")
     return {"rows": rows, "best": best, "parent_run_id": parent, "interrupted": interrupted,
             "path": exp_path, "seconds": seconds}
+
+
+def _finish_parent(client, parent: str, space: Space, sweep: str, base: Config, rows: list[dict[str, Any]],
+                   best: dict[str, Any] | None, seconds: float) -> None:
+    """The parent run's best-trial params, metric and tags; FINISHED, or FAILED when no trial
+    reached a finite value of the metric (every trial errored)."""
+    from gvae_dist.checkpoint import latest_checkpoint
+
+    if best is not None:
+        for k in space.params:
+            client.log_param(parent, f"best.{k}", best[k])
+        client.log_metric(parent, f"best_{space.metric.replace('/', '_')}", best[space.metric])
+        client.set_tag(parent, "gvae_dist.best_trial", best["trial"])
+        # The newest checkpoint in the trial's run directory (what `gvae-dist eval --checkpoint`
+        # opens, writing next to it into <run dir>/eval); Tune's copy (runs/ray/<run>/step_N) where
+        # the run directory is not on this machine.
+        run_dir = Path(base.run.output_dir) / f"{sweep}_{best['trial']}"
+        found = latest_checkpoint(run_dir / "checkpoints")
+        best["checkpoint"] = str(found) if found else best.get("checkpoint")
+        if best["checkpoint"]:
+            client.set_tag(parent, "gvae_dist.best_checkpoint", best["checkpoint"])
+        child = _child_of(client, parent, best["trial"], sweep)
+        if child:
+            client.set_tag(child, "gvae_dist.best", "true")
+    client.set_tag(parent, "gvae_dist.summary", format_table(space, rows))
+    client.log_metric(parent, "sweep_seconds", seconds)
+    if best is None:
+        client.set_tag(parent, "gvae_dist.error", f"no trial reported a finite {space.metric}; "
+                                                  f"statuses: {sorted({r['status'] for r in rows})}")
+    client.set_terminated(parent, "FINISHED" if best is not None else "FAILED")
 
 
 def _tune_config(space: Space, concurrent: int):

@@ -171,3 +171,26 @@ def test_saved_config_holds_no_credentials(tmp_path):
     cfg = load_config(None, ["tracking.uri=http://alice:s3cret@127.0.0.1:5000"])
     text = save_config(cfg, tmp_path / "config.yaml").read_text()
     assert "s3cret" not in text and "http://alice:***@127.0.0.1:5000" in text
+
+
+def test_partitions_are_checked_against_the_shard_manifest(tmp_path, capsys):
+    """Partitions naming weak labels the shards lack fail in `gvae-dist config` and `train`
+    before any data is read, with the manifest's label names; matching ones pass."""
+    from gvae_dist.cli import main
+    from gvae_dist.config import DataConfig
+    from gvae_dist.data.importers import build_dataset
+    from gvae_dist.data.synthetic import FACTOR_SPECS
+
+    shards = tmp_path / "shapes"
+    build_dataset("shapes", shards, DataConfig(image_size=32), num=20, shard_size=10, progress=False)
+    names = [s.name for s in FACTOR_SPECS["shapes"]]
+    sets = ["--set", "data.source=shards", "--set", f"data.path={shards}"]  # faces' partitions: yaw, ...
+    for cmd in ("config", "train"):
+        assert main([cmd, *sets]) == 2
+        err = capsys.readouterr().err
+        assert (f"partitions.0.factors: 'yaw', 'pitch', 'roll' are not weak labels in "
+                f"{shards / 'manifest.json'} (data.path); available: {', '.join(names)}") in err, err
+    good = f"partitions=[{{name: a, size: 4, factors: [{names[0]}]}}, {{name: rest, size: 6}}]"
+    assert main(["config", *sets, "--set", good]) == 0
+    with pytest.raises(ConfigError, match=r"'pich' is not a factor of data.source='faces'; available: yaw, pitch"):
+        load_config(None, ["partitions=[{name: a, size: 4, factors: [pich]}, {name: rest, size: 6}]"])

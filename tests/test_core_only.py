@@ -78,7 +78,7 @@ def test_train_on_shards_then_eval_without_optional_backends(core_env, tmp_path)
     ckpt = tmp_path / "runs" / "gvae" / "checkpoints" / "step_00000004"
     assert (ckpt / "config.yaml").is_file()
 
-    ev = _cli(core_env, tmp_path, "eval", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ev"),
+    ev = _cli(core_env, tmp_path, "eval", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ev"), "--json",
               "--set", "eval.num_train=24", "--set", "eval.num_test=16")  # the 40 held-out samples
     assert ev.returncode == 0, ev.stderr[-3000:]
     result = json.loads(ev.stdout[ev.stdout.index("{"):])

@@ -11,6 +11,7 @@ from gvae_dist.config import load_config
 from gvae_dist.eval_runner import evaluate_model
 from gvae_dist.plots import (
     DPI,
+    heatmap_figure,
     kl_per_dim,
     plot_heatmap,
     plot_kl,
@@ -56,6 +57,27 @@ def test_pictures_have_the_expected_pixel_size(tmp_path):
 
     path = plot_kl(np.arange(10.0), spec, tmp_path / "k.png")
     assert _png_size(path) == (round((0.4 * 10 + 2.0) * DPI), 300)
+
+
+def test_partition_heatmap_labels_lie_inside_the_image(tmp_path):
+    """The partition heatmap (2 rows) used to cut its rotated factor names ("itch", "outh")."""
+    import matplotlib.pyplot as plt
+
+    names = ["yaw", "pitch", "roll", "mouth", "eyes", "brow", "face_width", "skin_tone", "light"]
+    imp = np.random.default_rng(0).random((2, len(names)))
+    fig = heatmap_figure(imp, ["pose", "expression"], names, "importance summed per partition")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box = fig.bbox
+    texts = [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.title]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    for t in texts:
+        ext = t.get_window_extent()
+        assert box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1, \
+            (t.get_text(), ext, box)
+    plt.close(fig)
+    path = plot_heatmap(imp, ["pose", "expression"], names, "imp", tmp_path / "p.png")
+    assert _png_size(path) == (round((0.7 * 9 + 2.5) * DPI), round((0.4 * 2 + 1.5) * DPI))
 
 
 def test_evaluate_model_writes_the_pictures(tmp_path):

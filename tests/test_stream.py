@@ -20,7 +20,7 @@ import torch
 from gvae_dist.config import DataConfig, load_config
 from gvae_dist.data.importers import build_dataset
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
-from gvae_dist.data.stream import build_stream_loader, choose_backend, epoch_layout
+from gvae_dist.data.stream import build_stream_loader, choose_backend, epoch_layout, train_time_flip
 from gvae_dist.data.synthetic import generate, weak_labels
 
 pytest.importorskip("nvidia.dali", reason="the DALI backend needs nvidia-dali (a project dependency)")
@@ -64,6 +64,29 @@ def _by_key(loader, batches):
         for i, k in enumerate(b.keys):
             out[k] = (b.image[i], b.labels[i], b.factors[i])
     return out
+
+
+def test_label_flip_prob_at_train_time_flips_the_labels_read(png_dir):
+    """Shards built without noise + data.label_flip_prob=0.6 at train time: 0.6 x (1 - 1/3) of the
+    labels change, the same ones in both backends and in every epoch, and another data.seed
+    flips others; a value below the build's noise is refused."""
+    clean = _by_key(_loader(png_dir, "webdataset"), 7)
+    noisy = {b: _by_key(_loader(png_dir, b, 0, 1, 8, "data.label_flip_prob=0.6"), 14) for b in BACKENDS}
+    other = _by_key(_loader(png_dir, "webdataset", 0, 1, 8, "data.label_flip_prob=0.6", "data.seed=1"), 7)
+    keys = sorted(clean)
+    assert sorted(noisy["dali"]) == sorted(noisy["webdataset"]) == keys
+    lab = {b: torch.stack([noisy[b][k][1] for k in keys]) for b in BACKENDS}
+    ref = torch.stack([clean[k][1] for k in keys])
+    assert torch.equal(lab["dali"], lab["webdataset"])
+    assert 0 <= int(lab["dali"].min()) and int(lab["dali"].max()) <= 2  # 3 bins per factor
+    changed = (lab["dali"] != ref).float().mean().item()
+    assert 0.3 < changed < 0.5, changed  # 0.4 expected over 450 labels
+    assert not torch.equal(torch.stack([other[k][1] for k in keys]), lab["webdataset"])
+    assert train_time_flip({"generating_config": {"label_flip_prob": 0.2}}, 0.2, "x") == 0.0
+    assert train_time_flip({"generating_config": {"label_flip_prob": 0.2}}, 0.5, "x") == pytest.approx(0.375)
+    with pytest.raises(ValueError, match=r"data.label_flip_prob=0.1, but the shards at x were built with "
+                                         r"label_flip_prob=0.2 .*cannot be taken out"):
+        train_time_flip({"generating_config": {"label_flip_prob": 0.2}}, 0.1, "x")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -68,13 +68,59 @@ def test_shipped_spaces_load(name):
     ({"search": "optuna"}, r"optuna cannot sample 'grid'"),
     ({"num_samples": 0}, r"num_samples: a positive integer"),
     ({"sampels": 3}, r"sampels: unknown key"),
-    ({"metric": "eval/dci_mean"}, r"metric: eval/dci_mean is reported only when an evaluation coincides"),
-    ({"metric": "elbo"}, r"metric: 'elbo' is not reported"),
+    ({"metric": "eval/dci_mean", "mode": "max"}, r"metric: eval/dci_mean is reported only when an evaluation coincides"),
+    ({"metric": "elbo"}, r"metric: 'elbo' is not a metric a trial reports; valid metrics: loss, recon, kl, "
+                         r"eval/disentanglement, .*eval/informativeness/yaw, .*eval/purity/pose, .*eval/neg_elbo"),
+    ({"metric": "eval/dci_meen", "set": [*TINY, "eval.every=2"]},
+     r"metric: 'eval/dci_meen' is not a metric a trial reports \(did you mean 'eval/dci_mean'\?\); valid"),
+    ({"metric": "eval/dci_mean", "mode": "min", "set": [*TINY, "eval.every=2"]},
+     r"mode: eval/dci_mean is better when higher: set mode: max \(now min\)"),
+    ({"metric": "loss", "mode": "max"}, r"mode: loss is better when lower: set mode: min"),
+    ({"scheduler": {"name": "asha", "grace_period": 0}}, r"scheduler.grace_period: an integer >= 1, got 0"),
+    ({"scheduler": {"name": "asha", "reduction_factor": 1}}, r"scheduler.reduction_factor: a number > 1"),
+    ({"scheduler": {"name": "asha", "grace_period": 11}},
+     r"scheduler.grace_period: 11 reports, but a trial reports only 10 times \(optim.steps 20"),
     ({"set": ["optim.stepz=3"]}, r"base config: optim.stepz: unknown key"),
 ])
 def test_bad_spaces_name_the_file_and_key(tmp_path, over, match):
     with pytest.raises(ConfigError, match=match):
         load_space(_space(tmp_path, **over))
+
+
+def test_valid_metric_names_are_what_an_evaluation_logs(tmp_path):
+    """The names load_space accepts are exactly the numeric keys a real evaluation returns
+    (train_loop logs them as eval/<key>), so the list cannot drift from what runs log."""
+    import torch
+
+    from gvae_dist.config import load_config
+    from gvae_dist.eval_runner import evaluate_model
+    from gvae_dist.train import build_model
+    from gvae_dist.tune import TRAIN_METRICS, reported_metrics
+
+    cfg = load_config(None, [*TINY, "eval.num_train=20", "eval.num_test=20", "data.num_eval=40"])
+    torch.manual_seed(0)
+    result = evaluate_model(cfg, build_model(cfg, 3), "cpu", None, during=True)
+    logged = {f"eval/{k}" for k, v in result.items() if isinstance(v, int | float)}
+    assert set(reported_metrics(cfg)) == logged | set(TRAIN_METRICS)
+    assert "eval/informativeness/yaw" in logged and "eval/purity/pose" in logged
+
+
+def test_sweep_whose_trials_all_errored_ends_its_parent_failed(tmp_path):
+    """Tune returns normally when every trial errors; the parent must not end FINISHED then."""
+    from mlflow.tracking import MlflowClient
+
+    from gvae_dist.config import load_config
+    from gvae_dist.tune import _finish_parent
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.create_run(client.create_experiment("e")).info.run_id
+    space = load_space(_space(tmp_path))
+    rows = [{"trial": t, "status": "ERROR", "objective.beta": 1.0, "iters": 0, "step": None, "loss": None,
+             "checkpoint": None} for t in ("a", "b")]
+    _finish_parent(client, parent, space, "sweep", load_config(None, TINY), rows, None, 1.0)
+    run = client.get_run(parent)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["gvae_dist.error"] == "no trial reported a finite loss; statuses: ['ERROR']"
 
 
 def test_tune_overrides_reach_the_space(tmp_path):
@@ -124,6 +170,22 @@ class InterruptOnce(Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
+class Overlap(Callback):
+    """Tune callback: the most trials running at once (what the sweep's printed line promises)."""
+
+    def __init__(self):
+        self.running, self.most = set(), 0
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self.most = max(self.most, len(self.running))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+
+    on_trial_error = on_trial_complete
+
+
 def _wait_for_train_actors_to_exit(timeout: float = 60.0) -> None:
     """An interrupted trial's Train workers die asynchronously after Tune stops the trial; a
     restore in the same cluster while they still run would have two worker groups pruning the
@@ -150,10 +212,18 @@ def _children(uri: str, parent: str):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_sweep_asha_mlflow_and_resume(tmp_path, ray_4cpu):
+def test_sweep_asha_mlflow_and_resume(tmp_path, ray_4cpu, capsys):
+    from gvae_dist.cli import main
+
     space = load_space(_space(tmp_path))
-    first = run_sweep(space, callbacks=[InterruptOnce(tmp_path / "interrupted")])
+    overlap = Overlap()
+    first = run_sweep(space, callbacks=[InterruptOnce(tmp_path / "interrupted"), overlap])
     assert first["interrupted"], first["rows"]
+    # the printed resources are what ran: 2 trials at a time, each 1 driver CPU + 1 worker CPU
+    printed = capsys.readouterr().out
+    assert ("4 trial(s), 2 at a time on 4 CPUs; each trial reserves 2 CPUs: 1 for its driver (idle while its "
+            "run trains) + 1 worker(s) x 1 CPU") in printed, printed
+    assert overlap.most == 2
     finished = (tmp_path / "interrupted").read_text()  # the trial whose completion interrupted
     runs = tmp_path / "runs"
     before = (runs / f"sweep_{finished}" / "metrics.jsonl").read_text()
@@ -189,4 +259,35 @@ def test_sweep_asha_mlflow_and_resume(tmp_path, ray_4cpu):
     assert p.data.tags["gvae_dist.best_trial"] == best["trial"]
     assert float(p.data.params["best.objective.beta"]) == best["objective.beta"]
     assert [c.data.tags.get("gvae_dist.best") for c in children].count("true") == 1
+    assert p.info.status == "FINISHED"
+    # the best checkpoint is the newest one of the best trial's run directory, and eval opens it
+    best_ckpt = Path(p.data.tags["gvae_dist.best_checkpoint"])
+    assert best_ckpt == runs / f"sweep_{best['trial']}" / "checkpoints" / "step_00000020"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(best_ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "DCI over targeted factors (yaw, pitch, roll, mouth, eyes, brow): disentanglement" in out, out
+    assert f"wrote to {best_ckpt.parent.parent / 'eval'}: " in out and "metrics.json" in out
     print(f"\nsweep: {first['seconds']:.0f}s + {second['seconds']:.0f}s (resumed)\n{p.data.tags['gvae_dist.summary']}")
+
+
+class FailOnStart(Callback):
+    def on_trial_start(self, iteration, trials, trial, **info):
+        raise RuntimeError("injected failure at trial start")
+
+
+@pytest.mark.integration
+def test_failing_sweep_marks_its_mlflow_parent_failed(tmp_path, ray_4cpu):
+    """An exception that ends the sweep leaves the MLflow parent FAILED with the error, not RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    space = load_space(_space(tmp_path, params={"objective.beta": {"grid": [1.0]}}, scheduler="none"))
+    with pytest.raises(Exception) as info:
+        run_sweep(space, callbacks=[FailOnStart()])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(exps, filter_string="tags.`mlflow.runName` = 'sweep'")
+    assert len(parents) == 1, parents
+    assert parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["gvae_dist.error"].startswith(type(info.value).__name__)
+    _wait_for_train_actors_to_exit()

@@ -56,6 +56,7 @@ __all__ = [
     "build_shards",
     "encode_image",
     "read_index",
+    "source_names",
     "read_manifest",
     "sample_members",
     "sha256_file",
@@ -224,6 +225,26 @@ def read_manifest(root: str | Path) -> dict:
         raise ValueError(f"{path}: num_samples is {man['num_samples']} but the shards hold {total}; "
                          "the manifest does not match its shards")
     return man
+
+
+def source_names(data) -> dict[str, list[str]] | None:
+    """``{"factors": [...], "labels": [...]}`` of the data a ``DataConfig`` points at, read
+    without loading any sample: the built-in generators' factor lists (their weak labels carry
+    the same names), or the shard manifest at ``data.path`` (factors from ``data.eval_path``'s
+    manifest when set: evaluation reads those). None when a manifest is not there (yet): shards
+    may exist only on the workers' file system; the loader then names what is missing."""
+    if data.source != "shards":
+        from gvae_dist.data.synthetic import FACTOR_SPECS
+
+        names = [s.name for s in FACTOR_SPECS[data.source]]
+        return {"factors": names, "labels": list(names)}
+    if not data.path or not (Path(data.path) / MANIFEST).is_file():
+        return None
+    man = read_manifest(data.path)
+    factors = man["factors"]
+    if data.eval_path and (Path(data.eval_path) / MANIFEST).is_file():
+        factors = read_manifest(data.eval_path)["factors"]
+    return {"factors": [f["name"] for f in factors], "labels": [lab["name"] for lab in man["labels"]]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ Splits: training reads only the ``train`` shards of ``data.path``; evaluation
 that is set (see :mod:`gvae_dist.data.shardset`). With ``data.record_reads`` each rank writes what
 it read to ``<run dir>/data/rank-R.json`` (backend, split, layout, the keys of its first epoch),
 which the CLI summarises at the end of a run and tests use to check the data path.
+
+Label noise: ``data.label_flip_prob`` is the noise level of the weak labels a run trains on. Shards
+store the labels of their build (``generating_config.label_flip_prob`` in the manifest); a higher
+train-time value is reached by flipping the labels read, per sample key and label column,
+seeded by ``data.seed`` (:func:`flip_labels`), so a sample keeps its noisy labels across epochs,
+ranks, backends and resumes. A lower value cannot be (noise cannot be taken out): refused.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import io
 import json
 import logging
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +46,8 @@ import torch
 
 from gvae_dist.data.loader import Batch, DatasetInfo
 
-__all__ = ["build_stream_loader", "choose_backend", "decode_image", "epoch_layout", "load_eval_arrays",
-           "open_from_config", "rank_range"]
+__all__ = ["build_stream_loader", "choose_backend", "decode_image", "epoch_layout", "flip_labels",
+           "load_eval_arrays", "open_from_config", "rank_range", "train_time_flip"]
 
 log = logging.getLogger("gvae_dist.data")
 
@@ -145,6 +152,46 @@ def build_stream_loader(cfg, rank: int, world: int, device: torch.device, batch_
     return loader
 
 
+def train_time_flip(manifest: dict, want: float, where) -> float:
+    """The flip probability to apply to the labels read so that they carry ``want`` noise in
+    all, given the noise they were built with: replacement by a uniform draw composes as
+    ``1 - (1 - built)(1 - extra)``."""
+    built = float((manifest.get("generating_config") or {}).get("label_flip_prob", 0.0))
+    if math.isclose(want, built):
+        return 0.0
+    if want < built:
+        raise ValueError(f"data.label_flip_prob={want:g}, but the shards at {where} were built with "
+                         f"label_flip_prob={built:g} (manifest.json generating_config): their labels already "
+                         f"carry that noise and it cannot be taken out. Set data.label_flip_prob={built:g} "
+                         "(or higher), or rebuild the shards with the lower value")
+    return 1.0 - (1.0 - want) / (1.0 - built) if built < 1.0 else 0.0
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a stateless uint64 hash (counter-based randomness)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def flip_labels(labels_BL: np.ndarray, keys: list[str], label_meta: list[dict], prob: float,
+                seed: int) -> np.ndarray:
+    """Each label replaced with probability ``prob`` by a uniform draw over its classes
+    (possibly the same one, as :func:`gvae_dist.data.synthetic.weak_labels` does); the draws are
+    a function of (``seed``, sample key, column) only."""
+    B, L = labels_BL.shape
+    with np.errstate(over="ignore"):
+        key_B = np.array([zlib.crc32(k.encode()) for k in keys], dtype=np.uint64)
+        base_BL = (key_B[:, None] << np.uint64(32)) ^ (np.arange(L, dtype=np.uint64)[None] << np.uint64(8))
+        base_BL = _mix64(base_BL ^ _mix64(np.full((B, L), seed & 0xFFFFFFFF, dtype=np.uint64)))
+        u_BL = (_mix64(base_BL) >> np.uint64(11)).astype(np.float64) / 2.0**53
+        v_BL = (_mix64(base_BL ^ np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)).astype(np.float64) / 2.0**53
+    low_L = np.array([int(m.get("low", 0)) for m in label_meta], dtype=np.int64)
+    classes_L = np.array([int(m["num_classes"]) for m in label_meta], dtype=np.int64)
+    random_BL = low_L + np.minimum((v_BL * classes_L).astype(np.int64), classes_L - 1)
+    return np.where(u_BL < prob, random_BL, labels_BL)
+
+
 class StreamLoaderBase:
     """What both backends share: the info, the epoch layout, the position and its state."""
 
@@ -162,6 +209,11 @@ class StreamLoaderBase:
         self.info.image_size = self.image_size
         self.info.extra["epoch"] = self.layout
         self.info.extra["backend"] = self.backend
+        self.flip_prob = train_time_flip(shards.manifest, d.label_flip_prob, shards.root)
+        self.flip_seed = d.seed
+        if self.flip_prob > 0 and rank == 0:
+            log.info("data.label_flip_prob=%g: flipping %.3g of the shards' weak labels as they are read",
+                     d.label_flip_prob, self.flip_prob)
         self.epoch, self.batch = 0, 0  # position: batches consumed in the current epoch
         self._record: Path | None = None  # where to write the keys of the first epoch
         self._keys: list[str] = []
@@ -206,6 +258,10 @@ class StreamLoaderBase:
             if len(self._keys) == per_epoch * self.batch_size:
                 self._write_record(self._keys)
                 self._record, self._keys = None, []
+        if self.flip_prob > 0:
+            flipped = flip_labels(labels_BL.cpu().numpy(), keys, self.shards.manifest["labels"], self.flip_prob,
+                                  self.flip_seed)
+            labels_BL = torch.from_numpy(flipped)
         return Batch(image_BCHW, labels_BL.to(self.device, non_blocking=True),
                      factors_BF.to(self.device, non_blocking=True), keys)
 
