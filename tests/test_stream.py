@@ -170,8 +170,9 @@ def _keys(loader, n):
 
 def test_resize_in_the_pipeline(tmp_path):
     build_dataset("shapes", tmp_path, DataConfig(image_size=64), num=8, shard_size=8, progress=False)
-    dali = _by_key(_loader(tmp_path, "dali", 0, 1, 8, "data.image_size=32"), 1)
-    wds = _by_key(_loader(tmp_path, "webdataset", 0, 1, 8, "data.image_size=32"), 1)
+    shapes = "partitions=[{name: object, size: 4, factors: [shape, scale]}, {name: rest, size: 6}]"
+    dali = _by_key(_loader(tmp_path, "dali", 0, 1, 8, "data.image_size=32", shapes), 1)
+    wds = _by_key(_loader(tmp_path, "webdataset", 0, 1, 8, "data.image_size=32", shapes), 1)
     for key in dali:
         assert dali[key][0].shape == wds[key][0].shape == (1, 32, 32)
         assert float((dali[key][0] - wds[key][0]).abs().mean()) < 0.03  # two resize kernels
