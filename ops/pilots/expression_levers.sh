@@ -8,19 +8,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${1:-runs/pilot_expression}"
-COMMON="--config configs/faces_beta_ungated.yaml --set data.seed=1 --set data.num_eval=3000
-  --set eval.num_train=2000 --set eval.num_test=1000 --set eval.points=0 --set optim.steps=3000
-  --set run.checkpoint_every=1000 --set run.log_every=500 --set run.threads=1 --set run.output_dir=$OUT"
-cat > "/tmp/levers.$$" <<LEVERS
-baseline
-sigma05 --set objective.gaussian_std=0.05
-latent16 --set model.latent_dim=16 --set partitions.2.size=8
-wide --set model.channels=[32,64,64,128] --set model.hidden=512
-LEVERS
-mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# shellcheck disable=SC2086
-xargs -P 2 -L 1 bash -c 'name=$0; .venv/bin/python -m gvae_dist.cli train '"$COMMON"' --set run.name=$name "$@" \
-    > "'"$OUT"'/$name.log" 2>&1 && echo "[pilot] $name done" || echo "[pilot] $name FAILED (see '"$OUT"'/$name.log)"' \
-    < "/tmp/levers.$$"
-rm -f "/tmp/levers.$$"
+mkdir -p "$OUT"
+
+run() {  # run NAME [--set key=value ...]
+    local name="$1"; shift
+    if "${GVAE_VENV:-.venv}/bin/python" -m gvae_dist.cli train --config configs/faces_beta_ungated.yaml \
+        --set data.seed=1 --set data.num_eval=3000 --set eval.num_train=2000 --set eval.num_test=1000 \
+        --set eval.points=0 --set optim.steps=3000 --set run.checkpoint_every=1000 --set run.log_every=500 \
+        --set run.threads=1 --set tracking.enabled=false --set "run.output_dir=$OUT" --set "run.name=$name" \
+        "$@" > "$OUT/$name.log" 2>&1; then
+        echo "[pilot] $name done"
+    else
+        echo "[pilot] $name FAILED (see $OUT/$name.log)"
+    fi
+}
+
+run baseline & run sigma05 --set objective.gaussian_std=0.05 & wait
+run latent16 --set model.latent_dim=16 --set partitions.2.size=8 &
+run wide --set "model.channels=[32,64,64,128]" --set model.hidden=512 & wait
