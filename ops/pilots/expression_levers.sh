@@ -4,6 +4,8 @@
 # 3,000 steps, run seed 0, evaluation as the study (2,000 + 1,000 held-out codes, GBT).
 # One lever per run against the preset; 2 runs at a time, one thread each.
 # Usage: bash ops/pilots/expression_levers.sh [OUT]   (default runs/pilot_expression)
+#        bash ops/pilots/expression_levers.sh OUT confirm   (the nominated lever against the preset
+#             on fresh data, data.seed=4, run seeds 0 and 1)
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,6 +26,12 @@ run() {  # run NAME [--set key=value ...]
     fi
 }
 
+if [ "${2:-}" = confirm ]; then
+    WIDE=(--set "model.channels=[32,64,64,128]" --set model.hidden=512)
+    run baseline_d4_s0 --set data.seed=4 & run wide_d4_s0 --set data.seed=4 "${WIDE[@]}" & wait
+    run baseline_d4_s1 --set data.seed=4 --set run.seed=1 & run wide_d4_s1 --set data.seed=4 --set run.seed=1 "${WIDE[@]}" & wait
+    exit 0
+fi
 run baseline & run sigma05 --set objective.gaussian_std=0.05 & wait
 run latent16 --set model.latent_dim=16 --set partitions.2.size=8 &
 run wide --set "model.channels=[32,64,64,128]" --set model.hidden=512 & wait
