@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 12 pilot: which lever makes the un-gated beta-VAE encode expression (mouth, eyes, brow)?
+# Protocol (docs/faces.md, written before the results): tuning data only (data.seed=1), 32x32,
+# 3,000 steps, run seed 0, evaluation as the study (2,000 + 1,000 held-out codes, GBT).
+# One lever per run against the preset; 2 runs at a time, one thread each.
+# Usage: bash ops/pilots/expression_levers.sh [OUT]   (default runs/pilot_expression)
+#        bash ops/pilots/expression_levers.sh OUT confirm   (the nominated lever against the preset
+#             on fresh data, data.seed=4, run seeds 0 and 1)
+#        then: python ops/pilots/expression_levers.py [OUT]  (the table)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${1:-runs/pilot_expression}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$OUT"
+
+run() {  # run NAME [--set key=value ...]
+    local name="$1"; shift
+    if "${GVAE_VENV:-.venv}/bin/python" -m gvae_dist.cli train --config configs/faces_beta_ungated.yaml \
+        --set data.seed=1 --set data.num_eval=3000 --set eval.num_train=2000 --set eval.num_test=1000 \
+        --set eval.points=0 --set optim.steps=3000 --set run.checkpoint_every=1000 --set run.log_every=500 \
+        --set run.threads=1 --set tracking.enabled=false --set "run.output_dir=$OUT" --set "run.name=$name" \
+        "$@" > "$OUT/$name.log" 2>&1; then
+        echo "[pilot] $name done"
+    else
+        echo "[pilot] $name FAILED (see $OUT/$name.log)"
+    fi
+}
+
+if [ "${2:-}" = confirm ]; then
+    WIDE=(--set "model.channels=[32,64,64,128]" --set model.hidden=512)
+    run baseline_d4_s0 --set data.seed=4 & run wide_d4_s0 --set data.seed=4 "${WIDE[@]}" & wait
+    run baseline_d4_s1 --set data.seed=4 --set run.seed=1 & run wide_d4_s1 --set data.seed=4 --set run.seed=1 "${WIDE[@]}" & wait
+    exit 0
+fi
+run baseline & run sigma05 --set objective.gaussian_std=0.05 & wait
+run latent16 --set model.latent_dim=16 --set partitions.2.size=8 &
+run wide --set "model.channels=[32,64,64,128]" --set model.hidden=512 & wait
