@@ -144,6 +144,7 @@ class ObjectiveConfig:
     lambda_od: float = f(10.0, "DIP-VAE off-diagonal covariance weight (Kumar et al. 2018)")
     lambda_d: float | None = f(None, "DIP-VAE diagonal covariance weight; null = disentanglement_lib's lambda_d_factor x lambda_od: 1 x for dip2 (DIP-VAE-II), 10 x for dip1 (DIP-VAE-I)")
     gaussian_std: float = f(0.1, "fixed observation std of the Gaussian likelihood on [0, 1] pixels. Not 1: the NLL scales as 1/std^2, and at std 1 a feature that changes 6 pixel values by 0.3 is worth 0.27 nats, less than the KL of encoding it, so the posterior collapses to the prior; 0.1 makes it ~100x stronger (docs/objectives.md)")
+    warmup_steps: int = f(0, "regulariser warm-up: every weight but the reconstruction's ramps linearly from 1/N to full over the first N steps (KL annealing, Bowman et al. 2016); against early posterior collapse (docs/objectives.md); 0 = off", max=100_000_000)
     gaussian_calibrated: bool = f(False, "Gaussian likelihood: use the batch RMSE of the decoder mean as the std (sigma-VAE, Rybkin et al. 2021; detached) instead of objective.gaussian_std")
 
 
@@ -379,7 +380,7 @@ def validate(cfg: Config) -> None:
                      ("eval.every", cfg.eval.every), ("eval.points", cfg.eval.points),
                      ("eval.during_codes", cfg.eval.during_codes), ("tracking.image_every", cfg.tracking.image_every),
                      ("distributed.workers", cfg.distributed.workers), ("data.num_workers", d.num_workers),
-                     ("run.threads", cfg.run.threads)]:
+                     ("run.threads", cfg.run.threads), ("objective.warmup_steps", cfg.objective.warmup_steps)]:
         _positive(val, key, allow_zero=True)
     if not 0.0 <= d.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")

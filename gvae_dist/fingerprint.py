@@ -4,7 +4,8 @@ One definition for the two places that must recognise "the same experiment": a s
 whose finished run directory may be re-used (:mod:`gvae_dist.study`), and a run directory
 that ``run.resume`` may continue (:mod:`gvae_dist.train`, :mod:`gvae_dist.launch`). Both
 leave out the :data:`RUN_LOCAL` keys (where and how a run executes, not what it computes) and
-the :data:`MOOT` keys (options another key's value makes unread). Resuming also tolerates
+the :data:`MOOT` keys (options another key's value makes unread), and keys added later while
+at the default that reproduces older runs (:data:`ADDED`). Resuming also tolerates
 :data:`RESUME_SAFE` keys: a longer ``optim.steps`` extends a run.
 """
 
@@ -14,7 +15,7 @@ import hashlib
 import json
 from typing import Any
 
-__all__ = ["RUN_LOCAL", "MOOT", "RESUME_SAFE", "fingerprinted", "fingerprint", "flat", "differing_keys",
+__all__ = ["ADDED", "RUN_LOCAL", "MOOT", "RESUME_SAFE", "fingerprinted", "fingerprint", "flat", "differing_keys",
            "resume_fingerprint"]
 
 # Config keys that say where and how a run executes, not what it computes.
@@ -37,6 +38,11 @@ MOOT = [
     (("pairing", "transform", 0.0), ("pairing", {"transform_kind", "transform_partition", "blur_sigma"})),
 ]
 
+# Keys added after fingerprints were first stored (study result.json files, checkpoints), with
+# the default that reproduces what runs computed before the key existed. A key at that value is
+# dropped before hashing, so run directories made before it was added are still recognised.
+ADDED: dict[tuple[str, str], Any] = {("objective", "warmup_steps"): 0}
+
 # Keys that may change when a run is resumed without changing what the steps so far computed.
 RESUME_SAFE: dict[str, Any] = {"optim": {"steps"}}
 
@@ -58,6 +64,9 @@ def fingerprinted(config: dict[str, Any]) -> dict[str, Any]:
     for (section, key, value), (moot_section, moot_keys) in MOOT:
         if isinstance(out.get(section), dict) and out[section].get(key, value) == value and moot_section in out:
             out[moot_section] = {k: v for k, v in out[moot_section].items() if k not in moot_keys}
+    for (section, key), default in ADDED.items():
+        if isinstance(out.get(section), dict) and key in out[section] and out[section][key] == default:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
     return out
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "objective",
     "reconstruction_loss",
     "validate_objective",
+    "warmup_weight",
 ]
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -72,6 +73,7 @@ class ObjectiveConfigLike(Protocol):
     lambda_d: float | None
     gaussian_std: float
     gaussian_calibrated: bool
+    warmup_steps: int
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
@@ -276,6 +278,16 @@ def kl_weight(cfg: ObjectiveConfigLike) -> float:
     return 1.0
 
 
+def warmup_weight(warmup_steps: int, step: int) -> float:
+    """The regulariser's multiplier at 0-based ``step``: ``min(1, (step + 1) / warmup_steps)``,
+    1 when ``warmup_steps`` is 0. A linear warm-up (KL annealing: Bowman et al., CoNLL 2016;
+    Sonderby et al., NeurIPS 2016) lets the encoder carry information before the regulariser
+    reaches its weight, against the early posterior collapse docs/objectives.md measures."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
 def _dip(variant: str) -> Regularizer:
     def regularizer(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD):
         penalty = dip_penalty(
@@ -305,6 +317,8 @@ def validate_objective(cfg: ObjectiveConfigLike) -> None:
         )
     if not cfg.gaussian_std > 0:
         raise ValueError(f"objective.gaussian_std must be > 0, got {cfg.gaussian_std!r}")
+    if not cfg.warmup_steps >= 0:
+        raise ValueError(f"objective.warmup_steps must be >= 0 (0 = no warm-up), got {cfg.warmup_steps!r}")
     if not cfg.beta >= 0:
         raise ValueError(f"objective.beta must be >= 0 (a negative KL weight), got {cfg.beta!r}")
     if not cfg.lambda_od >= 0:
@@ -337,8 +351,9 @@ def objective(
     z_reg_BD: torch.Tensor,
     prior_BD: torch.Tensor | None = None,
     kl_mask: torch.Tensor | None = None,
+    reg_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss ``mean_B(recon_B) + regulariser`` for ``cfg.name``.
+    """Total loss ``mean_B(recon_B) + reg_weight * regulariser`` for ``cfg.name``.
 
     Args:
         cfg: objective config (see ``ObjectiveConfigLike``); validated here.
@@ -347,6 +362,8 @@ def objective(
         z_reg_BD: posterior sample with un-gated gradient (used by InfoVAE's MMD).
         prior_BD: prior samples for the MMD; ``torch.randn_like(z_reg_BD)`` when None.
         kl_mask: optional ``[B, D]`` or ``[D]`` gate on the KL gradient (value unchanged).
+        reg_weight: multiplier of the whole regulariser (``warmup_weight`` during a warm-up);
+            the reported terms stay unweighted except ``loss``.
 
     Returns:
         ``(loss, terms)``: ``loss`` a 0-d tensor with gradient; ``terms`` detached tensors
@@ -359,6 +376,6 @@ def objective(
     kl = kl_per_dim_D.sum()
     recon = _fp32(recon_B).mean()
     reg, extra = REGULARIZERS[cfg.name](cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD)
-    loss = recon + reg
+    loss = recon + reg_weight * reg if reg_weight != 1.0 else recon + reg
     terms = {"recon": recon, "kl": kl, "kl_per_dim": kl_per_dim_D, **extra, "loss": loss}
     return loss, {k: v.detach() for k, v in terms.items()}

@@ -57,7 +57,7 @@ from gvae_dist.data.partners import build_partners
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.fingerprint import differing_keys, resume_fingerprint
 from gvae_dist.model import GatedVAE
-from gvae_dist.objective import kl_weight, objective, reconstruction_loss
+from gvae_dist.objective import kl_weight, objective, reconstruction_loss, warmup_weight
 from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
 from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean
 
@@ -507,7 +507,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                                                   cfg.objective.gaussian_calibrated)
                     loss, terms = objective(cfg.objective, recon_B, out.mu.float(), out.logvar.float(),
                                             out.z_reg.float(),
-                                            kl_mask=pairs.mask_BD if cfg.gate.kl and cfg.gate.enabled else None)
+                                            kl_mask=pairs.mask_BD if cfg.gate.kl and cfg.gate.enabled else None,
+                                            reg_weight=warmup_weight(cfg.objective.warmup_steps, step))
                     accelerator.backward(loss)
                     if o.grad_clip > 0 and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
@@ -553,6 +554,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 for name, s, c in zip(KIND_NAMES, ks, kc):
                     if c > 0:
                         metrics[f"recon/{name}"] = s / c
+                if cfg.objective.warmup_steps:
+                    metrics["objective/warmup_weight"] = warmup_weight(cfg.objective.warmup_steps, step - 1)
                 for part in spec:  # KL weight over the share of reconstruction gradient (docs/objectives.md)
                     share = metrics[f"gate/open_share/{part.name}"]
                     if share > 0:

@@ -22,6 +22,7 @@ from gvae_dist.objective import (
     objective,
     reconstruction_loss,
     validate_objective,
+    warmup_weight,
 )
 
 WAE_SCALES = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
@@ -40,6 +41,7 @@ def make_cfg(**overrides):
         lambda_d=100.0,
         gaussian_std=1.0,
         gaussian_calibrated=False,
+        warmup_steps=0,
     )
     fields.update(overrides)
     return SimpleNamespace(**fields)
@@ -344,6 +346,23 @@ def test_kl_mask_gates_gradient_not_value(mask_shape):
         assert torch.equal(gated_BD[:, 2:], torch.zeros_like(gated_BD[:, 2:]))
         torch.testing.assert_close(gated_BD[:, :2], open_BD[:, :2])
         assert open_BD[:, 2:].abs().sum() > 0
+
+
+def test_warmup_scales_the_whole_regulariser_and_nothing_else():
+    """objective.warmup_steps ramps every regulariser weight (KL, MMD, DIP) linearly to full;
+    the reconstruction and the reported unweighted terms stay as they are."""
+    assert [warmup_weight(4, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_weight(0, 0) == 1.0
+    recon_B, mu_BD, logvar_BD, z_BD, prior_BD = _inputs(b=8, d=5)
+    for name in ("beta", "infovae", "dip2"):
+        cfg = make_cfg(name=name, beta=4.0, mmd_lambda=50.0)
+        full, terms = objective(cfg, recon_B, mu_BD, logvar_BD, z_BD, prior_BD)
+        quarter, terms_q = objective(cfg, recon_B, mu_BD, logvar_BD, z_BD, prior_BD, reg_weight=0.25)
+        recon = recon_B.mean()
+        torch.testing.assert_close(quarter - recon, 0.25 * (full - recon))
+        torch.testing.assert_close(terms_q["kl"], terms["kl"])
+    with pytest.raises(ValueError, match="objective.warmup_steps"):
+        objective(make_cfg(warmup_steps=-1), recon_B, mu_BD, logvar_BD, z_BD)
 
 
 def test_regularizers_are_one_lookup():

@@ -163,6 +163,14 @@ def test_fingerprint_ignores_only_the_keys_a_cell_cannot_read(tmp_path):
     changed = copy.deepcopy(ungated)
     changed.objective.beta = 2.0  # what it computes still counts
     assert fingerprint(changed) != fingerprint(ungated)
+    # a key added later (objective.warmup_steps) at the default that reproduces older runs:
+    # a saved config without it is the same experiment; any other value is not
+    before = ungated.to_dict()
+    del before["objective"]["warmup_steps"]
+    assert fingerprint(before) == fingerprint(ungated)
+    changed = copy.deepcopy(ungated)
+    changed.objective.warmup_steps = 500
+    assert fingerprint(changed) != fingerprint(ungated)
 
     cell = plan_cells(load_study(_ungated_study(tmp_path)))[0]
     run_dir = cell.cfg.run_dir()

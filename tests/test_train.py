@@ -48,6 +48,24 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path, objective):
     torch.testing.assert_close(_losses(resumed.run_dir), _losses(full.run_dir), rtol=1e-5, atol=1e-4)
 
 
+def test_regulariser_warmup_ramps_and_changes_the_run(tmp_path):
+    """objective.warmup_steps: the logged weight ramps to 1, and the steps differ from a run
+    without it (the KL weighs less early) while the first reconstruction is the same."""
+    common = ["optim.steps=10", "run.log_every=1", "run.checkpoint_every=10", "objective.name=infovae"]
+    warm = train_loop(_cfg(tmp_path / "w", *common, "objective.warmup_steps=4"))
+    plain = train_loop(_cfg(tmp_path / "p", *common))
+    rows = [json.loads(line) for line in (warm.run_dir / "metrics.jsonl").read_text().splitlines()]
+    weights = [r["objective/warmup_weight"] for r in rows if "objective/warmup_weight" in r]
+    assert weights == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    plain_rows = [json.loads(line) for line in (plain.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "objective/warmup_weight" not in plain_rows[0]
+    assert rows[0]["recon"] == pytest.approx(plain_rows[0]["recon"], rel=1e-6)
+    recon = rows[0]["recon"]  # the first step weighs a quarter of the regulariser
+    assert rows[0]["loss"] - recon == pytest.approx(0.25 * (plain_rows[0]["loss"] - recon), rel=1e-3, abs=1e-3)
+    assert plain_rows[0]["loss"] != pytest.approx(rows[0]["loss"], abs=0.5)
+    assert _losses(warm.run_dir)[-1] != pytest.approx(_losses(plain.run_dir)[-1], rel=1e-6)
+
+
 def test_gated_and_ungated_differ_only_through_the_gate(tmp_path):
     gated = train_loop(_cfg(tmp_path / "g", "optim.steps=5", "gate.enabled=true"))
     ungated = train_loop(_cfg(tmp_path / "u", "optim.steps=5", "gate.enabled=false"))

@@ -44,7 +44,8 @@ PARTITIONS = [("pose", 4, ("yaw", "pitch", "roll")), ("expression", 4, ("mouth",
 # YAML on a bare GPU box; tests/test_bench.py checks they agree.
 OBJECTIVE_DEFAULTS = dict(likelihood="bernoulli", beta=4.0, alpha=0.0, mmd_lambda=500.0,
                           kernel="imq", kernel_scales=[0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
-                          lambda_od=10.0, lambda_d=None, gaussian_std=0.1, gaussian_calibrated=False)
+                          lambda_od=10.0, lambda_d=None, gaussian_std=0.1, gaussian_calibrated=False,
+                          warmup_steps=0)
 
 
 def objective_config(name: str) -> types.SimpleNamespace:
