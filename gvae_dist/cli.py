@@ -375,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingDependency as exc:
         print(f"gvae-dist: {exc}", file=sys.stderr)
         return 2
+    except ConnectionError as exc:  # launch.ClusterUnreachable: an address that does not answer
+        print(f"gvae-dist: error: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"gvae-dist: error: {exc}", file=sys.stderr)
         return 2

@@ -56,7 +56,8 @@ from gvae_dist.train import (
     train_loop,
 )
 
-__all__ = ["launch", "RayHooks", "resolve_config", "check_resources", "local_cpus", "free_port"]
+__all__ = ["launch", "RayHooks", "resolve_config", "check_resources", "check_address", "ClusterUnreachable",
+           "local_cpus", "free_port"]
 
 
 def _candidates_on_disk(cfg: Config) -> list[Candidate]:
@@ -150,6 +151,45 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# How long `--address` / $RAY_ADDRESS may take to accept a connection before gvae-dist gives up
+# (Ray itself retries an unreachable GCS for minutes, printing its own warnings).
+ADDRESS_TIMEOUT_S = 10.0
+
+
+class ClusterUnreachable(ConnectionError):
+    """The configured Ray address does not accept connections."""
+
+
+def check_address(address: str, source: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
+    """Raise, within ``timeout`` seconds and with one line naming ``source``, when the Ray
+    cluster at ``address`` (``host:port`` or ``ray://host:port``) cannot be reached; ``auto``
+    and ``local`` are Ray's own lookups and pass. Only ``address`` is contacted."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme in ("http", "https"):
+        raise ConfigError(f"{source}: {address!r} is a dashboard / job-submission URL; training joins the "
+                          "cluster's GCS address host:port (the head's --port, 6379 by default); or submit "
+                          f"the run there: ray job submit --address {address} -- gvae-dist train ...")
+    if sep and scheme != "ray":
+        raise ConfigError(f"{source}: {address!r} has an unknown scheme {scheme!r}; use host:port or ray://host:port")
+    target = rest if sep else address
+    host, colon, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(f"{source}: {address!r} is not host:port (e.g. 127.0.0.1:6379, the head's --port)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ClusterUnreachable(
+            f"{source}={address}: no Ray cluster accepts connections there ({why}, waited at most "
+            f"{timeout:.0f} s). Start one (ops/ray_head.sh start prints its address), fix the address, "
+            "or leave it unset to train on a private local cluster") from None
 
 
 def _is_uri(path: str) -> bool:
@@ -327,6 +367,7 @@ def _connect(cfg: Config) -> str | None:
         return None
     address = cfg.distributed.address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_address(address, "distributed.address" if cfg.distributed.address else "$RAY_ADDRESS")
         ray.init(address=address, log_to_driver=True)
         return None
     import torch
