@@ -113,6 +113,7 @@ class GateConfig:
     enabled: bool = f(True, "gate the reconstruction gradient by pairing; false = the un-gated baseline (all-ones masks)")
     kl: bool = f(False, "also gate the KL gradient per partition (default: regulariser un-gated)")
     decoder: bool = f(True, "paper: gated pairs update the decoder weights too; ours (false): their gradient reaches only the open partition's encoder path and the decoder learns from identity pairs only")
+    drop_high_loss: float = f(0.0, "ours, against label noise: the share of each batch's shared-factor pairs with the highest reconstruction loss whose gradient is dropped (small-loss selection, Han et al. 2018); 0 = off; about the share of wrong pairs (docs/objectives.md)")
     closed_code: Literal["input", "target"] = f("input", "what the closed partitions' dims carry into the decoder on gated pairs: paper 'input' (the input's own code), ours 'target' (the partner's code, encoded without gradient: the target becomes explainable; costs one more encoder forward)")
 
 
@@ -384,6 +385,9 @@ def validate(cfg: Config) -> None:
         _positive(val, key, allow_zero=True)
     if not 0.0 <= d.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
+    if not 0.0 <= cfg.gate.drop_high_loss < 1.0:
+        raise ConfigError(f"gate.drop_high_loss: must be in [0, 1) (a share of the shared-factor pairs), "
+                          f"got {cfg.gate.drop_high_loss}")
     if not 0.0 <= d.label_flip_prob <= 1.0:
         raise ConfigError(f"data.label_flip_prob: must be in [0, 1], got {d.label_flip_prob}")
     if d.label_bins < 2:

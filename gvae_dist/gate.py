@@ -36,6 +36,7 @@ __all__ = [
     "gated_reparameterize",
     "GateGradient",
     "gate_gradient",
+    "drop_high_loss",
 ]
 
 
@@ -223,3 +224,30 @@ def gate_gradient(x_BD: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     if mask is None:
         return x_BD
     return GateGradient.apply(x_BD, mask)
+
+
+def drop_high_loss(
+    loss_B: torch.Tensor, candidates_B: torch.Tensor, fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small-loss selection against noisy pairings (``gate.drop_high_loss``): among the
+    ``candidates_B`` examples, the ``round(fraction * n)`` with the highest loss keep their value
+    but lose their gradient (the gate closes completely for them).
+
+    A pair built from a wrong weak label asks the open partition for something the input does not
+    hold; such pairs tend to have the largest reconstruction loss, and training on the small-loss
+    ones is the standard defence of learning with noisy labels (Han et al., "Co-teaching",
+    NeurIPS 2018; Jiang et al., "MentorNet", ICML 2018). Ranks are computed on the device, so
+    there is no host sync.
+
+    Returns:
+        ``(loss_B, dropped_B)``: the loss with dropped entries detached, and the bool mask.
+    """
+    if fraction <= 0:
+        return loss_B, torch.zeros_like(candidates_B, dtype=torch.bool)
+    value_B = torch.where(candidates_B, loss_B.detach(), torch.full_like(loss_B, -torch.inf))
+    order_B = value_B.argsort(descending=True)
+    rank_B = torch.empty_like(order_B)
+    rank_B[order_B] = torch.arange(order_B.numel(), device=order_B.device)
+    n_drop = torch.round(fraction * candidates_B.sum())
+    dropped_B = candidates_B & (rank_B < n_drop)
+    return torch.where(dropped_B, loss_B.detach(), loss_B), dropped_B

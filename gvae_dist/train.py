@@ -52,10 +52,11 @@ from gvae_dist.checkpoint import (
 )
 from gvae_dist.config import Config, ConfigError, config_from_dict, config_yaml, save_config
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
-from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, PairingPlan, make_pairs
+from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, SHARED, PairingPlan, make_pairs
 from gvae_dist.data.partners import build_partners
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.fingerprint import differing_keys, resume_fingerprint
+from gvae_dist.gate import drop_high_loss
 from gvae_dist.model import GatedVAE
 from gvae_dist.objective import kl_weight, objective, reconstruction_loss, warmup_weight
 from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
@@ -505,6 +506,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                     recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW,
                                                   cfg.objective.likelihood, cfg.objective.gaussian_std,
                                                   cfg.objective.gaussian_calibrated)
+                    if gated and cfg.gate.drop_high_loss > 0:
+                        recon_B, dropped_B = drop_high_loss(recon_B, pairs.kind_B == SHARED, cfg.gate.drop_high_loss)
                     loss, terms = objective(cfg.objective, recon_B, out.mu.float(), out.logvar.float(),
                                             out.z_reg.float(),
                                             kl_mask=pairs.mask_BD if cfg.gate.kl and cfg.gate.enabled else None,
@@ -518,6 +521,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                     terms = dict(terms)
                     terms["gate/open_fraction"] = pairs.mask_BD.float().mean()
                     terms["pairing/found"] = pairs.found
+                    if gated and cfg.gate.drop_high_loss > 0:
+                        terms["gate/dropped_fraction"] = dropped_B.float().mean()
                     kl_D = terms.pop("kl_per_dim").detach().float()
                     kl_sum_D += kl_D
                     kl_P = masks_PD @ kl_D

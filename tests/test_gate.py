@@ -207,3 +207,19 @@ def test_decoder_gate_keeps_gated_rows_out_of_the_decoder_weights():
     (out.logits**2).sum().backward()
     for name, p in model.decoder.named_parameters():
         torch.testing.assert_close(g_mixed[f"decoder.{name}"], p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_drop_high_loss_closes_the_gate_for_the_highest_loss_candidates_only():
+    from gvae_dist.gate import drop_high_loss
+
+    loss_B = torch.tensor([5.0, 9.0, 1.0, 7.0, 100.0, 3.0, 8.0, 2.0], requires_grad=True)
+    cand_B = torch.tensor([1, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool)  # 100 is not a candidate
+    out_B, dropped_B = drop_high_loss(loss_B, cand_B, 0.3)  # round(0.3 * 7) = 2: 9 and 8
+    assert dropped_B.tolist() == [False, True, False, False, False, False, True, False]
+    assert torch.equal(out_B.detach(), loss_B.detach())  # values kept for the logs
+    out_B.sum().backward()
+    assert loss_B.grad.tolist() == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    same_B, none_B = drop_high_loss(loss_B, cand_B, 0.0)
+    assert same_B is loss_B and not none_B.any()
+    _, all_B = drop_high_loss(loss_B, torch.zeros(8, dtype=torch.bool), 0.5)
+    assert not all_B.any()  # no candidates, nothing dropped

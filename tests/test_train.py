@@ -66,6 +66,16 @@ def test_regulariser_warmup_ramps_and_changes_the_run(tmp_path):
     assert _losses(warm.run_dir)[-1] != pytest.approx(_losses(plain.run_dir)[-1], rel=1e-6)
 
 
+def test_drop_high_loss_drops_that_share_of_the_shared_factor_pairs(tmp_path):
+    common = ["optim.steps=4", "run.log_every=4", "run.checkpoint_every=4", "pairing.identity=0.5",
+              "pairing.shared_factor=0.5", "gate.drop_high_loss=0.5"]
+    gated = train_loop(_cfg(tmp_path / "g", *common)).metrics
+    # half of the shared-factor pairs (about half of the batch) lose their gradient
+    assert 0.15 <= gated["gate/dropped_fraction"] <= 0.35, gated["gate/dropped_fraction"]
+    ungated = train_loop(_cfg(tmp_path / "u", *common, "gate.enabled=false")).metrics
+    assert "gate/dropped_fraction" not in ungated  # the un-gated baseline reads no gate option
+
+
 def test_gated_and_ungated_differ_only_through_the_gate(tmp_path):
     gated = train_loop(_cfg(tmp_path / "g", "optim.steps=5", "gate.enabled=true"))
     ungated = train_loop(_cfg(tmp_path / "u", "optim.steps=5", "gate.enabled=false"))
