@@ -11,6 +11,9 @@
 #   GVAE_SLURM_AUTH=munge    munge (private key and socket) or none (auth/none, trusts the uid)
 #   GVAE_SLURM_CRED_EXPIRE=10  credential lifetime (s); SLURM also holds a requeued job back this
 #                            long (+1 s) before it may start again (SLURM's default is 120)
+# A requeued job whose hold ends is started by the next periodic pass of the main scheduler
+# (nothing else changes on the cluster to trigger one): it runs every second here
+# (sched_interval=1; with SLURM's default of 60 s a requeued test job waited 20-30 s more).
 # Then: export SLURM_CONF=STATE_DIR/slurm.conf   (also written to STATE_DIR/env)
 set -euo pipefail
 
@@ -94,6 +97,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1
 ReturnToService=2
 JobRequeue=1
 MinJobAge=600

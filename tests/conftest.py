@@ -180,9 +180,10 @@ def ray_head(ray_env):
         assert stop.returncode == 0 and not left, (stop.stdout, stop.stderr, left)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """``ops/mlflow_server.sh`` on a free loopback port with a SQLite store and artifact root."""
+    """``ops/mlflow_server.sh`` on a free loopback port with a SQLite store and artifact root.
+    One for the session (a start costs 10-40 s here): each module logs to its own experiment."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(root / "server.log", "w")

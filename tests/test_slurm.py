@@ -25,7 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
-STEPS = 20
 TINY = ("data.num_train=512 data.num_eval=400 data.image_size=32 optim.batch_size=32 "
         "model.channels=[8,8,16] model.hidden=32 run.log_every=5 eval.at_end=false")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
@@ -117,54 +116,10 @@ def _checkpoint(path: Path) -> dict:
     return load_checkpoint(path)
 
 
-def test_torchrun_job_trains_on_two_nodes(slurm, tmp_path):
-    out = tmp_path / "torchrun"
-    t0 = time.monotonic()
-    job = _submit(slurm, "torchrun.sbatch", out, f"{TINY} optim.steps={STEPS} run.checkpoint_every=10")
-    info = _wait(slurm, job, 300, out / "job.log")
-    log = (out / "job.log").read_text()
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", _tail(out / "job.log")
-    assert "2 node(s) x 1 process(es)" in log and "2 process(es) on cpu" in log
-    run_dir = out / f"gvae-torchrun-{job}"
-    state = _checkpoint(run_dir / "checkpoints" / f"step_{STEPS:08d}")
-    assert state["step"] == STEPS and state["world_size"] == 2
-    metrics = _mlflow_metrics(out, state["tracking_run_id"])
-    assert [s for s, _ in metrics["loss"]] == [5, 10, 15, 20]
-    print(f"torchrun job: {time.monotonic() - t0:.0f}s")
-
-
 def _listening(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(2)
         return sock.connect_ex((host, port)) == 0
-
-
-def test_ray_job_trains_with_two_workers_and_tears_down(slurm, tmp_path):
-    out = tmp_path / "ray"
-    t0 = time.monotonic()
-    job = _submit(slurm, "ray.sbatch", out, f"{TINY} optim.steps={STEPS} run.checkpoint_every=10")
-    info = _wait(slurm, job, 420, out / "job.log")
-    log = (out / "job.log").read_text()
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", _tail(out / "job.log")
-    assert "all 2 node(s) joined: 2 CPUs" in log
-    assert "Ray Train: 2 worker(s)" in log
-    assert f"step     {STEPS}/{STEPS}" in log  # worker output is streamed into the job log
-    # per-job token, readable only by the user; dashboard on loopback only
-    token = out / ".slurm" / job / "ray_auth_token"
-    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text().strip()) == 64
-    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
-    assert re.search(r"dashboard 127\.0\.0\.1:\d+", log)
-    # the checkpoint Ray Train registered, and the MLflow run it names
-    name = f"gvae-ray-{job}"
-    state = _checkpoint(out / "ray" / name / f"step_{STEPS:08d}")
-    assert state["step"] == STEPS and state["world_size"] == 2
-    metrics = _mlflow_metrics(out, state["tracking_run_id"])
-    assert max(s for s, _ in metrics["loss"]) == STEPS
-    # torn down: nothing listens on the job's GCS port any more
-    host, port = re.search(r"head (\S+):(\d+);", log).groups()
-    assert not _listening(host, int(port)), f"Ray GCS still listening on {host}:{port} after the job"
-    assert not Path(f"/tmp/ray-gvae-{job}").exists(), "the job's Ray temp dir was left behind"
-    print(f"ray job: {time.monotonic() - t0:.0f}s")
 
 
 def _preempt_and_resume(slurm, out: Path, script: str, name_prefix: str, steps: int) -> str:
@@ -186,11 +141,15 @@ def _preempt_and_resume(slurm, out: Path, script: str, name_prefix: str, steps: 
     return job
 
 
-def test_torchrun_job_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path):
+def test_torchrun_job_trains_on_two_nodes_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path):
+    """One torchrun job across both nodes, preempted once: the first start trains on 2 processes
+    until the signal, the requeued start resumes and trains to the end (the plain two-node run
+    needs no job of its own: the requeued start is one)."""
     out, steps = tmp_path / "preempt", 120
     t0 = time.monotonic()
     job = _preempt_and_resume(slurm, out, "torchrun.sbatch", "gvae-torchrun", steps)
     log = (out / "job.log").read_text()
+    assert "2 node(s) x 1 process(es)" in log and "2 process(es) on cpu" in log
     stopped = re.search(r"stopped at step (\d+) on SIGUSR1; checkpoint (\S+);", log)
     assert stopped, _tail(out / "job.log")
     at = int(stopped.group(1))
@@ -200,38 +159,44 @@ def test_torchrun_job_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path
     run_dir = out / f"gvae-torchrun-{job}"
     first = _checkpoint(run_dir / "checkpoints" / f"step_{at:08d}")
     final = _checkpoint(run_dir / "checkpoints" / f"step_{steps:08d}")
-    assert first["step"] == at and final["step"] == steps
-    # one MLflow run across both job starts, with metrics from before and after the requeue
+    assert first["step"] == at and final["step"] == steps and final["world_size"] == 2
+    # one MLflow run across both job starts, with metrics from before and after the requeue:
+    # every log step once (several processes stop at a log step, after logging it)
     assert final["tracking_run_id"] == first["tracking_run_id"]
     assert len(_runs_named(out, run_dir.name)) == 1
-    loss_steps = {s for s, _ in _mlflow_metrics(out, final["tracking_run_id"])["loss"]}
-    assert min(loss_steps) < at and steps in loss_steps
+    loss_steps = [s for s, _ in _mlflow_metrics(out, final["tracking_run_id"])["loss"]]
+    assert sorted(loss_steps) == list(range(5, steps + 1, 5)) and min(loss_steps) < at, loss_steps
     print(f"torchrun preemption: {time.monotonic() - t0:.0f}s")
 
 
-def _launch_stops_cleanly() -> bool:
-    """Ray Train keeps a checkpoint reported just before a worker raises only if the worker
-    returns instead: launch.py must turn train.Preempted into a normal return (see
-    cluster/README.md, "Preemption with Ray")."""
-    import inspect
-
-    from gvae_dist import launch
-
-    return "Preempted" in inspect.getsource(launch)
-
-
-def test_ray_job_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path):
-    if not _launch_stops_cleanly():
-        pytest.skip("gvae_dist.launch does not handle train.Preempted yet: a stop-file preemption "
-                    "would restart from the last periodic checkpoint (cluster/README.md)")
+def test_ray_job_trains_with_two_workers_checkpoints_on_signal_requeues_resumes_and_tears_down(slurm, tmp_path):
+    """One Ray job (head + worker node, 2 Train workers), preempted once: the first start
+    checkpoints on the signal and requeues, the second resumes, trains to the end and tears the
+    cluster down (a normal end: the plain two-worker run needs no job of its own)."""
     out, steps = tmp_path / "ray_preempt", 150
     t0 = time.monotonic()
     job = _preempt_and_resume(slurm, out, "ray.sbatch", "gvae-ray", steps)
     log = (out / "job.log").read_text()
+    assert "all 2 node(s) joined: 2 CPUs" in log
+    assert "Ray Train: 2 worker(s)" in log
+    assert f"step {steps:>6}/{steps}" in log  # worker output is streamed into the job log
     assert "requeueing job" in log and "(restart 1)" in log
     resumed = re.search(r"resumed from \S+ at step (\d+)", log.split("(restart 1)")[1])
     assert resumed and 0 < int(resumed.group(1)) < steps, _tail(out / "job.log")
-    state = _checkpoint(out / "ray" / f"gvae-ray-{job}" / f"step_{steps:08d}")
-    assert state["step"] == steps
-    assert len(_runs_named(out, f"gvae-ray-{job}")) == 1
+    # per-job token, readable only by the user; dashboard on loopback only
+    token = out / ".slurm" / job / "ray_auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text().strip()) == 64
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    assert re.search(r"dashboard 127\.0\.0\.1:\d+", log)
+    # the checkpoint Ray Train registered, and the one MLflow run it names
+    name = f"gvae-ray-{job}"
+    state = _checkpoint(out / "ray" / name / f"step_{steps:08d}")
+    assert state["step"] == steps and state["world_size"] == 2
+    assert len(_runs_named(out, name)) == 1
+    metrics = _mlflow_metrics(out, state["tracking_run_id"])
+    assert max(s for s, _ in metrics["loss"]) == steps
+    # torn down: nothing listens on the job's GCS port any more
+    host, port = re.search(r"head (\S+):(\d+);", log).groups()
+    assert not _listening(host, int(port)), f"Ray GCS still listening on {host}:{port} after the job"
+    assert not Path(f"/tmp/ray-gvae-{job}").exists(), "the job's Ray temp dir was left behind"
     print(f"ray preemption: {time.monotonic() - t0:.0f}s")
