@@ -56,12 +56,12 @@ from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, PairingPlan, make_pairs
 from gvae_dist.data.partners import build_partners
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.fingerprint import differing_keys, resume_fingerprint
-from gvae_dist.model import GatedVAE
+from gvae_dist.model import GatedVAE, build_model
 from gvae_dist.objective import kl_weight, objective, reconstruction_loss, warmup_weight
 from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
 from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean
 
-__all__ = ["RunHooks", "train_loop", "build_model", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE",
+__all__ = ["RunHooks", "train_loop", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE",
            "Interrupted", "INTERRUPTED_EXIT_CODE", "claim_run_dir", "check_resume_config"]
 
 log = logging.getLogger("gvae_dist.train")
@@ -109,12 +109,6 @@ class TrainResult:
     run_dir: Path
     checkpoint: Path | None
     tracking_run_id: str | None
-
-
-def build_model(cfg: Config, channels: int) -> GatedVAE:
-    m = cfg.model
-    return GatedVAE(in_channels=channels, image_size=cfg.data.image_size, latent_dim=m.latent_dim,
-                    channels=tuple(m.channels), hidden=m.hidden)
 
 
 def _resolve_device(cfg: Config) -> str:
