@@ -5,9 +5,10 @@ Ray Train worker. Accelerate is the only wrapper (DDP, autocast, GradScaler); la
 only in the :class:`RunHooks` they pass (where to report metrics and checkpoints, where to
 restore from). Nothing here imports Ray or ``torch.distributed`` directly.
 
-One step: next batch -> pairing (targets + gate masks) -> model (gated reparameterisation) ->
-objective -> backward -> optimizer. Loss terms are accumulated on the device and read back once
-per ``run.log_every`` steps, so the loop has no per-step host sync.
+One step (:func:`gvae_dist.step.train_step`, the code the step benchmarks time): next batch ->
+pairing (targets + gate masks) -> model (gated reparameterisation) -> objective -> backward ->
+optimizer. Loss terms are accumulated on the device (:class:`gvae_dist.step.StepMetrics`) and
+read back once per ``run.log_every`` steps, so the loop has no per-step host sync.
 
 Preemption: ``run.checkpoint_signal`` (default SIGUSR1, e.g. SLURM's ``--signal``) or the
 appearance of ``run.stop_file`` asks the loop to write a checkpoint at the next step boundary and
@@ -52,13 +53,14 @@ from gvae_dist.checkpoint import (
 )
 from gvae_dist.config import Config, ConfigError, config_from_dict, config_yaml, save_config
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
-from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, PairingPlan, make_pairs
+from gvae_dist.data.pairing import PairingPlan
 from gvae_dist.data.partners import build_partners
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.fingerprint import differing_keys, resume_fingerprint
 from gvae_dist.model import GatedVAE, build_model
-from gvae_dist.objective import kl_weight, objective, reconstruction_loss, warmup_weight
+from gvae_dist.objective import warmup_weight
 from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
+from gvae_dist.step import StepMetrics, StepParts, train_step
 from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean
 
 __all__ = ["RunHooks", "train_loop", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE",
@@ -291,6 +293,13 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+@contextlib.contextmanager
+def _both(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
+    """``with first, second:`` as one context (the step's Accelerate accumulation + autocast)."""
+    with first, second:
+        yield
+
+
 def _print(is_main: bool, msg: str) -> None:
     if is_main:
         print(msg, flush=True)
@@ -396,12 +405,6 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     optimizer = accelerator.prepare_optimizer(optimizer)
     plan = PairingPlan.from_config(cfg, info.label_names, device=device)
     partners = build_partners(cfg, loader, plan, device)
-    gated = cfg.gate.enabled
-    spec = cfg.partition_spec()
-    masks_PD = spec.masks().to(device)
-    # Share of the examples whose gate opens each partition (masks are constant per partition);
-    # un-gated, every example's reconstruction gradient reaches every partition.
-    share_PD = masks_PD / masks_PD.sum(1, keepdim=True)
     pair_gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
     torch.manual_seed(cfg.run.seed * 1000 + rank + 1)  # per-rank reparameterisation noise
 
@@ -462,16 +465,16 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
         hooks.report(metrics, path)
         return path
 
-    # Running sums on the device; read back once per log interval.
-    K = len(KIND_NAMES)
-    sums: dict[str, torch.Tensor] = {}
-    kind_sum_K = torch.zeros(K, device=device)
-    kind_cnt_K = torch.zeros(K, device=device)
-    kl_sum_D = torch.zeros(cfg.model.latent_dim, device=device)
-    found_sum_K = torch.zeros(plan.num_shared, device=device)
-    drawn_sum_K = torch.zeros(plan.num_shared, device=device)
+    def clip_grad() -> None:
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
+
+    parts = StepParts(model, raw_model, optimizer, plan, pair_gen, cfg.gate, cfg.objective, partners,
+                      o.channels_last, context=lambda: _both(accelerator.accumulate(model), accelerator.autocast()),
+                      backward=accelerator.backward, clip_grad=clip_grad if o.grad_clip > 0 else None)
+    step_metrics = StepMetrics(plan, cfg.objective, cfg.gate.kl)  # on the device; read back per log step
     warned_found: set[str] = set()
-    n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
+    t_data, t_last = 0.0, time.perf_counter()
     metrics: dict[str, float] = {}
     eval_metrics: dict | None = None
     last_ckpt: Path | None = restore
@@ -484,49 +487,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 t0 = time.perf_counter()
                 batch = next(loader)
                 t_data += time.perf_counter() - t0
-                x = batch.image
-                if o.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                own_B = partners.observe(batch) if partners is not None else None
-                pairs = make_pairs(x, batch.labels, plan, pair_gen, partners, own_B, batch.factors)
-                with accelerator.accumulate(model), accelerator.autocast():
-                    closed = None
-                    if gated and cfg.gate.closed_code == "target":
-                        closed = raw_model.sample_code(pairs.target_BCHW)  # one more encoder forward
-                    out = model(x, mask=pairs.mask_BD if gated else None, closed_BD=closed,
-                                decoder_update_B=None if cfg.gate.decoder or not gated
-                                else pairs.kind_B == IDENTITY)
-                    recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW,
-                                                  cfg.objective.likelihood, cfg.objective.gaussian_std,
-                                                  cfg.objective.gaussian_calibrated)
-                    loss, terms = objective(cfg.objective, recon_B, out.mu.float(), out.logvar.float(),
-                                            out.z_reg.float(),
-                                            kl_mask=pairs.mask_BD if cfg.gate.kl and cfg.gate.enabled else None,
-                                            reg_weight=warmup_weight(cfg.objective.warmup_steps, step))
-                    accelerator.backward(loss)
-                    if o.grad_clip > 0 and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    terms = dict(terms)
-                    terms["gate/open_fraction"] = pairs.mask_BD.float().mean()
-                    terms["pairing/found"] = pairs.found
-                    kl_D = terms.pop("kl_per_dim").detach().float()
-                    kl_sum_D += kl_D
-                    kl_P = masks_PD @ kl_D
-                    open_P = (pairs.mask_BD.float().mean(0) @ share_PD.T if cfg.gate.enabled
-                              else torch.ones(len(spec), device=device))
-                    for p, part in enumerate(spec):
-                        terms[f"kl/{part.name}"] = kl_P[p]
-                        terms[f"gate/open_share/{part.name}"] = open_P[p]
-                    for k, v in terms.items():
-                        sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float().clone()
-                    kind_sum_K.scatter_add_(0, pairs.kind_B, recon_B.detach().float())
-                    kind_cnt_K += torch.bincount(pairs.kind_B, minlength=K).float()
-                    found_sum_K += pairs.found_K
-                    drawn_sum_K += pairs.drawn_K
-                n_acc += 1
+                out = train_step(parts, batch, reg_weight=warmup_weight(cfg.objective.warmup_steps, step))
+                step_metrics.add(out)
             step += 1
 
             at_log = step % cfg.run.log_every == 0 or step == o.steps
@@ -535,40 +497,20 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             preempt = step < o.steps and (world == 1 or at_log) and stop.agreed(accelerator, at_log)
             at_ckpt = at_ckpt or preempt
             if at_log or at_ckpt:
-                keys = list(sums)
-                values = torch.cat([torch.stack([sums[k] for k in keys]), kind_sum_K, kind_cnt_K,
-                                    kl_sum_D, found_sum_K, drawn_sum_K]).tolist()  # one sync
-                S = plan.num_shared
-                found_K, drawn_K = values[len(values) - 2 * S : len(values) - S], values[len(values) - S :]
-                values = values[: len(values) - 2 * S]
-                metrics = {k: v / n_acc for k, v in zip(keys, values[: len(keys)])}
-                ks, kc = values[len(keys) : len(keys) + K], values[len(keys) + K : len(keys) + 2 * K]
-                for d, v in enumerate(values[len(keys) + 2 * K :]):
-                    metrics[f"kl_dim/{d:02d}"] = v / n_acc
-                for name, s, c in zip(KIND_NAMES, ks, kc):
-                    if c > 0:
-                        metrics[f"recon/{name}"] = s / c
-                if cfg.objective.warmup_steps:
-                    metrics["objective/warmup_weight"] = warmup_weight(cfg.objective.warmup_steps, step - 1)
-                for part in spec:  # KL weight over the share of reconstruction gradient (docs/objectives.md)
-                    share = metrics[f"gate/open_share/{part.name}"]
-                    if share > 0:
-                        metrics[f"gate/effective_beta/{part.name}"] = kl_weight(cfg.objective) / (
-                            1.0 if cfg.gate.kl else share)
+                imgs = step_metrics.count * micro * world
+                metrics = step_metrics.flush(step)
                 now = time.perf_counter()
-                imgs = n_acc * micro * world
-                for name, fd, dr in zip(plan.shared_names, found_K, drawn_K):
-                    if dr > 0:
-                        metrics[f"pairing/found/{name}"] = fd / dr
-                        if fd / dr < cfg.pairing.min_found and name not in warned_found:
-                            warned_found.add(name)
-                            knobs = ["pairing.match: one", "fewer data.label_bins"]
-                            knobs += ["pairing.partner: dataset"] if partners is None else []
-                            knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
-                            knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
-                            log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
-                                        "(step %d); they train as identity pairs. Try %s",
-                                        100 * fd / dr, name, step, ", ".join(knobs))
+                for name in plan.shared_names:
+                    found = metrics.get(f"pairing/found/{name}")
+                    if found is not None and found < cfg.pairing.min_found and name not in warned_found:
+                        warned_found.add(name)
+                        knobs = ["pairing.match: one", "fewer data.label_bins"]
+                        knobs += ["pairing.partner: dataset"] if partners is None else []
+                        knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
+                        knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
+                        log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
+                                    "(step %d); they train as identity pairs. Try %s",
+                                    100 * found, name, step, ", ".join(knobs))
                 metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
                 metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
                 metrics["data/skipped_samples"] = float(getattr(loader, "skipped", 0))
@@ -585,12 +527,6 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                                 f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
                                 f"  {metrics['perf/images_per_s']:.0f} img/s"
                                 f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%")
-                sums.clear()
-                kind_sum_K.zero_()
-                kind_cnt_K.zero_()
-                kl_sum_D.zero_()
-                found_sum_K.zero_()
-                drawn_sum_K.zero_()
                 # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
                 final = step == o.steps
                 if is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):
@@ -603,7 +539,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                     last_ckpt = checkpoint(step, metrics) or last_ckpt
                 if preempt:
                     break
-                n_acc, t_data, t_last = 0, 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
+                t_data, t_last = 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
             if grid_x is not None and cfg.tracking.image_every and step % cfg.tracking.image_every == 0:
                 log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
 
