@@ -351,6 +351,28 @@ def _restore(cfg: Config, hooks: RunHooks, accelerator, is_main: bool) -> _Resto
     return _Restored(cand, state)
 
 
+def _load_state(state: dict[str, Any], cfg: Config, raw_model: GatedVAE, optimizer, accelerator,
+                pair_gen: torch.Generator, loader) -> int:
+    """Put a checkpoint's ``state`` into this run's model, optimizer, scaler and (when the world
+    size matches) this rank's RNGs and data position; returns the checkpoint's step."""
+    o = cfg.optim
+    raw_model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # the config, not the checkpoint, sets the schedule
+        group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if state.get("scaler") is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    rank, world = accelerator.process_index, accelerator.num_processes
+    rngs, positions = state["rng"], state["data"]
+    if len(rngs) == world:
+        _set_rng_state(rngs[rank], pair_gen)
+        loader.load_state_dict(positions[rank])
+    else:
+        log.warning("checkpoint has %d ranks' RNG/data state but this run has %d: reseeding",
+                    len(rngs), world)
+    return int(state["step"])
+
+
 def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopRequest,
                 claims: contextlib.ExitStack) -> TrainResult:
     """The loop of :func:`train_loop`; ``stop`` carries checkpoint-and-stop requests, ``claims``
@@ -412,23 +434,10 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     found = _restore(cfg, hooks, accelerator, is_main)
     restore = found.path if found else None
     if found is not None:
-        state = found.state
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the config, not the checkpoint, sets the schedule
-            group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        if state.get("scaler") is not None and accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        step, run_id = int(state["step"]), state.get("tracking_run_id") or run_id
-        rngs, positions = state["rng"], state["data"]
-        if len(rngs) == world:
-            _set_rng_state(rngs[rank], pair_gen)
-            loader.load_state_dict(positions[rank])
-        else:
-            log.warning("checkpoint has %d ranks' RNG/data state but this run has %d: reseeding",
-                        len(rngs), world)
+        step = _load_state(found.state, cfg, raw_model, optimizer, accelerator, pair_gen, loader)
+        run_id = found.state.get("tracking_run_id") or run_id
         _print(is_main, f"[gvae-dist] resumed from {found.origin.removesuffix('/state.pt')} at step {step}")
-        del state, found.state  # the restored weights live in the model and optimizer now
+        del found.state  # the restored weights live in the model and optimizer now
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
         dropped = rewind_metrics(run_dir, step)  # the steps after the checkpoint are trained again
@@ -500,33 +509,17 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 imgs = step_metrics.count * micro * world
                 metrics = step_metrics.flush(step)
                 now = time.perf_counter()
-                for name in plan.shared_names:
-                    found = metrics.get(f"pairing/found/{name}")
-                    if found is not None and found < cfg.pairing.min_found and name not in warned_found:
-                        warned_found.add(name)
-                        knobs = ["pairing.match: one", "fewer data.label_bins"]
-                        knobs += ["pairing.partner: dataset"] if partners is None else []
-                        knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
-                        knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
-                        log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
-                                    "(step %d); they train as identity pairs. Try %s",
-                                    100 * found, name, step, ", ".join(knobs))
+                _warn_few_partners(cfg, metrics, plan.shared_names, warned_found, partners is not None, step)
                 metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
                 metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
                 metrics["data/skipped_samples"] = float(getattr(loader, "skipped", 0))
                 metrics["step"] = step
-                if not all(math.isfinite(v) for v in metrics.values()):
-                    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-                    raise FloatingPointError(f"non-finite {bad} at step {step}; last good checkpoint: "
-                                             f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip")
+                _check_finite(metrics, step, last_ckpt)
                 tracker.log_metrics(metrics, step)
                 if is_main:
                     with open(run_dir / "metrics.jsonl", "a") as fh:
                         fh.write(json.dumps(metrics) + "\n")
-                _print(is_main, f"step {step:>6}/{o.steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
-                                f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
-                                f"  {metrics['perf/images_per_s']:.0f} img/s"
-                                f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%")
+                _print(is_main, _progress_line(metrics, step, o.steps))
                 # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
                 final = step == o.steps
                 if is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):
@@ -564,6 +557,40 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
         tracker.finish("KILLED")
         raise Interrupted(step, last_ckpt) from None
     return TrainResult(step, metrics, eval_metrics, run_dir, last_ckpt, tracker.run_id)
+
+
+def _warn_few_partners(cfg: Config, metrics: dict[str, float], shared_names: list[str], warned: set[str],
+                       dataset_partners: bool, step: int) -> None:
+    """Warn once per supervised partition whose shared_factor draws found a partner less often
+    than ``pairing.min_found`` (``pairing/found/<name>`` of this log interval), naming the knobs
+    that help; ``warned`` holds the names already warned about."""
+    for name in shared_names:
+        found = metrics.get(f"pairing/found/{name}")
+        if found is None or found >= cfg.pairing.min_found or name in warned:
+            continue
+        warned.add(name)
+        knobs = ["pairing.match: one", "fewer data.label_bins"]
+        knobs += [] if dataset_partners else ["pairing.partner: dataset"]
+        knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
+        knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
+        log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
+                    "(step %d); they train as identity pairs. Try %s",
+                    100 * found, name, step, ", ".join(knobs))
+
+
+def _check_finite(metrics: dict[str, float], step: int, last_ckpt: Path | None) -> None:
+    """``FloatingPointError`` naming the non-finite metrics and the last good checkpoint."""
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"non-finite {bad} at step {step}; last good checkpoint: "
+                                 f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip")
+
+
+def _progress_line(metrics: dict[str, float], step: int, steps: int) -> str:
+    return (f"step {step:>6}/{steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
+            f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
+            f"  {metrics['perf/images_per_s']:.0f} img/s"
+            f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%")
 
 
 def _evaluate(cfg: Config, model: GatedVAE, info, device, tracker, step: int, out_dir: Path,
