@@ -208,7 +208,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Config | None = None, out_d
     writes into ``out_dir`` (default :func:`default_out_dir`)."""
     from gvae_dist.checkpoint import load_checkpoint
     from gvae_dist.config import load_config
-    from gvae_dist.train import build_model
+    from gvae_dist.model import build_model
 
     ckpt = Path(checkpoint)
     cfg = cfg or load_config(ckpt / "config.yaml")

@@ -18,14 +18,17 @@ Legend: B batch, C image channels, H/W image height/width, D latent dims, F hidd
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
 from gvae_dist.gate import gated_reparameterize
 
-__all__ = ["BOTTLENECK", "SUPPORTED_IMAGE_SIZES", "GatedVAE", "VAEOutput", "layer_channels"]
+if TYPE_CHECKING:  # only for the annotation: the model reads a config, it does not import one
+    from gvae_dist.config import Config
+
+__all__ = ["BOTTLENECK", "SUPPORTED_IMAGE_SIZES", "GatedVAE", "VAEOutput", "build_model", "layer_channels"]
 
 BOTTLENECK = 4
 """Spatial size (height = width) of the last encoder feature map."""
@@ -225,3 +228,11 @@ class GatedVAE(nn.Module):
         else:
             logits_BCHW = self.decode_rows(z_dec_BD, decoder_update_B)
         return VAEOutput(mu_BD, logvar_BD, z_dec_BD, z_reg_BD, logits_BCHW)
+
+
+def build_model(cfg: Config, channels: int) -> GatedVAE:
+    """The :class:`GatedVAE` that ``cfg.model`` and ``cfg.data.image_size`` describe, for images
+    with ``channels`` channels (training, evaluation and every tool that loads a checkpoint)."""
+    m = cfg.model
+    return GatedVAE(in_channels=channels, image_size=cfg.data.image_size, latent_dim=m.latent_dim,
+                    channels=tuple(m.channels), hidden=m.hidden)

@@ -5,9 +5,10 @@ Ray Train worker. Accelerate is the only wrapper (DDP, autocast, GradScaler); la
 only in the :class:`RunHooks` they pass (where to report metrics and checkpoints, where to
 restore from). Nothing here imports Ray or ``torch.distributed`` directly.
 
-One step: next batch -> pairing (targets + gate masks) -> model (gated reparameterisation) ->
-objective -> backward -> optimizer. Loss terms are accumulated on the device and read back once
-per ``run.log_every`` steps, so the loop has no per-step host sync.
+One step (:func:`gvae_dist.step.train_step`, the code the step benchmarks time): next batch ->
+pairing (targets + gate masks) -> model (gated reparameterisation) -> objective -> backward ->
+optimizer. Loss terms are accumulated on the device (:class:`gvae_dist.step.StepMetrics`) and
+read back once per ``run.log_every`` steps, so the loop has no per-step host sync.
 
 Preemption: ``run.checkpoint_signal`` (default SIGUSR1, e.g. SLURM's ``--signal``) or the
 appearance of ``run.stop_file`` asks the loop to write a checkpoint at the next step boundary and
@@ -52,17 +53,17 @@ from gvae_dist.checkpoint import (
 )
 from gvae_dist.config import Config, ConfigError, config_from_dict, config_yaml, save_config
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
-from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, SHARED, PairingPlan, make_pairs
+from gvae_dist.data.pairing import PairingPlan
 from gvae_dist.data.partners import build_partners
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.fingerprint import differing_keys, resume_fingerprint
-from gvae_dist.gate import drop_high_loss
-from gvae_dist.model import GatedVAE
-from gvae_dist.objective import kl_weight, objective, reconstruction_loss, warmup_weight
+from gvae_dist.model import GatedVAE, build_model
+from gvae_dist.objective import warmup_weight
 from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
+from gvae_dist.step import StepMetrics, StepParts, train_step
 from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean
 
-__all__ = ["RunHooks", "train_loop", "build_model", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE",
+__all__ = ["RunHooks", "train_loop", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE",
            "Interrupted", "INTERRUPTED_EXIT_CODE", "claim_run_dir", "check_resume_config"]
 
 log = logging.getLogger("gvae_dist.train")
@@ -110,12 +111,6 @@ class TrainResult:
     run_dir: Path
     checkpoint: Path | None
     tracking_run_id: str | None
-
-
-def build_model(cfg: Config, channels: int) -> GatedVAE:
-    m = cfg.model
-    return GatedVAE(in_channels=channels, image_size=cfg.data.image_size, latent_dim=m.latent_dim,
-                    channels=tuple(m.channels), hidden=m.hidden)
 
 
 def _resolve_device(cfg: Config) -> str:
@@ -298,6 +293,13 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+@contextlib.contextmanager
+def _both(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
+    """``with first, second:`` as one context (the step's Accelerate accumulation + autocast)."""
+    with first, second:
+        yield
+
+
 def _print(is_main: bool, msg: str) -> None:
     if is_main:
         print(msg, flush=True)
@@ -347,6 +349,28 @@ def _restore(cfg: Config, hooks: RunHooks, accelerator, is_main: bool) -> _Resto
         if bad.path.parent == ckpt_root and (moved := set_aside(bad.path)) is not None:
             log.warning("damaged checkpoint %s set aside as %s", bad.path, moved)
     return _Restored(cand, state)
+
+
+def _load_state(state: dict[str, Any], cfg: Config, raw_model: GatedVAE, optimizer, accelerator,
+                pair_gen: torch.Generator, loader) -> int:
+    """Put a checkpoint's ``state`` into this run's model, optimizer, scaler and (when the world
+    size matches) this rank's RNGs and data position; returns the checkpoint's step."""
+    o = cfg.optim
+    raw_model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # the config, not the checkpoint, sets the schedule
+        group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if state.get("scaler") is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    rank, world = accelerator.process_index, accelerator.num_processes
+    rngs, positions = state["rng"], state["data"]
+    if len(rngs) == world:
+        _set_rng_state(rngs[rank], pair_gen)
+        loader.load_state_dict(positions[rank])
+    else:
+        log.warning("checkpoint has %d ranks' RNG/data state but this run has %d: reseeding",
+                    len(rngs), world)
+    return int(state["step"])
 
 
 def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopRequest,
@@ -403,12 +427,6 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     optimizer = accelerator.prepare_optimizer(optimizer)
     plan = PairingPlan.from_config(cfg, info.label_names, device=device)
     partners = build_partners(cfg, loader, plan, device)
-    gated = cfg.gate.enabled
-    spec = cfg.partition_spec()
-    masks_PD = spec.masks().to(device)
-    # Share of the examples whose gate opens each partition (masks are constant per partition);
-    # un-gated, every example's reconstruction gradient reaches every partition.
-    share_PD = masks_PD / masks_PD.sum(1, keepdim=True)
     pair_gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
     torch.manual_seed(cfg.run.seed * 1000 + rank + 1)  # per-rank reparameterisation noise
 
@@ -416,23 +434,10 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     found = _restore(cfg, hooks, accelerator, is_main)
     restore = found.path if found else None
     if found is not None:
-        state = found.state
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the config, not the checkpoint, sets the schedule
-            group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        if state.get("scaler") is not None and accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        step, run_id = int(state["step"]), state.get("tracking_run_id") or run_id
-        rngs, positions = state["rng"], state["data"]
-        if len(rngs) == world:
-            _set_rng_state(rngs[rank], pair_gen)
-            loader.load_state_dict(positions[rank])
-        else:
-            log.warning("checkpoint has %d ranks' RNG/data state but this run has %d: reseeding",
-                        len(rngs), world)
+        step = _load_state(found.state, cfg, raw_model, optimizer, accelerator, pair_gen, loader)
+        run_id = found.state.get("tracking_run_id") or run_id
         _print(is_main, f"[gvae-dist] resumed from {found.origin.removesuffix('/state.pt')} at step {step}")
-        del state, found.state  # the restored weights live in the model and optimizer now
+        del found.state  # the restored weights live in the model and optimizer now
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
         dropped = rewind_metrics(run_dir, step)  # the steps after the checkpoint are trained again
@@ -469,16 +474,16 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
         hooks.report(metrics, path)
         return path
 
-    # Running sums on the device; read back once per log interval.
-    K = len(KIND_NAMES)
-    sums: dict[str, torch.Tensor] = {}
-    kind_sum_K = torch.zeros(K, device=device)
-    kind_cnt_K = torch.zeros(K, device=device)
-    kl_sum_D = torch.zeros(cfg.model.latent_dim, device=device)
-    found_sum_K = torch.zeros(plan.num_shared, device=device)
-    drawn_sum_K = torch.zeros(plan.num_shared, device=device)
+    def clip_grad() -> None:
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
+
+    parts = StepParts(model, raw_model, optimizer, plan, pair_gen, cfg.gate, cfg.objective, partners,
+                      o.channels_last, context=lambda: _both(accelerator.accumulate(model), accelerator.autocast()),
+                      backward=accelerator.backward, clip_grad=clip_grad if o.grad_clip > 0 else None)
+    step_metrics = StepMetrics(plan, cfg.objective, cfg.gate.kl)  # on the device; read back per log step
     warned_found: set[str] = set()
-    n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
+    t_data, t_last = 0.0, time.perf_counter()
     metrics: dict[str, float] = {}
     eval_metrics: dict | None = None
     last_ckpt: Path | None = restore
@@ -491,53 +496,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 t0 = time.perf_counter()
                 batch = next(loader)
                 t_data += time.perf_counter() - t0
-                x = batch.image
-                if o.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                own_B = partners.observe(batch) if partners is not None else None
-                pairs = make_pairs(x, batch.labels, plan, pair_gen, partners, own_B, batch.factors)
-                with accelerator.accumulate(model), accelerator.autocast():
-                    closed = None
-                    if gated and cfg.gate.closed_code == "target":
-                        closed = raw_model.sample_code(pairs.target_BCHW)  # one more encoder forward
-                    out = model(x, mask=pairs.mask_BD if gated else None, closed_BD=closed,
-                                decoder_update_B=None if cfg.gate.decoder or not gated
-                                else pairs.kind_B == IDENTITY)
-                    recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW,
-                                                  cfg.objective.likelihood, cfg.objective.gaussian_std,
-                                                  cfg.objective.gaussian_calibrated)
-                    if gated and cfg.gate.drop_high_loss > 0:
-                        recon_B, dropped_B = drop_high_loss(recon_B, pairs.kind_B == SHARED, cfg.gate.drop_high_loss)
-                    loss, terms = objective(cfg.objective, recon_B, out.mu.float(), out.logvar.float(),
-                                            out.z_reg.float(),
-                                            kl_mask=pairs.mask_BD if cfg.gate.kl and cfg.gate.enabled else None,
-                                            reg_weight=warmup_weight(cfg.objective.warmup_steps, step))
-                    accelerator.backward(loss)
-                    if o.grad_clip > 0 and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    terms = dict(terms)
-                    terms["gate/open_fraction"] = pairs.mask_BD.float().mean()
-                    terms["pairing/found"] = pairs.found
-                    if gated and cfg.gate.drop_high_loss > 0:
-                        terms["gate/dropped_fraction"] = dropped_B.float().mean()
-                    kl_D = terms.pop("kl_per_dim").detach().float()
-                    kl_sum_D += kl_D
-                    kl_P = masks_PD @ kl_D
-                    open_P = (pairs.mask_BD.float().mean(0) @ share_PD.T if cfg.gate.enabled
-                              else torch.ones(len(spec), device=device))
-                    for p, part in enumerate(spec):
-                        terms[f"kl/{part.name}"] = kl_P[p]
-                        terms[f"gate/open_share/{part.name}"] = open_P[p]
-                    for k, v in terms.items():
-                        sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float().clone()
-                    kind_sum_K.scatter_add_(0, pairs.kind_B, recon_B.detach().float())
-                    kind_cnt_K += torch.bincount(pairs.kind_B, minlength=K).float()
-                    found_sum_K += pairs.found_K
-                    drawn_sum_K += pairs.drawn_K
-                n_acc += 1
+                out = train_step(parts, batch, reg_weight=warmup_weight(cfg.objective.warmup_steps, step))
+                step_metrics.add(out)
             step += 1
 
             at_log = step % cfg.run.log_every == 0 or step == o.steps
@@ -546,62 +506,20 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
             preempt = step < o.steps and (world == 1 or at_log) and stop.agreed(accelerator, at_log)
             at_ckpt = at_ckpt or preempt
             if at_log or at_ckpt:
-                keys = list(sums)
-                values = torch.cat([torch.stack([sums[k] for k in keys]), kind_sum_K, kind_cnt_K,
-                                    kl_sum_D, found_sum_K, drawn_sum_K]).tolist()  # one sync
-                S = plan.num_shared
-                found_K, drawn_K = values[len(values) - 2 * S : len(values) - S], values[len(values) - S :]
-                values = values[: len(values) - 2 * S]
-                metrics = {k: v / n_acc for k, v in zip(keys, values[: len(keys)])}
-                ks, kc = values[len(keys) : len(keys) + K], values[len(keys) + K : len(keys) + 2 * K]
-                for d, v in enumerate(values[len(keys) + 2 * K :]):
-                    metrics[f"kl_dim/{d:02d}"] = v / n_acc
-                for name, s, c in zip(KIND_NAMES, ks, kc):
-                    if c > 0:
-                        metrics[f"recon/{name}"] = s / c
-                if cfg.objective.warmup_steps:
-                    metrics["objective/warmup_weight"] = warmup_weight(cfg.objective.warmup_steps, step - 1)
-                for part in spec:  # KL weight over the share of reconstruction gradient (docs/objectives.md)
-                    share = metrics[f"gate/open_share/{part.name}"]
-                    if share > 0:
-                        metrics[f"gate/effective_beta/{part.name}"] = kl_weight(cfg.objective) / (
-                            1.0 if cfg.gate.kl else share)
+                imgs = step_metrics.count * micro * world
+                metrics = step_metrics.flush(step)
                 now = time.perf_counter()
-                imgs = n_acc * micro * world
-                for name, fd, dr in zip(plan.shared_names, found_K, drawn_K):
-                    if dr > 0:
-                        metrics[f"pairing/found/{name}"] = fd / dr
-                        if fd / dr < cfg.pairing.min_found and name not in warned_found:
-                            warned_found.add(name)
-                            knobs = ["pairing.match: one", "fewer data.label_bins"]
-                            knobs += ["pairing.partner: dataset"] if partners is None else []
-                            knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
-                            knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
-                            log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
-                                        "(step %d); they train as identity pairs. Try %s",
-                                        100 * fd / dr, name, step, ", ".join(knobs))
+                _warn_few_partners(cfg, metrics, plan.shared_names, warned_found, partners is not None, step)
                 metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
                 metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
                 metrics["data/skipped_samples"] = float(getattr(loader, "skipped", 0))
                 metrics["step"] = step
-                if not all(math.isfinite(v) for v in metrics.values()):
-                    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-                    raise FloatingPointError(f"non-finite {bad} at step {step}; last good checkpoint: "
-                                             f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip")
+                _check_finite(metrics, step, last_ckpt)
                 tracker.log_metrics(metrics, step)
                 if is_main:
                     with open(run_dir / "metrics.jsonl", "a") as fh:
                         fh.write(json.dumps(metrics) + "\n")
-                _print(is_main, f"step {step:>6}/{o.steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
-                                f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
-                                f"  {metrics['perf/images_per_s']:.0f} img/s"
-                                f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%")
-                sums.clear()
-                kind_sum_K.zero_()
-                kind_cnt_K.zero_()
-                kl_sum_D.zero_()
-                found_sum_K.zero_()
-                drawn_sum_K.zero_()
+                _print(is_main, _progress_line(metrics, step, o.steps))
                 # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
                 final = step == o.steps
                 if is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):
@@ -614,7 +532,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                     last_ckpt = checkpoint(step, metrics) or last_ckpt
                 if preempt:
                     break
-                n_acc, t_data, t_last = 0, 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
+                t_data, t_last = 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
             if grid_x is not None and cfg.tracking.image_every and step % cfg.tracking.image_every == 0:
                 log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
 
@@ -639,6 +557,40 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
         tracker.finish("KILLED")
         raise Interrupted(step, last_ckpt) from None
     return TrainResult(step, metrics, eval_metrics, run_dir, last_ckpt, tracker.run_id)
+
+
+def _warn_few_partners(cfg: Config, metrics: dict[str, float], shared_names: list[str], warned: set[str],
+                       dataset_partners: bool, step: int) -> None:
+    """Warn once per supervised partition whose shared_factor draws found a partner less often
+    than ``pairing.min_found`` (``pairing/found/<name>`` of this log interval), naming the knobs
+    that help; ``warned`` holds the names already warned about."""
+    for name in shared_names:
+        found = metrics.get(f"pairing/found/{name}")
+        if found is None or found >= cfg.pairing.min_found or name in warned:
+            continue
+        warned.add(name)
+        knobs = ["pairing.match: one", "fewer data.label_bins"]
+        knobs += [] if dataset_partners else ["pairing.partner: dataset"]
+        knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
+        knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
+        log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
+                    "(step %d); they train as identity pairs. Try %s",
+                    100 * found, name, step, ", ".join(knobs))
+
+
+def _check_finite(metrics: dict[str, float], step: int, last_ckpt: Path | None) -> None:
+    """``FloatingPointError`` naming the non-finite metrics and the last good checkpoint."""
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"non-finite {bad} at step {step}; last good checkpoint: "
+                                 f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip")
+
+
+def _progress_line(metrics: dict[str, float], step: int, steps: int) -> str:
+    return (f"step {step:>6}/{steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
+            f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
+            f"  {metrics['perf/images_per_s']:.0f} img/s"
+            f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%")
 
 
 def _evaluate(cfg: Config, model: GatedVAE, info, device, tracker, step: int, out_dir: Path,

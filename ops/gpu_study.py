@@ -75,7 +75,8 @@ def probe(args, cell_cfg, out: Path, deadline: float) -> dict:
     from gvae_dist.config import apply_overrides, config_from_dict
     from gvae_dist.data.loader import load_eval_arrays
     from gvae_dist.eval_runner import heldout_elbo
-    from gvae_dist.train import Preempted, build_model, train_loop
+    from gvae_dist.model import build_model
+    from gvae_dist.train import Preempted, train_loop
 
     path = out / "curve.json"
     if path.is_file():

@@ -16,8 +16,8 @@ import torch
 
 from gvae_dist import bench
 from gvae_dist.bench.harness import Timings, interleave, saved_tensor_bytes
-from gvae_dist.bench.step import OBJECTIVE_DEFAULTS, GvaeStep, StepSpec
-from gvae_dist.config import ObjectiveConfig
+from gvae_dist.bench.step import GATE_DEFAULTS, OBJECTIVE_DEFAULTS, GvaeStep, StepSpec
+from gvae_dist.config import GateConfig, ObjectiveConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +61,8 @@ def test_saved_tensor_bytes_counts_what_backward_keeps():
 def test_objective_defaults_match_the_config():
     cfg = ObjectiveConfig()
     assert {k: getattr(cfg, k) for k in OBJECTIVE_DEFAULTS} == OBJECTIVE_DEFAULTS
+    gate = GateConfig()
+    assert {k: getattr(gate, k) for k in GATE_DEFAULTS} == GATE_DEFAULTS
 
 
 def test_bench_step_matches_train_loop_defaults():
@@ -78,8 +80,28 @@ def test_gvae_step_trains():
     step = GvaeStep(StepSpec(batch=8), "cpu")
     before = [p.detach().clone() for p in step.model.parameters()]
     step()
-    assert all(torch.isfinite(v).all() for v in step.sums.values())
+    assert all(torch.isfinite(v).all() for v in step.metrics.sums.values())
     assert any(not torch.equal(b, p) for b, p in zip(before, step.model.parameters()))
+    metrics = step.metrics.flush(1)
+    assert {"loss", "recon", "kl", "gate/open_fraction", "kl/pose", "recon/identity"} <= set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_the_benchmarked_step_is_the_train_loops_step(monkeypatch):
+    """No copy of the step to keep in line: the benchmark and train_loop call the one
+    ``gvae_dist.step.train_step`` and sum its metrics with the one ``StepMetrics``."""
+    import gvae_dist.bench.step as bench_step
+    import gvae_dist.step
+    import gvae_dist.train
+
+    for name in ("train_step", "StepMetrics", "StepParts"):
+        assert getattr(bench_step, name) is getattr(gvae_dist.step, name) is getattr(gvae_dist.train, name)
+    calls = []
+    real = gvae_dist.step.train_step
+    monkeypatch.setattr(bench_step, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    step = GvaeStep(StepSpec(batch=8), "cpu")
+    step()
+    assert calls == [1] and step.metrics.count == 1
 
 
 def test_gate_suite_quick():

@@ -10,7 +10,7 @@ import yaml
 from gvae_dist.checkpoint import save_checkpoint
 from gvae_dist.cli import main
 from gvae_dist.config import load_config
-from gvae_dist.train import build_model
+from gvae_dist.model import build_model
 
 TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_eval=60",
         "eval.num_train=30", "eval.num_test=30", "tracking.enabled=false"]

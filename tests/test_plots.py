@@ -9,6 +9,7 @@ from PIL import Image
 
 from gvae_dist.config import load_config
 from gvae_dist.eval_runner import evaluate_model
+from gvae_dist.model import build_model
 from gvae_dist.plots import (
     DPI,
     heatmap_figure,
@@ -18,7 +19,6 @@ from gvae_dist.plots import (
     plot_traversals,
     traversal_figsize,
 )
-from gvae_dist.train import build_model
 
 TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_eval=300",
         "eval.num_train=150", "eval.num_test=100", "tracking.enabled=false"]

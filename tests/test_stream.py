@@ -20,7 +20,8 @@ import torch
 from gvae_dist.config import DataConfig, load_config
 from gvae_dist.data.importers import build_dataset
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
-from gvae_dist.data.stream import build_stream_loader, choose_backend, epoch_layout, train_time_flip
+from gvae_dist.data.stream import build_stream_loader, choose_backend
+from gvae_dist.data.stream_base import epoch_layout, train_time_flip
 from gvae_dist.data.synthetic import generate, weak_labels
 
 pytest.importorskip("nvidia.dali", reason="the DALI backend needs nvidia-dali (a project dependency)")

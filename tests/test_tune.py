@@ -94,7 +94,7 @@ def test_valid_metric_names_are_what_an_evaluation_logs(tmp_path):
 
     from gvae_dist.config import load_config
     from gvae_dist.eval_runner import evaluate_model
-    from gvae_dist.train import build_model
+    from gvae_dist.model import build_model
     from gvae_dist.tune import TRAIN_METRICS, reported_metrics
 
     cfg = load_config(None, [*TINY, "eval.num_train=20", "eval.num_test=20", "data.num_eval=40"])

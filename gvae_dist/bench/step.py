@@ -1,10 +1,11 @@
 """Train-step benchmark: the gvae-dist step in its variants, and the plain loop a researcher writes.
 
-``GvaeStep`` is one optimizer step built from the same public pieces ``train.train_loop`` calls,
-in the same order (batch -> ``make_pairs`` -> ``GatedVAE`` with the fused gate ->
-``reconstruction_loss`` + ``objective`` -> backward -> AdamW -> loss terms summed on the device,
-no host sync), minus Accelerate, which on one process only enters ``torch.autocast``. The
-``e2e`` suite times the real ``train_loop``, which keeps this copy honest.
+``GvaeStep`` is one optimizer step of ``train.train_loop``: the same
+:func:`gvae_dist.step.train_step` (batch -> ``make_pairs`` -> ``GatedVAE`` with the fused gate ->
+``reconstruction_loss`` + ``objective`` -> backward -> AdamW) and the same on-device metric sums
+(:meth:`gvae_dist.step.StepMetrics.add`, no host sync), on random data in the default
+configuration, minus Accelerate, which on one process only enters ``torch.autocast`` (entered
+here directly). The ``e2e`` suite times the whole ``train_loop``.
 
 ``PlainStep`` is the fp32 loop a researcher would write without any framework: the same 64x64
 network spelled out with ``nn.Sequential``, a ``TensorDataset`` + ``DataLoader``, BCE + beta-KL,
@@ -28,13 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from gvae_dist.bench.harness import interleave, minor_faults_per_call
-from gvae_dist.data.pairing import KIND_NAMES, PairingPlan, make_pairs
+from gvae_dist.data.batch import Batch
+from gvae_dist.data.pairing import PairingPlan
 from gvae_dist.gate import PartitionSpec
 from gvae_dist.model import GatedVAE
-from gvae_dist.objective import gaussian_kl, objective, reconstruction_loss
+from gvae_dist.objective import gaussian_kl, objective
+from gvae_dist.step import StepMetrics, StepParts, train_step
 
-__all__ = ["StepSpec", "GvaeStep", "PlainStep", "PlainVAE", "objective_config", "step_flops",
-           "run_step", "run_regularizer_share"]
+__all__ = ["StepSpec", "GvaeStep", "PlainStep", "PlainVAE", "gate_config", "objective_config",
+           "step_flops", "run_step", "run_regularizer_share"]
 
 LABELS = ["yaw", "pitch", "roll", "mouth", "eyes", "brow"]
 PARTITIONS = [("pose", 4, ("yaw", "pitch", "roll")), ("expression", 4, ("mouth", "eyes", "brow")),
@@ -48,9 +51,18 @@ OBJECTIVE_DEFAULTS = dict(likelihood="bernoulli", beta=4.0, alpha=0.0, mmd_lambd
                           warmup_steps=0)
 
 
+# The defaults of gvae_dist.config.GateConfig other than ``enabled`` (same reason, same test).
+GATE_DEFAULTS = dict(kl=False, decoder=True, closed_code="input", drop_high_loss=0.0)
+
+
 def objective_config(name: str) -> types.SimpleNamespace:
     """The default objective config for ``name`` (``beta``, ``infovae``, ``dip2``, ``dip1``)."""
     return types.SimpleNamespace(name=name, **OBJECTIVE_DEFAULTS)
+
+
+def gate_config(gated: bool) -> types.SimpleNamespace:
+    """The default gate config, gated or the un-gated baseline."""
+    return types.SimpleNamespace(enabled=gated, **GATE_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,8 @@ def _autocast(device: torch.device, precision: str):
 
 
 class GvaeStep:
-    """One gvae-dist optimizer step per call (see module doc). ``model`` is the raw module."""
+    """One gvae-dist optimizer step per call (see module doc). ``model`` is the raw module;
+    ``metrics`` holds the step's on-device sums (read them back with ``metrics.flush(step)``)."""
 
     def __init__(self, spec: StepSpec, device="cpu", data: RandomImages | None = None, seed: int = 0):
         self.spec, self.device = spec, torch.device(device)
@@ -108,42 +121,19 @@ class GvaeStep:
         if spec.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.0)
-        self.forward = torch.compile(self.model) if spec.compile else self.model
-        self.plan = PairingPlan(pspec, LABELS, gate=spec.gated, device=self.device)
-        self.ocfg = objective_config(spec.objective)
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.masks_PD = pspec.masks().to(self.device)
-        self.names = pspec.names
-        self.sums: dict[str, torch.Tensor] = {}
-        K = len(KIND_NAMES)
-        self.kind_sum_K = torch.zeros(K, device=self.device)
-        self.kind_cnt_K = torch.zeros(K, device=self.device)
+        forward = torch.compile(self.model) if spec.compile else self.model
+        plan = PairingPlan(pspec, LABELS, gate=spec.gated, device=self.device)
+        ocfg = objective_config(spec.objective)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.parts = StepParts(forward, self.model, self.opt, plan, gen, gate_config(spec.gated), ocfg,
+                               channels_last=spec.channels_last,
+                               context=lambda: _autocast(self.device, spec.precision))
+        self.metrics = StepMetrics(plan, ocfg, gate_kl=GATE_DEFAULTS["kl"])
 
     def __call__(self) -> None:
-        s = self.spec
-        x, labels_BL = self.data.next(s.batch)
-        if s.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        pairs = make_pairs(x, labels_BL, self.plan, self.gen)
-        with _autocast(self.device, s.precision):
-            out = self.forward(x, mask=pairs.mask_BD if s.gated else None)
-            recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW, self.ocfg.likelihood)
-            loss, terms = objective(self.ocfg, recon_B, out.mu.float(), out.logvar.float(),
-                                    out.z_reg.float())
-            loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        with torch.no_grad():  # the loop's on-device metric sums
-            terms = dict(terms)
-            terms["gate/open_fraction"] = pairs.mask_BD.float().mean()
-            terms["pairing/found"] = pairs.found
-            kl_P = self.masks_PD @ terms.pop("kl_per_dim")
-            for p, name in enumerate(self.names):
-                terms[f"kl/{name}"] = kl_P[p]
-            for k, v in terms.items():
-                self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float().clone()
-            self.kind_sum_K.scatter_add_(0, pairs.kind_B, recon_B.detach().float())
-            self.kind_cnt_K += torch.bincount(pairs.kind_B, minlength=len(KIND_NAMES)).float()
+        image_BCHW, labels_BL = self.data.next(self.spec.batch)
+        no_factors_B0 = image_BCHW.new_empty(image_BCHW.shape[0], 0)  # ground truth: evaluation only
+        self.metrics.add(train_step(self.parts, Batch(image_BCHW, labels_BL, no_factors_B0)))
 
 
 class PlainVAE(nn.Module):

@@ -1,13 +1,5 @@
-"""The Batch contract and the training/evaluation data sources behind it.
-
-Every backend yields :class:`Batch` on the training device:
-
-- ``image``   float ``[B, C, H, W]`` in [0, 1]
-- ``labels``  int64 ``[B, L]`` weak (binned, possibly noisy) labels, used only for pairing
-- ``factors`` float32 ``[B, F]`` ground truth, used only for evaluation
-- ``keys``    sample keys (may be None for in-memory data)
-- ``ids``     int64 ``[B]`` rows of the samples in the in-memory training set (None for shards);
-              dataset partners use them to never pair a sample with itself
+"""The training and evaluation data sources behind the :class:`~gvae_dist.data.batch.Batch`
+contract (defined in :mod:`gvae_dist.data.batch`), and the dispatch between them.
 
 Backends: ``memory`` (built-in synthetic data held in RAM, sharded by rank). The shard backends
 (DALI, WebDataset) live in ``gvae_dist.data.stream`` and follow the same ``TrainLoader``
@@ -17,42 +9,14 @@ protocol: iterate batches forever, ``state_dict()`` / ``load_state_dict()`` for 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from gvae_dist.data.batch import Batch, DatasetInfo
 from gvae_dist.data.synthetic import SyntheticSet, generate, weak_labels
 
-__all__ = ["Batch", "DatasetInfo", "MemoryLoader", "build_train_loader", "load_eval_arrays"]
-
-
-@dataclass
-class Batch:
-    image: torch.Tensor
-    labels: torch.Tensor
-    factors: torch.Tensor
-    keys: list[str] | None = None
-    ids: torch.Tensor | None = None
-
-    def to(self, device: torch.device, non_blocking: bool = True) -> Batch:
-        return Batch(self.image.to(device, non_blocking=non_blocking),
-                     self.labels.to(device, non_blocking=non_blocking),
-                     self.factors.to(device, non_blocking=non_blocking), self.keys,
-                     None if self.ids is None else self.ids.to(device, non_blocking=non_blocking))
-
-
-@dataclass
-class DatasetInfo:
-    """What the model and the evaluation need to know about a data source."""
-
-    channels: int
-    image_size: int
-    factor_names: list[str]
-    factor_discrete: list[bool]
-    label_names: list[str]
-    num_samples: int
-    extra: dict = field(default_factory=dict)
+__all__ = ["MemoryLoader", "build_train_loader", "load_eval_arrays"]
 
 
 def _synthetic(cfg, n: int, seed: int) -> tuple[SyntheticSet, np.ndarray]:

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gvae_dist.data.batch import DatasetInfo
 from gvae_dist.data.checks import describe_label, first_bad_label
-from gvae_dist.data.loader import DatasetInfo
 from gvae_dist.data.shards import (
     FACTORS_EXT,
     JSON_EXT,

@@ -31,10 +31,10 @@ import weakref
 import numpy as np
 import torch
 
+from gvae_dist.data.batch import Batch
 from gvae_dist.data.checks import describe_label, label_bounds
-from gvae_dist.data.loader import Batch
 from gvae_dist.data.shards import FACTORS_EXT, LABELS_EXT, key_width, split_member
-from gvae_dist.data.stream import StreamLoaderBase
+from gvae_dist.data.stream_base import StreamLoaderBase
 
 __all__ = ["DaliLoader"]
 

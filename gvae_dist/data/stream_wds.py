@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from gvae_dist.data.batch import Batch
 from gvae_dist.data.checks import describe_label, first_bad_label
-from gvae_dist.data.loader import Batch
 from gvae_dist.data.shards import FACTORS_EXT, LABELS_EXT, split_member
-from gvae_dist.data.stream import StreamLoaderBase, rank_range
+from gvae_dist.data.stream_base import StreamLoaderBase, decode_image, rank_range
 
 __all__ = ["WdsLoader", "tar_samples", "shuffle"]
 
@@ -199,8 +199,6 @@ class _RankStream(IterableDataset):
         self._skipped += count
 
     def _decode(self, raw: list[dict], epoch: int) -> dict:
-        from gvae_dist.data.stream import decode_image
-
         images, labels, factors, keys = [], [], [], []
         for s in raw:
             try:

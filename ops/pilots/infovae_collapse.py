@@ -10,6 +10,6 @@ print("|---|---:|---:|---:|---:|---|")
 for run in sorted(p for p in out.iterdir() if (p / "metrics.jsonl").exists()):
     rows = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").open()) if "kl" in r}
     last = rows[max(rows)]
-    kl = lambda s: f"{rows[s]['kl']:.1f}" if s in rows else "-"  # noqa: E731
-    print(f"| {run.name} | {kl(250)} | {kl(500)} | {last['kl']:.1f} | {last['recon']:.0f} | "
+    early = [f"{rows[s]['kl']:.1f}" if s in rows else "-" for s in (250, 500)]
+    print(f"| {run.name} | {early[0]} | {early[1]} | {last['kl']:.1f} | {last['recon']:.0f} | "
           f"{'yes' if last['kl'] < 1 else 'no'} |")
