@@ -173,6 +173,7 @@ class EvalConfig:
     during_codes: int = f(1500, "held-out codes of an evaluation during training (2/3 fit, 1/3 score; no pictures); 0 = eval.num_train + eval.num_test", max=400_000)
     at_end: bool = f(True, "evaluate DCI when training ends (on eval.num_train + eval.num_test codes, with pictures)")
     batch_size: int = f(256, "encoding batch size", max=65_536)
+    jobs: int = f(2, "processes fitting the DCI regressors (joblib, one factor each; the numbers do not depend on it); 1 = in this process, e.g. for study cells that already fill the cores", max=256)
 
 
 @dataclass
@@ -373,6 +374,7 @@ def validate(cfg: Config) -> None:
                      ("model.latent_dim", cfg.model.latent_dim), ("model.hidden", cfg.model.hidden),
                      ("run.log_every", cfg.run.log_every), ("run.checkpoint_every", cfg.run.checkpoint_every),
                      ("run.keep_checkpoints", cfg.run.keep_checkpoints), ("eval.batch_size", cfg.eval.batch_size),
+                     ("eval.jobs", cfg.eval.jobs),
                      ("pairing.bank_size", p.bank_size)]:
         _positive(val, key)
     for key, val in [("data.label_jitter", d.label_jitter), ("optim.grad_clip", o.grad_clip),

@@ -103,7 +103,7 @@ def evaluate_model(cfg: Config, model, device, out_dir: str | Path | None = None
         codes[:n_train], factors[:n_train], codes[n_train:], factors[n_train:],
         factor_names=info.factor_names, discrete=info.factor_discrete,
         partitions=spec.sizes(), intended={p.name: list(p.factors) for p in spec if p.factors},
-        method=e.method, seed=cfg.run.seed,
+        method=e.method, seed=cfg.run.seed, n_jobs=e.jobs,
     )
     result = {**summarize(result), **heldout_elbo(cfg, model, images[n_train:], device, cfg.run.seed),
               "details": result}

@@ -24,7 +24,7 @@ RUN_LOCAL: dict[str, Any] = {
             "threads", "retain_freed_memory", "checkpoint_signal", "stop_file", "device"},
     "tracking": "*", "distributed": "*",
     "data": {"path", "num_workers", "verify", "backend"},
-    "eval": {"batch_size"},
+    "eval": {"batch_size", "jobs"},
     "optim": {"compile", "channels_last"},
 }
 

@@ -48,6 +48,9 @@ def test_overrides_are_typed_and_nested():
     ("data.source=shards", "data.path"),
     ("nosection.x=1", "nosection: unknown key"),
     ("pairing.identity_partitions=[face]", "pairing.identity_partitions: unknown partition 'face'"),
+    ("eval.jobs=0", "eval.jobs: must be > 0"),
+    ("objective.warmup_steps=-5", "objective.warmup_steps: must be >= 0"),
+    ("gate.drop_high_loss=1", "gate.drop_high_loss: must be in [0, 1)"),
 ])
 def test_bad_values_name_the_key(override, message):
     if message is None:  # a valid override for contrast

@@ -169,6 +169,9 @@ def test_fingerprint_ignores_only_the_keys_a_cell_cannot_read(tmp_path):
     del before["objective"]["warmup_steps"]
     assert fingerprint(before) == fingerprint(ungated)
     changed = copy.deepcopy(ungated)
+    changed.eval.jobs = 1  # how many processes fit the regressors: not what the cell computes
+    assert fingerprint(changed) == fingerprint(ungated)
+    changed = copy.deepcopy(ungated)
     changed.objective.warmup_steps = 500
     assert fingerprint(changed) != fingerprint(ungated)
 
