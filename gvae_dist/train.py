@@ -55,6 +55,7 @@ from gvae_dist.config import Config, ConfigError, config_from_dict, config_yaml,
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
 from gvae_dist.data.pairing import PairingPlan
 from gvae_dist.data.partners import build_partners
+from gvae_dist.encode import partition_table
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.fingerprint import differing_keys, resume_fingerprint
 from gvae_dist.model import GatedVAE, build_model
@@ -550,7 +551,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
         if grid_x is not None:
             if not (cfg.tracking.image_every and step % cfg.tracking.image_every == 0):
                 log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
-            tracker.log_model(posterior_mean(raw_model), grid_x[:2].cpu().numpy(), name="encoder")
+            tracker.log_model(posterior_mean(raw_model), grid_x[:2].cpu().numpy(),
+                              partition_table(cfg.partition_spec()), run_dir / "model", name="encoder")
         tracker.finish()
         accelerator.wait_for_everyone()
     except KeyboardInterrupt:  # Ctrl-C: not a failure of the run, and resumable
