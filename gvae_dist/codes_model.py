@@ -36,7 +36,9 @@ class PartitionCodes(mlflow.pyfunc.PythonModel):
             self.partitions = json.load(fh)
         self.columns = [f"{p['name']}_{i}" for p in self.partitions for i in range(p["size"])]
 
-    def predict(self, context, model_input, params=None):
+    # np.ndarray: a hint MLflow infers no schema from (the logged signature validates) and, unlike
+    # no hint at all, one that does not warn on every load
+    def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
         x_NCHW = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
             mu_ND = self.program(x_NCHW).numpy()

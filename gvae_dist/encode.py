@@ -60,10 +60,10 @@ def load_model(checkpoint: str | Path, device: str = "cpu"):
 
 
 def read_images(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """``(images [N, H, W, C] float32 in [0, 1], names)`` from an ``.npz`` (key ``images``; names
+    """``(images [N, H, W, C] uint8, or float32 in [0, 1], names)`` from an ``.npz`` (key ``images``; names
     ``images[i]``) or a folder of PNG/JPG files (names: the file names, sorted). ``ValueError``
     naming the file and what to do when it cannot be read as images."""
-    from gvae_dist.data.checks import check_image_shape, pixel_scale
+    from gvae_dist.data.checks import check_image_shape, pixel_scale, to_uint8
 
     p = Path(path)
     if p.is_dir():
@@ -85,7 +85,10 @@ def read_images(path: str | Path) -> tuple[np.ndarray, list[str]]:
     if not np.isfinite(images).all():
         raise ValueError(f"{p}: the images hold NaN or infinite values")
     scale = pixel_scale(images.dtype, float(images.min()), float(images.max()), str(p))
-    return (images.astype(np.float32) * np.float32(scale / 255.0)), names
+    if images.dtype.kind in "biu":  # 8-bit values (0/1 masks scaled), divided by 255 where they are encoded
+        return to_uint8(images, scale), names
+    x = images.astype(np.float32)
+    return (x if scale != 1.0 else x / np.float32(255.0)), names
 
 
 def _read_folder(root: Path) -> tuple[np.ndarray, list[str]]:
