@@ -64,7 +64,8 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_model(self, model, input_example: np.ndarray, partitions: list[dict], work_dir: Path,
-                  name: str = "encoder") -> None: ...
+                  name: str = "encoder", registry_name: str | None = None,
+                  version_tags: dict[str, Any] | None = None) -> str | None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -255,7 +256,8 @@ class MLflowTracker:
         self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_model(self, model, input_example: np.ndarray, partitions: list[dict], work_dir: Path,
-                  name: str = "encoder") -> None:
+                  name: str = "encoder", registry_name: str | None = None,
+                  version_tags: dict[str, Any] | None = None) -> str | None:
         """The pyfunc of :mod:`gvae_dist.codes_model`: images ``[N, C, H, W]`` float32 in [0, 1]
         (the signature's shape, batch dim dynamic) -> a DataFrame with one column group per
         partition (``pose_0 ..``), the posterior means ``gvae-dist encode`` gives.
@@ -263,7 +265,10 @@ class MLflowTracker:
         ``model`` is a :func:`posterior_mean` module; it is exported with ``torch.export`` into
         ``work_dir/<name>.pt2`` (with ``<name>_partitions.json``), and the model code is the file
         itself, so the logged model loads and serves without gvae_dist. Pinning the requirements
-        skips MLflow's slow import-scanning subprocess."""
+        skips MLflow's slow import-scanning subprocess.
+
+        ``registry_name``: also register it in the Model Registry, the new version tagged with
+        ``version_tags``; returns the version number (None when not registered or on failure)."""
         def _log():
             import json
 
@@ -286,13 +291,17 @@ class MLflowTracker:
             reqs = [f"torch=={torch.__version__.split('+')[0]}", f"pandas=={pd.__version__}",
                     f"numpy=={np.__version__}"]
             with mlflow.start_run(run_id=self.run_id):
-                mlflow.pyfunc.log_model(
+                logged = mlflow.pyfunc.log_model(
                     name=name, python_model=str(Path(__file__).with_name("codes_model.py")),
                     artifacts={"program": str(work / f"{name}.pt2"),
                                "partitions": str(work / f"{name}_partitions.json")},
                     signature=infer_signature(x_NCHW.numpy(), codes), input_example=x_NCHW.numpy(),
                     pip_requirements=reqs)
-        self._call(_log)
+            if registry_name is None:
+                return None
+            tags = {k: str(v) for k, v in (version_tags or {}).items()}
+            return mlflow.register_model(logged.model_uri, registry_name, tags=tags).version
+        return self._call(_log)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():

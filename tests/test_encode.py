@@ -25,14 +25,16 @@ from gvae_dist.train import train_loop
 VENV_BIN = Path(sys.executable).parent
 
 TINY = ["data.num_train=256", "data.num_eval=64", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.at_end=false", "run.threads=1",
-        "optim.steps=10", "run.log_every=5", "run.checkpoint_every=10", "optim.lr=0.005"]
+        "model.channels=[8,8,16]", "model.hidden=32", "eval.points=0", "eval.num_train=40", "eval.num_test=24",
+        "run.threads=1", "optim.steps=10", "run.log_every=5", "run.checkpoint_every=10", "optim.lr=0.005",
+        "tracking.registry_name=gvae-encoder"]
 PARTS = {"pose": 4, "expression": 4, "rest": 2}  # the default partitions (TINY keeps them)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A real tiny training run, tracked in its own SQLite store, and 6 images (uint8 NHWC)."""
+    """A real tiny training run (evaluated at the end, its encoder registered), tracked in its own
+    SQLite store, and 6 images (uint8 NHWC)."""
     out = tmp_path_factory.mktemp("encode")
     uri = f"sqlite:///{out / 'mlflow.db'}"
     result = train_loop(load_config(None, [*TINY, f"run.output_dir={out}", f"tracking.uri={uri}"]))
@@ -108,19 +110,25 @@ def _mlflow_codes(run) -> np.ndarray:
     return np.load(out / "codes.npz")
 
 
-def test_logged_pyfunc_gives_the_codes_of_gvae_dist_encode(run):
+def test_logged_and_registered_pyfunc_give_the_codes_of_gvae_dist_encode(run):
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     result, uri, images, _ = run
     codes = _mlflow_codes(run)
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{result.tracking_run_id}/encoder")
-    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
-    frame = model.predict(np.moveaxis(images, -1, 1).astype(np.float32) / 255)
-    assert list(frame.columns) == [f"{k}_{i}" for k, n in PARTS.items() for i in range(n)]
-    for name, n in PARTS.items():
-        np.testing.assert_allclose(frame[[f"{name}_{i}" for i in range(n)]].to_numpy(), codes[name],
-                                   rtol=0, atol=1e-5)
+    (version,) = MlflowClient(uri).search_model_versions("name = 'gvae-encoder'")
+    assert int(version.version) == 1 and version.run_id == result.tracking_run_id
+    assert float(version.tags["eval/dci_mean"]) == pytest.approx(result.eval_metrics["dci_mean"])
+    assert version.tags["gvae_dist.step"] == "10" and "eval/purity/pose" in version.tags
+    for uri_ in (f"runs:/{result.tracking_run_id}/encoder", "models:/gvae-encoder/1"):
+        model = mlflow.pyfunc.load_model(uri_)
+        assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
+        frame = model.predict(np.moveaxis(images, -1, 1).astype(np.float32) / 255)
+        assert list(frame.columns) == [f"{k}_{i}" for k, n in PARTS.items() for i in range(n)]
+        for name, n in PARTS.items():
+            np.testing.assert_allclose(frame[[f"{name}_{i}" for i in range(n)]].to_numpy(), codes[name],
+                                       rtol=0, atol=1e-5)
 
 
 def test_mlflow_models_serve_answers_with_partition_codes(run, tmp_path):

@@ -72,6 +72,7 @@ def test_embedded_store_records_the_run_inside_the_output_dir(tmp_path, monkeypa
     # with a signature (tests/test_encode.py: the same codes as `gvae-dist encode`, served)
     (model,) = client.search_logged_models([run.info.experiment_id])
     assert model.source_run_id == run.info.run_id and model.name == "encoder"
+    assert client.search_registered_models() == []  # tracking.registry_name unset: nothing registered
     mlflow.set_tracking_uri(uri)
     info = mlflow.models.get_model_info(f"models:/{model.model_id}")
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
