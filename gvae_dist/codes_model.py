@@ -12,7 +12,7 @@ numpy, pandas and MLflow, and reads two artifacts written by
 ``predict`` returns a DataFrame with one column group per partition, ``<name>_<i>`` for its
 i-th dim (``pose_0 .. pose_3, expression_0 .. , rest_0 ..``), in latent order: the same numbers
 as ``gvae-dist encode``'s per-partition arrays. The column naming is repeated here rather than
-imported from gvae_dist (:func:`gvae_dist.encode.code_columns`) because of the above.
+imported from gvae_dist (``gvae_dist.gate.PartitionSpec.code_columns``) because of the above.
 
 gvae_dist never imports this module: MLflow executes it when it loads the model.
 """

@@ -1,7 +1,7 @@
 """Use a trained model: images -> posterior-mean codes, split by the run's named partitions.
 
 ``gvae-dist encode`` (:func:`encode_checkpoint`) and the pyfunc model a training run logs to
-MLflow (:mod:`gvae_dist.codes_model`, columns named by :func:`code_columns`) give the same numbers
+MLflow (:mod:`gvae_dist.codes_model`, columns named by ``PartitionSpec.code_columns``) give the same numbers
 for the same images: the posterior means ``mu`` (as the evaluation scores them), cut into
 ``pose``, ``expression``, ``rest``... as the checkpoint's ``partitions`` config says.
 
@@ -17,24 +17,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "check_fits", "code_columns", "encode_checkpoint", "load_model", "partition_table",
-           "read_images", "save_codes", "split_codes", "summary_lines"]
+__all__ = ["IMAGE_SUFFIXES", "check_fits", "encode_checkpoint", "load_model", "read_images", "save_codes",
+           "split_codes", "summary_lines"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def partition_table(spec) -> list[dict[str, Any]]:
-    """``[{"name", "start", "size"}, ...]`` of a :class:`~gvae_dist.gate.PartitionSpec` (JSON-ready)."""
-    return [{"name": p.name, "start": p.start, "size": p.size} for p in spec]
-
-
-def code_columns(partitions: list[dict[str, Any]]) -> list[str]:
-    """Column names of the logged pyfunc's output: ``<partition>_<i>`` per latent dim, in order."""
-    return [f"{p['name']}_{i}" for p in partitions for i in range(p["size"])]
-
-
 def split_codes(mu_ND: np.ndarray, partitions: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """``{partition name: mu_ND[:, start:start + size]}`` in latent order."""
+    """``{partition name: mu_ND[:, start:start + size]}`` in latent order (``partitions``: a
+    ``PartitionSpec.table()``)."""
     return {p["name"]: mu_ND[:, p["start"] : p["start"] + p["size"]] for p in partitions}
 
 
@@ -122,7 +113,7 @@ def check_fits(images_NHWC: np.ndarray, cfg, channels: int, where: str) -> None:
 def encode_checkpoint(checkpoint: str | Path, images: str | Path, batch_size: int | None = None,
                       device: str = "cpu") -> dict[str, Any]:
     """Encode the images at ``images`` with the checkpoint's model (eval mode, no grad, batched by
-    ``eval.batch_size`` unless given). Returns ``checkpoint``, ``partitions`` (:func:`partition_table`),
+    ``eval.batch_size`` unless given). Returns ``checkpoint``, ``partitions`` (``PartitionSpec.table()``),
     ``names`` (one per image), ``mu`` and ``logvar`` ``[N, D]`` and ``codes`` (:func:`split_codes`)."""
     from gvae_dist.eval_runner import encode
 
@@ -130,7 +121,7 @@ def encode_checkpoint(checkpoint: str | Path, images: str | Path, batch_size: in
     x_NHWC, names = read_images(images)
     check_fits(x_NHWC, cfg, model.encoder.trunk[0].in_channels, str(images))
     mu, logvar = encode(model, x_NHWC, batch_size or cfg.eval.batch_size, device, with_logvar=True)
-    parts = partition_table(cfg.partition_spec())
+    parts = cfg.partition_spec().table()
     return {"checkpoint": ckpt, "partitions": parts, "names": names, "mu": mu, "logvar": logvar,
             "codes": split_codes(mu, parts)}
 

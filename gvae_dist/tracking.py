@@ -63,7 +63,7 @@ class NullTracker:
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_model(self, model, input_example: np.ndarray, partitions: list[dict], work_dir: Path,
+    def log_model(self, model, input_example: np.ndarray, partitions, work_dir: Path,
                   name: str = "encoder", registry_name: str | None = None,
                   version_tags: dict[str, Any] | None = None) -> str | None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
@@ -255,14 +255,15 @@ class MLflowTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
-    def log_model(self, model, input_example: np.ndarray, partitions: list[dict], work_dir: Path,
+    def log_model(self, model, input_example: np.ndarray, partitions, work_dir: Path,
                   name: str = "encoder", registry_name: str | None = None,
                   version_tags: dict[str, Any] | None = None) -> str | None:
         """The pyfunc of :mod:`gvae_dist.codes_model`: images ``[N, C, H, W]`` float32 in [0, 1]
         (the signature's shape, batch dim dynamic) -> a DataFrame with one column group per
         partition (``pose_0 ..``), the posterior means ``gvae-dist encode`` gives.
 
-        ``model`` is a :func:`posterior_mean` module; it is exported with ``torch.export`` into
+        ``model`` is a :func:`posterior_mean` module, ``partitions`` the run's
+        :class:`~gvae_dist.gate.PartitionSpec`; the model is exported with ``torch.export`` into
         ``work_dir/<name>.pt2`` (with ``<name>_partitions.json``), and the model code is the file
         itself, so the logged model loads and serves without gvae_dist. Pinning the requirements
         skips MLflow's slow import-scanning subprocess.
@@ -277,17 +278,15 @@ class MLflowTracker:
             import torch
             from mlflow.models import infer_signature
 
-            from gvae_dist.encode import code_columns
-
             mlflow.set_tracking_uri(self.uri)
             x_NCHW = torch.from_numpy(np.ascontiguousarray(input_example, dtype=np.float32))
             program = torch.export.export(model, (x_NCHW,), dynamic_shapes=({0: torch.export.Dim("batch")},))
             work = Path(work_dir)
             work.mkdir(parents=True, exist_ok=True)
             torch.export.save(program, work / f"{name}.pt2")
-            (work / f"{name}_partitions.json").write_text(json.dumps(partitions))
+            (work / f"{name}_partitions.json").write_text(json.dumps(partitions.table()))
             with torch.no_grad():
-                codes = pd.DataFrame(model(x_NCHW).numpy(), columns=code_columns(partitions))
+                codes = pd.DataFrame(model(x_NCHW).numpy(), columns=partitions.code_columns())
             reqs = [f"torch=={torch.__version__.split('+')[0]}", f"pandas=={pd.__version__}",
                     f"numpy=={np.__version__}"]
             with mlflow.start_run(run_id=self.run_id):

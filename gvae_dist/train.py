@@ -55,7 +55,6 @@ from gvae_dist.config import Config, ConfigError, config_from_dict, config_yaml,
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
 from gvae_dist.data.pairing import PairingPlan
 from gvae_dist.data.partners import build_partners
-from gvae_dist.encode import partition_table
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.fingerprint import differing_keys, resume_fingerprint
 from gvae_dist.model import GatedVAE, build_model
@@ -553,7 +552,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
             registry = cfg.tracking.registry_name
             version = tracker.log_model(
-                posterior_mean(raw_model), grid_x[:2].cpu().numpy(), partition_table(cfg.partition_spec()),
+                posterior_mean(raw_model), grid_x[:2].cpu().numpy(), cfg.partition_spec(),
                 run_dir / "model", name="encoder", registry_name=registry,
                 version_tags={"gvae_dist.step": step, **{f"eval/{k}": v for k, v in (eval_metrics or {}).items()
                                                          if isinstance(v, int | float)}})
