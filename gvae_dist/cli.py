@@ -2,6 +2,7 @@
 
     gvae-dist train  --config FILE [--set key=value ...] [--workers N] [--address ADDR]
     gvae-dist eval   --checkpoint DIR [--json] [--set key=value ...]
+    gvae-dist encode --checkpoint DIR --images FILE.npz|FOLDER [--out codes.npz] [--json]
     gvae-dist config --config FILE [--set ...] [--explain]
     gvae-dist data build --source faces|shapes|dsprites|3dshapes|folder --out DIR [--num N]
                          [--format png|jpg] [--shard-size K] [--workers W] [--input PATH]
@@ -61,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: <run dir>/eval)")
     p.add_argument("--json", action="store_true", help="print the headline numbers as JSON instead of a summary")
     _add_config_args(p)
+
+    p = sub.add_parser("encode", help="encode images with a checkpoint: posterior means split by named partition")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (runs/<name>/checkpoints/step_N), "
+                                                       "or a run directory (runs/<name>: its newest checkpoint)")
+    p.add_argument("--images", required=True, help=".npz with an 'images' array [N, H, W, C] (uint8, or float "
+                                                   "in [0, 1]), or a folder of PNG/JPG files")
+    p.add_argument("--out", help="write the codes to this .npz: one array per partition, mu, logvar, names")
+    p.add_argument("--json", action="store_true", help="print the codes as JSON instead of a summary")
 
     p = sub.add_parser("config", help="print the resolved config, or --explain every key")
     _add_config_args(p)
@@ -233,6 +242,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_encode(args) -> int:
+    from gvae_dist.encode import encode_checkpoint, save_codes, summary_lines
+
+    result = encode_checkpoint(args.checkpoint, args.images)
+    out = save_codes(result, args.out) if args.out else None
+    if args.json:
+        print(json.dumps({"checkpoint": str(result["checkpoint"]), "partitions": result["partitions"],
+                          "names": result["names"], "codes": {k: v.tolist() for k, v in result["codes"].items()},
+                          "mu": result["mu"].tolist(), "logvar": result["logvar"].tolist()}))
+        return 0
+    print(f"[gvae-dist] encoded {len(result['names'])} images from {args.images} with {result['checkpoint']} "
+          "(posterior means)")
+    for line in summary_lines(result):
+        print(f"  {line}")
+    print(f"[gvae-dist] wrote {out}: " + ", ".join([*result["codes"], "mu", "logvar", "names"]) if out else
+          "[gvae-dist] --out FILE.npz saves the codes (one array per partition, mu, logvar); --json prints them")
+    return 0
+
+
 def cmd_config(args) -> int:
     if args.explain:
         print("\n".join(explain()))
@@ -361,7 +389,7 @@ def cmd_study(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "data": cmd_data,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "config": cmd_config, "data": cmd_data,
             "bench": cmd_bench, "tune": cmd_tune, "study": cmd_study}
 
 

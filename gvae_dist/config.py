@@ -182,6 +182,7 @@ class TrackingConfig:
     uri: str | None = f(None, "MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<run.output_dir>/mlflow.db")
     experiment: str = f("gvae-dist", "MLflow experiment name")
     image_every: int = f(0, "log reconstruction/traversal grids every N steps (0 = at the end only)")
+    registry_name: str | None = f(None, "register the logged 'encoder' pyfunc in the MLflow Model Registry under this name when training ends, its version tagged with the run's final eval/* metrics; unset = no registration")
 
 
 @dataclass

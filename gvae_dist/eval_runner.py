@@ -23,8 +23,8 @@ __all__ = ["default_out_dir", "encode", "eval_steps", "evaluate_model", "evaluat
 
 @torch.no_grad()
 def encode(model, images_NHWC: np.ndarray, batch_size: int, device, with_logvar: bool = False):
-    """Posterior means ``[N, D]`` of uint8 images ``[N, H, W, C]`` (and log-variances ``[N, D]``
-    as a second array when ``with_logvar``)."""
+    """Posterior means ``[N, D]`` of images ``[N, H, W, C]``, uint8 or float in [0, 1] (and
+    log-variances ``[N, D]`` as a second array when ``with_logvar``)."""
     was_training = model.training
     model.eval()
     codes, logvars = [], []
@@ -40,7 +40,8 @@ def encode(model, images_NHWC: np.ndarray, batch_size: int, device, with_logvar:
 
 
 def _to_tensor(images_NHWC: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(images_NHWC).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    x_NCHW = torch.from_numpy(images_NHWC).to(device).permute(0, 3, 1, 2).float()
+    return x_NCHW.div_(255.0) if images_NHWC.dtype == np.uint8 else x_NCHW
 
 
 @torch.no_grad()

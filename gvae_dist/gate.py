@@ -127,6 +127,14 @@ class PartitionSpec:
     def sizes(self) -> list[tuple[str, int]]:
         return [(p.name, p.size) for p in self.partitions]
 
+    def table(self) -> list[dict]:
+        """``[{"name", "start", "size"}, ...]``, JSON-ready (written next to a logged model)."""
+        return [{"name": p.name, "start": p.start, "size": p.size} for p in self.partitions]
+
+    def code_columns(self) -> list[str]:
+        """Names of the latent dims as table columns: ``<partition>_<i>``, in latent order."""
+        return [f"{p.name}_{i}" for p in self.partitions for i in range(p.size)]
+
 
 class GatedReparameterize(torch.autograd.Function):
     """``z = mu + eps * std`` with a gated backward, as one fused Function.

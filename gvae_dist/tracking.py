@@ -63,7 +63,9 @@ class NullTracker:
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_model(self, model, input_example: np.ndarray, name: str = "model") -> None: ...
+    def log_model(self, model, input_example: np.ndarray, partitions, work_dir: Path,
+                  name: str = "encoder", registry_name: str | None = None,
+                  version_tags: dict[str, Any] | None = None) -> str | None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -253,20 +255,52 @@ class MLflowTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
-    def log_model(self, model, input_example: np.ndarray, name: str = "model") -> None:
-        """``mlflow.pytorch.log_model`` in the pt2 (torch.export) format; the signature is
-        inferred from ``input_example`` (batch dim dynamic). Pinning the requirement skips
-        MLflow's slow import-scanning subprocess."""
+    def log_model(self, model, input_example: np.ndarray, partitions, work_dir: Path,
+                  name: str = "encoder", registry_name: str | None = None,
+                  version_tags: dict[str, Any] | None = None) -> str | None:
+        """The pyfunc of :mod:`gvae_dist.codes_model`: images ``[N, C, H, W]`` float32 in [0, 1]
+        (the signature's shape, batch dim dynamic) -> a DataFrame with one column group per
+        partition (``pose_0 ..``), the posterior means ``gvae-dist encode`` gives.
+
+        ``model`` is a :func:`posterior_mean` module, ``partitions`` the run's
+        :class:`~gvae_dist.gate.PartitionSpec`; the model is exported with ``torch.export`` into
+        ``work_dir/<name>.pt2`` (with ``<name>_partitions.json``), and the model code is the file
+        itself, so the logged model loads and serves without gvae_dist. Pinning the requirements
+        skips MLflow's slow import-scanning subprocess.
+
+        ``registry_name``: also register it in the Model Registry, the new version tagged with
+        ``version_tags``; returns the version number (None when not registered or on failure)."""
         def _log():
+            import json
+
             import mlflow
+            import pandas as pd
             import torch
+            from mlflow.models import infer_signature
 
             mlflow.set_tracking_uri(self.uri)
-            torch_req = f"torch=={torch.__version__.split('+')[0]}"
+            x_NCHW = torch.from_numpy(np.ascontiguousarray(input_example, dtype=np.float32))
+            program = torch.export.export(model, (x_NCHW,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+            work = Path(work_dir)
+            work.mkdir(parents=True, exist_ok=True)
+            torch.export.save(program, work / f"{name}.pt2")
+            (work / f"{name}_partitions.json").write_text(json.dumps(partitions.table()))
+            with torch.no_grad():
+                codes = pd.DataFrame(model(x_NCHW).numpy(), columns=partitions.code_columns())
+            reqs = [f"torch=={torch.__version__.split('+')[0]}", f"pandas=={pd.__version__}",
+                    f"numpy=={np.__version__}"]
             with mlflow.start_run(run_id=self.run_id):
-                mlflow.pytorch.log_model(model, name=name, input_example=input_example,
-                                         serialization_format="pt2", pip_requirements=[torch_req])
-        self._call(_log)
+                logged = mlflow.pyfunc.log_model(
+                    name=name, python_model=str(Path(__file__).with_name("codes_model.py")),
+                    artifacts={"program": str(work / f"{name}.pt2"),
+                               "partitions": str(work / f"{name}_partitions.json")},
+                    signature=infer_signature(x_NCHW.numpy(), codes), input_example=x_NCHW.numpy(),
+                    pip_requirements=reqs)
+            if registry_name is None:
+                return None
+            tags = {k: str(v) for k, v in (version_tags or {}).items()}
+            return mlflow.register_model(logged.model_uri, registry_name, tags=tags).version
+        return self._call(_log)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():

@@ -550,7 +550,14 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
         if grid_x is not None:
             if not (cfg.tracking.image_every and step % cfg.tracking.image_every == 0):
                 log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
-            tracker.log_model(posterior_mean(raw_model), grid_x[:2].cpu().numpy(), name="encoder")
+            registry = cfg.tracking.registry_name
+            version = tracker.log_model(
+                posterior_mean(raw_model), grid_x[:2].cpu().numpy(), cfg.partition_spec(),
+                run_dir / "model", name="encoder", registry_name=registry,
+                version_tags={"gvae_dist.step": step, **{f"eval/{k}": v for k, v in (eval_metrics or {}).items()
+                                                         if isinstance(v, int | float)}})
+            if version is not None:
+                print(f"[gvae-dist] registered the encoder as model {registry!r} version {version}", flush=True)
         tracker.finish()
         accelerator.wait_for_everyone()
     except KeyboardInterrupt:  # Ctrl-C: not a failure of the run, and resumable

@@ -68,14 +68,17 @@ def test_embedded_store_records_the_run_inside_the_output_dir(tmp_path, monkeypa
     assert images == {f"images/{kind}_step_{s:08d}.png" for kind in ("reconstruction", "traversal")
                       for s in (5, 10)}
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    # the final model: pt2 export of the encoder mean, with a signature, loadable without gvae_dist
+    # the final model: a pyfunc of the encoder mean (a torch.export program), codes per partition,
+    # with a signature (tests/test_encode.py: the same codes as `gvae-dist encode`, served)
     (model,) = client.search_logged_models([run.info.experiment_id])
     assert model.source_run_id == run.info.run_id and model.name == "encoder"
+    assert client.search_registered_models() == []  # tracking.registry_name unset: nothing registered
     mlflow.set_tracking_uri(uri)
     info = mlflow.models.get_model_info(f"models:/{model.model_id}")
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
-    assert pyfunc.predict(np.random.rand(5, 3, 32, 32).astype(np.float32)).shape == (5, 10)
+    codes = pyfunc.predict(np.random.rand(5, 3, 32, 32).astype(np.float32))
+    assert codes.shape == (5, 10) and list(codes.columns)[::4] == ["pose_0", "expression_0", "rest_0"]
 
 
 def test_dead_tracking_server_warns_once_and_training_finishes(tmp_path):
