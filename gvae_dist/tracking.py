@@ -119,6 +119,20 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def _set_fluent_uri(uri: str) -> None:
+    """Point MLflow's fluent API (``mlflow.start_run``, ``log_model``) at ``uri`` without
+    exporting it: ``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``, which a later
+    run in this process (a study cell, a Tune trial) would take as its default store."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def _experiment_id(client, uri: str, experiment: str) -> str:
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
@@ -278,7 +292,7 @@ class MLflowTracker:
             import torch
             from mlflow.models import infer_signature
 
-            mlflow.set_tracking_uri(self.uri)
+            _set_fluent_uri(self.uri)
             x_NCHW = torch.from_numpy(np.ascontiguousarray(input_example, dtype=np.float32))
             program = torch.export.export(model, (x_NCHW,), dynamic_shapes=({0: torch.export.Dim("batch")},))
             work = Path(work_dir)

@@ -110,12 +110,13 @@ def _mlflow_codes(run) -> np.ndarray:
     return np.load(out / "codes.npz")
 
 
-def test_logged_and_registered_pyfunc_give_the_codes_of_gvae_dist_encode(run):
+def test_logged_and_registered_pyfunc_give_the_codes_of_gvae_dist_encode(run, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
     result, uri, images, _ = run
     codes = _mlflow_codes(run)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored afterwards: set_tracking_uri exports it
     mlflow.set_tracking_uri(uri)
     (version,) = MlflowClient(uri).search_model_versions("name = 'gvae-encoder'")
     assert int(version.version) == 1 and version.run_id == result.tracking_run_id

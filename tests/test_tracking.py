@@ -3,6 +3,7 @@ logged model, image grids, and training through a dead tracking server."""
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
@@ -48,7 +49,11 @@ def test_embedded_store_records_the_run_inside_the_output_dir(tmp_path, monkeypa
     cwd, out = tmp_path / "cwd", tmp_path / "out"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     result = train_loop(load_config(None, [*TINY, f"run.output_dir={out}", "tracking.image_every=5"]))
+    # logging the model points MLflow's fluent API at the store, but exports nothing a later run
+    # in this process would take as its default store
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     assert list(cwd.iterdir()) == []  # no ./mlruns, nothing else
     assert sorted(p.name for p in out.iterdir()) == ["gvae", "mlartifacts", "mlflow.db"]
 
@@ -73,6 +78,7 @@ def test_embedded_store_records_the_run_inside_the_output_dir(tmp_path, monkeypa
     (model,) = client.search_logged_models([run.info.experiment_id])
     assert model.source_run_id == run.info.run_id and model.name == "encoder"
     assert client.search_registered_models() == []  # tracking.registry_name unset: nothing registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored afterwards: set_tracking_uri exports it
     mlflow.set_tracking_uri(uri)
     info = mlflow.models.get_model_info(f"models:/{model.model_id}")
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
