@@ -104,7 +104,13 @@ stop)
         [ -z "$(alive "$pid")" ] && break
         sleep 0.5
     done
-    if [ -n "$(alive "$pid")" ]; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+    if [ -n "$(alive "$pid")" ]; then
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        for _ in $(seq 1 20); do  # SIGKILL is delivered asynchronously: return once they are gone
+            [ -z "$(alive "$pid")" ] && break
+            sleep 0.25
+        done
+    fi
     rm -f "$PIDFILE"
     echo "[ray_head] stopped head PID $pid"
     ;;
