@@ -104,6 +104,7 @@ stop)
         [ -z "$(alive "$pid")" ] && break
         sleep 0.5
     done
+    sleep 0.5  # a process forked while the others stopped (a worker the raylet was starting)
     if [ -n "$(alive "$pid")" ]; then
         kill -KILL -- "-$pid" 2>/dev/null || true
         for _ in $(seq 1 20); do  # SIGKILL is delivered asynchronously: return once they are gone
