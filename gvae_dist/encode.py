@@ -85,14 +85,21 @@ def read_images(path: str | Path) -> tuple[np.ndarray, list[str]]:
 def _read_folder(root: Path) -> tuple[np.ndarray, list[str]]:
     from PIL import Image
 
+    from gvae_dist.data.importers import _eight_bit
+
     files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
         raise ValueError(f"--images {root}: no .png/.jpg/.jpeg files in this folder")
     arrays = []
     for f in files:
-        with Image.open(f) as img:
-            # palette, alpha and 16-bit files become what the model reads: 8-bit grey or RGB
-            arrays.append(np.asarray(img.convert("L" if img.mode in ("1", "L", "I;16", "I") else "RGB")))
+        try:
+            with Image.open(f) as img:
+                # 16/32-bit and float files by the importer's pixel rule (PIL's convert would clip
+                # 16-bit values above 255), then palette and alpha files as 8-bit grey or RGB
+                img = _eight_bit(img, f)
+                arrays.append(np.asarray(img.convert("L" if img.mode in ("1", "L") else "RGB")))
+        except OSError as exc:
+            raise ValueError(f"{f}: cannot read the image ({exc})") from None
     for f, a in zip(files, arrays):
         if a.shape != arrays[0].shape:
             raise ValueError(f"{f}: image shape {a.shape} differs from {files[0].name}'s {arrays[0].shape}; "
