@@ -112,6 +112,7 @@ def _default_partitions() -> list[PartitionConfig]:
 class GateConfig:
     enabled: bool = f(True, "gate the reconstruction gradient by pairing; false = the un-gated baseline (all-ones masks)")
     kl: bool = f(False, "also gate the KL gradient per partition (default: regulariser un-gated)")
+    regularizer: bool = f(False, "ours: also gate the gradient of the regulariser's own term per partition, InfoVAE's MMD samples and DIP-VAE's moments, as gate.kl does the KL (default: un-gated, the paper's); no effect on beta-VAE (docs/objectives.md)")
     decoder: bool = f(True, "paper: gated pairs update the decoder weights too; ours (false): their gradient reaches only the open partition's encoder path and the decoder learns from identity pairs only")
     drop_high_loss: float = f(0.0, "ours, against label noise: the share of each batch's shared-factor pairs with the highest reconstruction loss whose gradient is dropped (small-loss selection, Han et al. 2018); 0 = off; about the share of wrong pairs (docs/objectives.md)")
     closed_code: Literal["input", "target"] = f("input", "what the closed partitions' dims carry into the decoder on gated pairs: paper 'input' (the input's own code), ours 'target' (the partner's code, encoded without gradient: the target becomes explainable; costs one more encoder forward)")

@@ -33,7 +33,7 @@ RUN_LOCAL: dict[str, Any] = {
 # (transforms). Dropped so that, e.g., the un-gated cells of two studies whose gated presets differ
 # only in gate.decoder are recognised as the same cell.
 MOOT = [
-    (("gate", "enabled", False), ("gate", {"kl", "decoder", "closed_code", "drop_high_loss"})),
+    (("gate", "enabled", False), ("gate", {"kl", "regularizer", "decoder", "closed_code", "drop_high_loss"})),
     (("pairing", "shared_factor", 0.0), ("pairing", {"match", "partner", "match_nuisance", "bank_size", "min_found"})),
     (("pairing", "transform", 0.0), ("pairing", {"transform_kind", "transform_partition", "blur_sigma"})),
 ]
@@ -41,7 +41,8 @@ MOOT = [
 # Keys added after fingerprints were first stored (study result.json files, checkpoints), with
 # the default that reproduces what runs computed before the key existed. A key at that value is
 # dropped before hashing, so run directories made before it was added are still recognised.
-ADDED: dict[tuple[str, str], Any] = {("objective", "warmup_steps"): 0, ("gate", "drop_high_loss"): 0.0}
+ADDED: dict[tuple[str, str], Any] = {("objective", "warmup_steps"): 0, ("gate", "drop_high_loss"): 0.0,
+                                     ("gate", "regularizer"): False}
 
 # Keys that may change when a run is resumed without changing what the steps so far computed.
 RESUME_SAFE: dict[str, Any] = {"optim": {"steps"}}

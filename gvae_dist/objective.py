@@ -352,6 +352,7 @@ def objective(
     prior_BD: torch.Tensor | None = None,
     kl_mask: torch.Tensor | None = None,
     reg_weight: float = 1.0,
+    reg_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss ``mean_B(recon_B) + reg_weight * regulariser`` for ``cfg.name``.
 
@@ -364,6 +365,9 @@ def objective(
         kl_mask: optional ``[B, D]`` or ``[D]`` gate on the KL gradient (value unchanged).
         reg_weight: multiplier of the whole regulariser (``warmup_weight`` during a warm-up);
             the reported terms stay unweighted except ``loss``.
+        reg_mask: optional ``[B, D]`` or ``[D]`` gate on the gradient of the regulariser's own
+            term (value unchanged): InfoVAE's MMD samples ``z_reg``, DIP-VAE's moments of
+            ``mu``/``logvar`` (``gate.regularizer``; the KL has ``kl_mask``).
 
     Returns:
         ``(loss, terms)``: ``loss`` a 0-d tensor with gradient; ``terms`` detached tensors
@@ -375,6 +379,9 @@ def objective(
     kl_per_dim_D = kl_BD.mean(0)
     kl = kl_per_dim_D.sum()
     recon = _fp32(recon_B).mean()
+    if reg_mask is not None:
+        mu_BD, logvar_BD = gate_gradient(mu_BD, reg_mask), gate_gradient(logvar_BD, reg_mask)
+        z_reg_BD = gate_gradient(z_reg_BD, reg_mask)
     reg, extra = REGULARIZERS[cfg.name](cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD)
     loss = recon + reg_weight * reg if reg_weight != 1.0 else recon + reg
     terms = {"recon": recon, "kl": kl, "kl_per_dim": kl_per_dim_D, **extra, "loss": loss}

@@ -104,7 +104,8 @@ def train_step(parts: StepParts, batch, reg_weight: float = 1.0) -> StepOut:
             recon_B, dropped_B = drop_high_loss(recon_B, pairs.kind_B == SHARED, g.drop_high_loss)
         loss, terms = objective(oc, recon_B, out.mu.float(), out.logvar.float(), out.z_reg.float(),
                                 kl_mask=pairs.mask_BD if g.kl and g.enabled else None,
-                                reg_weight=reg_weight)
+                                reg_weight=reg_weight,
+                                reg_mask=pairs.mask_BD if g.regularizer and g.enabled else None)
         parts.backward(loss)
         if parts.clip_grad is not None:
             parts.clip_grad()

@@ -348,6 +348,33 @@ def test_kl_mask_gates_gradient_not_value(mask_shape):
         assert open_BD[:, 2:].abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["infovae", "dip2"])
+def test_reg_mask_gates_the_regulariser_term_not_the_kl_or_value(name):
+    """gate.regularizer: the MMD samples' / DIP moments' gradient reaches only open dims; the
+    KL's gradient (kl_mask unset) and every value stay as they are."""
+    recon_B, mu_BD, logvar_BD, z_BD, prior_BD = _inputs()
+    b = mu_BD.shape[0]
+    mask_BD = torch.ones_like(mu_BD)
+    mask_BD[:3, 2:] = 0.0  # half the batch closes dims 2-3
+    cfg = make_cfg(name=name, mmd_lambda=50.0, lambda_od=5.0)
+    leaves = [t.clone().requires_grad_() for t in (mu_BD, logvar_BD, z_BD)]
+    loss_open, _ = objective(cfg, recon_B, *leaves, prior_BD)
+    loss_gated, _ = objective(cfg, recon_B, *leaves, prior_BD, reg_mask=mask_BD)
+    torch.testing.assert_close(loss_gated, loss_open)
+    g_open = torch.autograd.grad(loss_open, leaves, allow_unused=True, materialize_grads=True)
+    g_gated = torch.autograd.grad(loss_gated, leaves, allow_unused=True, materialize_grads=True)
+    # What is left on closed entries: the un-gated KL's gradient (KL weight 1 - alpha = 1 here)
+    # for mu / logvar, nothing for the MMD samples z.
+    kl_grad = (leaves[0].detach() / b, 0.5 * (leaves[1].detach().exp() - 1.0) / b,
+               torch.zeros_like(z_BD))
+    for open_BD, gated_BD, left_BD in zip(g_open, g_gated, kl_grad):
+        torch.testing.assert_close(gated_BD[3:], open_BD[3:])  # open rows: unchanged
+        torch.testing.assert_close(gated_BD[:3, :2], open_BD[:3, :2])
+        torch.testing.assert_close(gated_BD[:3, 2:], left_BD[:3, 2:])
+    moved = g_open[2] if name == "infovae" else g_open[0]  # the regulariser's own term did reach them
+    assert not torch.allclose(moved[:3, 2:], kl_grad[2 if name == "infovae" else 0][:3, 2:])
+
+
 def test_warmup_scales_the_whole_regulariser_and_nothing_else():
     """objective.warmup_steps ramps every regulariser weight (KL, MMD, DIP) linearly to full;
     the reconstruction and the reported unweighted terms stay as they are."""

@@ -52,7 +52,7 @@ OBJECTIVE_DEFAULTS = dict(likelihood="bernoulli", beta=4.0, alpha=0.0, mmd_lambd
 
 
 # The defaults of gvae_dist.config.GateConfig other than ``enabled`` (same reason, same test).
-GATE_DEFAULTS = dict(kl=False, decoder=True, closed_code="input", drop_high_loss=0.0)
+GATE_DEFAULTS = dict(kl=False, regularizer=False, decoder=True, closed_code="input", drop_high_loss=0.0)
 
 
 def objective_config(name: str) -> types.SimpleNamespace:
