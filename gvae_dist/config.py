@@ -158,6 +158,9 @@ class OptimConfig:
     batch_size: int = f(64, "global batch size (split across workers)", max=65_536)
     steps: int = f(3000, "optimizer steps")
     grad_accum: int = f(1, "micro-batches accumulated per optimizer step", max=65_536)
+    schedule: Literal["constant", "cosine"] = f("constant", "learning-rate schedule over optim.steps: constant, or cosine decay from optim.lr to optim.min_lr (Loshchilov & Hutter 2017); a function of the step, so resuming continues it")
+    min_lr: float = f(0.0, "final learning rate of the cosine schedule")
+    lr_warmup_steps: int = f(0, "linear learning-rate warm-up over the first N steps, before the schedule (0 = none)")
     grad_clip: float = f(0.0, "clip gradient norm to this value (0 = off)")
     mixed_precision: Literal["no", "bf16", "fp16"] = f("no", "autocast dtype; fp16 (GPU only) uses a GradScaler")
     compile: bool = f(False, "torch.compile the model")
@@ -385,8 +388,14 @@ def validate(cfg: Config) -> None:
                      ("eval.every", cfg.eval.every), ("eval.points", cfg.eval.points),
                      ("eval.during_codes", cfg.eval.during_codes), ("tracking.image_every", cfg.tracking.image_every),
                      ("distributed.workers", cfg.distributed.workers), ("data.num_workers", d.num_workers),
-                     ("run.threads", cfg.run.threads), ("objective.warmup_steps", cfg.objective.warmup_steps)]:
+                     ("run.threads", cfg.run.threads), ("objective.warmup_steps", cfg.objective.warmup_steps),
+                     ("optim.min_lr", o.min_lr), ("optim.lr_warmup_steps", o.lr_warmup_steps)]:
         _positive(val, key, allow_zero=True)
+    if o.min_lr > o.lr:
+        raise ConfigError(f"optim.min_lr: the cosine schedule's final rate must not exceed optim.lr "
+                          f"({o.lr}), got {o.min_lr}")
+    if o.lr_warmup_steps >= o.steps and o.lr_warmup_steps:
+        raise ConfigError(f"optim.lr_warmup_steps: must be below optim.steps ({o.steps}), got {o.lr_warmup_steps}")
     if not 0.0 <= d.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
     if not 0.0 <= cfg.gate.drop_high_loss < 1.0:

@@ -60,6 +60,7 @@ from gvae_dist.fingerprint import differing_keys, resume_fingerprint
 from gvae_dist.model import GatedVAE, build_model
 from gvae_dist.objective import warmup_weight
 from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
+from gvae_dist.schedule import learning_rate, scheduled
 from gvae_dist.step import StepMetrics, StepParts, train_step
 from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean
 
@@ -489,9 +490,13 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     last_ckpt: Path | None = restore
     preempt = False
     during = eval_steps(cfg)  # cheap evaluations before the full one at the end
+    lr_scheduled = scheduled(o)  # a constant rate is left as the optimizer has it
     try:
         model.train()
         while step < o.steps:
+            if lr_scheduled:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(o, step)
             for _ in range(o.grad_accum):
                 t0 = time.perf_counter()
                 batch = next(loader)
@@ -513,6 +518,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
                 metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
                 metrics["data/skipped_samples"] = float(getattr(loader, "skipped", 0))
+                if lr_scheduled:
+                    metrics["optim/lr"] = learning_rate(o, step - 1)
                 metrics["step"] = step
                 _check_finite(metrics, step, last_ckpt)
                 tracker.log_metrics(metrics, step)
