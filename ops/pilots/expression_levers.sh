@@ -6,6 +6,7 @@
 # Usage: bash ops/pilots/expression_levers.sh [OUT]   (default runs/pilot_expression)
 #        bash ops/pilots/expression_levers.sh OUT confirm   (the nominated lever against the preset
 #             on fresh data, data.seed=4, run seeds 0 and 1)
+#        bash ops/pilots/expression_levers.sh OUT optim   (the optimisation levers: lr schedule, batch)
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,6 +31,11 @@ if [ "${2:-}" = confirm ]; then
     WIDE=(--set "model.channels=[32,64,64,128]" --set model.hidden=512)
     run baseline_d4_s0 --set data.seed=4 & run wide_d4_s0 --set data.seed=4 "${WIDE[@]}" & wait
     run baseline_d4_s1 --set data.seed=4 --set run.seed=1 & run wide_d4_s1 --set data.seed=4 --set run.seed=1 "${WIDE[@]}" & wait
+    exit 0
+fi
+if [ "${2:-}" = optim ]; then  # the optimisation levers (docs/faces.md, 2026-12-07), against the same baseline
+    run cosine3e3 --set optim.lr=0.003 --set optim.schedule=cosine --set optim.min_lr=0.0001 --set optim.lr_warmup_steps=200 &
+    run batch32 --set optim.batch_size=32 --set optim.steps=6000 & wait
     exit 0
 fi
 run baseline & run sigma05 --set objective.gaussian_std=0.05 & wait
