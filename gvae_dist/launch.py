@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gvae_dist.checkpoint import Candidate, local_candidates
-from gvae_dist.config import Config, ConfigError, config_from_dict, redact_uri
+from gvae_dist.config import ClusterUnreachable, Config, ConfigError, config_from_dict, redact_uri
 from gvae_dist.rundir import METRICS_FILE, RESTORE_DIR, clear_leftovers
 from gvae_dist.train import (
     Interrupted,
@@ -156,10 +156,6 @@ def free_port() -> int:
 # How long `--address` / $RAY_ADDRESS may take to accept a connection before gvae-dist gives up
 # (Ray itself retries an unreachable GCS for minutes, printing its own warnings).
 ADDRESS_TIMEOUT_S = 10.0
-
-
-class ClusterUnreachable(ConnectionError):
-    """The configured Ray address does not accept connections."""
 
 
 def check_address(address: str, source: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
