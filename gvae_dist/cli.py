@@ -35,7 +35,7 @@ import os
 import sys
 from pathlib import Path
 
-from gvae_dist.config import ConfigError, explain, load_config
+from gvae_dist.config import ClusterUnreachable, ConfigError, explain, load_config
 from gvae_dist.optional import MissingDependency
 
 __all__ = ["main", "build_parser"]
@@ -403,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     except MissingDependency as exc:
         print(f"gvae-dist: {exc}", file=sys.stderr)
         return 2
-    except ConnectionError as exc:  # launch.ClusterUnreachable: an address that does not answer
+    # an address that does not answer; any other ConnectionError is a bug to see with its traceback
+    except ClusterUnreachable as exc:
         print(f"gvae-dist: error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:

@@ -30,6 +30,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "ClusterUnreachable",
     "Config",
     "load_config",
     "config_from_dict",
@@ -52,6 +53,12 @@ MAX_CONFIG_NODES = 100_000
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the dotted key."""
+
+
+class ClusterUnreachable(ConnectionError):
+    """The configured Ray address (``distributed.address`` or ``$RAY_ADDRESS``) does not accept
+    connections (raised by :func:`gvae_dist.launch.check_address`, which re-exports it). It lives
+    here beside :class:`ConfigError` so the CLI can catch it without importing the launcher (torch)."""
 
 
 def f(default: Any, doc: str, max: int | None = None) -> Any:  # noqa: A002 - reads as the bound

@@ -85,7 +85,7 @@ def read_images(path: str | Path) -> tuple[np.ndarray, list[str]]:
 def _read_folder(root: Path) -> tuple[np.ndarray, list[str]]:
     from PIL import Image
 
-    from gvae_dist.data.importers import _eight_bit
+    from gvae_dist.data.checks import eight_bit
 
     files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
@@ -94,9 +94,9 @@ def _read_folder(root: Path) -> tuple[np.ndarray, list[str]]:
     for f in files:
         try:
             with Image.open(f) as img:
-                # 16/32-bit and float files by the importer's pixel rule (PIL's convert would clip
+                # 16/32-bit and float files by the importers' pixel rule (PIL's convert would clip
                 # 16-bit values above 255), then palette and alpha files as 8-bit grey or RGB
-                img = _eight_bit(img, f)
+                img = eight_bit(img, f)
                 arrays.append(np.asarray(img.convert("L" if img.mode in ("1", "L") else "RGB")))
         except OSError as exc:
             raise ValueError(f"{f}: cannot read the image ({exc})") from None

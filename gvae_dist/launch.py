@@ -9,7 +9,7 @@ sets up (``Accelerator(cpu=True)`` on CPU workers, see ``train.py``).
   and shut down afterwards. Nothing attaches to another Ray on the machine by accident. The
   private cluster is for this user on this machine only: loopback node IP (every Ray server
   binds 127.0.0.1), a fresh token (0600) and Ray's temp dir in one 0700 directory, dashboard on
-  127.0.0.1, no metrics export port (``_connect``).
+  127.0.0.1, no metrics export port (``connect``).
 - Resources are checked before ``fit()``: an unsatisfiable ``ScalingConfig`` would otherwise
   wait forever.
 - Run identity: ``RunConfig(name=run.name, storage_path=distributed.storage_path or
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gvae_dist.checkpoint import Candidate, local_candidates
-from gvae_dist.config import Config, ConfigError, config_from_dict, redact_uri
+from gvae_dist.config import ClusterUnreachable, Config, ConfigError, config_from_dict, redact_uri
 from gvae_dist.rundir import METRICS_FILE, RESTORE_DIR, clear_leftovers
 from gvae_dist.train import (
     Interrupted,
@@ -57,7 +57,7 @@ from gvae_dist.train import (
 )
 
 __all__ = ["launch", "RayHooks", "resolve_config", "check_resources", "check_address", "ClusterUnreachable",
-           "local_cpus", "free_port"]
+           "local_cpus", "free_port", "connect", "disconnect", "run_exists", "build_trainer"]
 
 
 def _candidates_on_disk(cfg: Config) -> list[Candidate]:
@@ -156,10 +156,6 @@ def free_port() -> int:
 # How long `--address` / $RAY_ADDRESS may take to accept a connection before gvae-dist gives up
 # (Ray itself retries an unreachable GCS for minutes, printing its own warnings).
 ADDRESS_TIMEOUT_S = 10.0
-
-
-class ClusterUnreachable(ConnectionError):
-    """The configured Ray address does not accept connections."""
 
 
 def check_address(address: str, source: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
@@ -280,7 +276,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("run.device: 'cpu' contradicts distributed.use_gpu=true")
 
 
-def _run_exists(storage: str, name: str) -> bool:
+def run_exists(storage: str, name: str) -> bool:
+    """Whether Ray Train's run directory ``name`` exists under ``storage`` (a local path or a
+    ``pyarrow.fs`` URI such as ``s3://bucket/prefix``)."""
     import pyarrow.fs
 
     if _is_uri(storage):
@@ -290,7 +288,7 @@ def _run_exists(storage: str, name: str) -> bool:
     return fs.get_file_info(f"{root.rstrip('/')}/{name}").type != pyarrow.fs.FileType.NotFound
 
 
-# Environment of a private local cluster (see _private_session); restored by _disconnect.
+# Environment of a private local cluster (see _private_session); restored by disconnect.
 _SESSION_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS",
                 "RAY_enable_metrics_collection", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 _saved_env: dict[str, str | None] = {}
@@ -352,7 +350,7 @@ def _private_session(dashboard_port: int) -> Path:
     return session
 
 
-def _connect(cfg: Config) -> str | None:
+def connect(cfg: Config) -> str | None:
     """Join the configured cluster or start a private local one; returns the session dir of a
     cluster this call started (to clean up), else None.
 
@@ -382,7 +380,7 @@ def _connect(cfg: Config) -> str | None:
                        dashboard_host="127.0.0.1", dashboard_port=port, _temp_dir=str(temp_dir),
                        _node_ip_address="127.0.0.1", log_to_driver=True)
     except BaseException:
-        _disconnect(str(session), keep_logs=True)
+        disconnect(str(session), keep_logs=True)
         raise
     # Ray opens its temp, session, socket and log dirs to everyone (0777), again in every worker
     # process it starts (ray/_private/node.py, try_make_directory_shared), so a chmod here would
@@ -397,8 +395,8 @@ def _connect(cfg: Config) -> str | None:
     return str(session)
 
 
-def _disconnect(session: str | None, keep_logs: bool = False) -> None:
-    """Undo :func:`_connect`: shut down the private local cluster it started (``session``; None:
+def disconnect(session: str | None, keep_logs: bool = False) -> None:
+    """Undo :func:`connect`: shut down the private local cluster it started (``session``; None:
     a cluster someone else chose, left alone), restore the environment and remove its session
     dir, or with ``keep_logs`` keep the logs (the token is removed either way) and say where."""
     if session is None:
@@ -493,7 +491,7 @@ def _launch(cfg: Config, ray) -> TrainResult:
     from gvae_dist.tracking import close_run, open_run, tracking_uri
 
     d, storage, name = cfg.distributed, cfg.distributed.storage_path, cfg.run.name
-    exists = _run_exists(storage, name)
+    exists = run_exists(storage, name)
     if exists and not cfg.run.resume:
         raise ConfigError(f"run.resume: false, but Ray Train run {storage}/{name} exists and would be "
                           "resumed; delete it, pick another run.name, or set run.resume=true")
@@ -504,7 +502,7 @@ def _launch(cfg: Config, ray) -> TrainResult:
     if on_disk:  # refuse a different config here, not after Ray has retried every worker
         newest = max(on_disk, key=lambda c: c.step)
         check_resume_config(cfg, newest.path)
-    temp_dir = _connect(cfg)
+    temp_dir = connect(cfg)
     ok = False
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
@@ -532,7 +530,7 @@ def _launch(cfg: Config, ray) -> TrainResult:
             raise
         ok = True
     finally:
-        _disconnect(temp_dir, keep_logs=not ok)
+        disconnect(temp_dir, keep_logs=not ok)
     back = result.return_value or {}
     ckpt = result.checkpoint
     if "preempted" in back:

@@ -2,7 +2,7 @@
 
 What to draw follows the Gated-VAE paper's figures (Vowels et al., arXiv 1911.06443, traversals
 per partition) and Eastwood & Williams 2018 (the importance matrix as a Hinton-style heatmap).
-The image tiling is :func:`gvae_dist.tracking._tile`, shared with the training-time grids.
+The image tiling is :func:`gvae_dist.tracking.tile_images`, shared with the training-time grids.
 
 Every figure has a fixed pixel size (``figsize * dpi``, no tight bounding box) so callers and
 tests know what they get. matplotlib is imported here only, with the Agg backend.
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["kl_per_dim", "traversal_figsize", "plot_traversals", "heatmap_figure", "plot_heatmap", "plot_kl",
-           "plot_side_by_side", "write_eval_plots"]
+           "plot_bars", "plot_side_by_side", "write_eval_plots"]
 
 DPI = 100
 
@@ -64,7 +64,7 @@ def plot_traversals(model, x_KCHW, spec, path: str | Path, span: float = 3.0, st
     """
     import torch
 
-    from gvae_dist.tracking import _tile, decode_traversals
+    from gvae_dist.tracking import decode_traversals, tile_images
 
     plt = _pyplot()
     was_training = model.training
@@ -79,7 +79,7 @@ def plot_traversals(model, x_KCHW, spec, path: str | Path, span: float = 3.0, st
     labels = [f"{name}:{d - start}" for name, start, size in rows for d in range(start, start + size)]
     fig, axes = plt.subplots(1, K, figsize=traversal_figsize(D, K, steps), dpi=DPI, squeeze=False)
     for k, ax in enumerate(axes[0]):
-        grid = _tile(imgs[k])  # [D*(H+1)+1, S*(W+1)+1, 3]
+        grid = tile_images(imgs[k])  # [D*(H+1)+1, S*(W+1)+1, 3]
         H, W = imgs.shape[-2:]
         ax.imshow(grid, interpolation="nearest")
         ax.set_yticks([1 + d * (H + 1) + H / 2 for d in range(D)])
@@ -137,6 +137,24 @@ def plot_kl(kl_D: np.ndarray, spec, path: str | Path) -> Path:
     ax.set_ylabel("KL (nats)")
     ax.set_title("KL(q(z_d|x) || N(0,1)) per latent dim", fontsize=9)
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_bars(labels: list[str], means: list[float], stds: list[float], colors: list[str], ylabel: str,
+              title: str, path: str | Path) -> Path:
+    """One bar per label at its mean with its std as an error bar (e.g. the study's DCI mean per
+    objective, variant and label noise); ``1.0 * len(labels) + 2.0`` by 3.5 inches."""
+    if not len(labels) == len(means) == len(stds) == len(colors):
+        raise ValueError(f"plot_bars: got {len(labels)} labels, {len(means)} means, {len(stds)} stds and "
+                         f"{len(colors)} colors; give one of each per bar")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2.0, 3.5), dpi=DPI)
+    ax.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=3)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -427,12 +427,12 @@ def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
     from gvae_dist.optional import require
 
     ray = require("ray", "gvae-dist study --executor ray (cells as Ray tasks)")
-    from gvae_dist.launch import _connect, _disconnect
+    from gvae_dist.launch import connect, disconnect
     from gvae_dist.tracking import prepare_store
 
     for cfg in {c.cfg.tracking.uri or c.cfg.run.output_dir: c.cfg for c in todo}.values():
         prepare_store(cfg)  # the cells open runs concurrently: create the store first
-    temp_dir = _connect(todo[0].cfg)
+    temp_dir = connect(todo[0].cfg)
     failed: dict[str, str] = {}
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_train_cell)
@@ -459,7 +459,7 @@ def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
                     failed[cell.name] = f"{type(cause).__name__}: {cause} (run dir {cell.cfg.run_dir()})"
                     log(f"[gvae-dist study] {done_count}/{n} {cell.name}: FAILED: {cause}")
     finally:
-        _disconnect(temp_dir)
+        disconnect(temp_dir)
     return failed
 
 
@@ -504,21 +504,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _bar_plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    from gvae_dist.plots import DPI, _pyplot, _save
+    from gvae_dist.plots import plot_bars
 
-    plt = _pyplot()
     groups = sorted(_group(rows).items())
     labels = [f"{o}\n{v}\nflip {p:g}" for (o, v, p), _ in groups]
     stats = [_mean_std([g["DCI_mean"] for g in grp]) for _, grp in groups]
-    fig, ax = plt.subplots(figsize=(1.0 * len(groups) + 2.0, 3.5), dpi=DPI)
     colors = ["tab:blue" if v == "gated" else "tab:orange" for (_, v, _), _ in groups]
-    ax.bar(range(len(groups)), [m for m, _ in stats], yerr=[s for _, s in stats], color=colors, capsize=3)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylabel("mean of D, C, I (± std over seeds)")
-    ax.set_title("Gated (blue) vs un-gated (orange)", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return plot_bars(labels, [m for m, _ in stats], [s for _, s in stats], colors,
+                     "mean of D, C, I (± std over seeds)", "Gated (blue) vs un-gated (orange)", path)
 
 
 def collect(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:

@@ -45,8 +45,8 @@ from gvae_dist.config import redact, redact_uri
 log = logging.getLogger(__name__)
 
 __all__ = ["NullTracker", "MLflowTracker", "make_tracker", "open_run", "close_run", "default_tracking_uri", "tracking_uri",
-           "mlflow_missing",
-           "image_grids", "log_image_grids", "posterior_mean", "RUN_KEY_TAG"]
+           "mlflow_missing", "mlflow_client",
+           "image_grids", "log_image_grids", "tile_images", "decode_traversals", "posterior_mean", "RUN_KEY_TAG"]
 
 RUN_KEY_TAG = "gvae_dist.run_key"
 
@@ -107,7 +107,9 @@ def mlflow_missing() -> bool:
     return True
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
+    """An ``MlflowClient`` for ``uri`` with bounded HTTP retries and timeouts, URL printing off when
+    the URI carries credentials, and the directory of a ``sqlite:///`` store created."""
     from mlflow.tracking import MlflowClient
 
     for key, value in _HTTP_DEFAULTS.items():
@@ -169,7 +171,7 @@ def prepare_store(cfg) -> str | None:
         return None
     uri = tracking_uri(cfg)
     try:
-        return _experiment_id(_client(uri), uri, cfg.tracking.experiment)
+        return _experiment_id(mlflow_client(uri), uri, cfg.tracking.experiment)
     except Exception as exc:  # tracking must never stop a launch
         _warn("store set-up", exc)
         return None
@@ -182,7 +184,7 @@ def open_run(cfg, run_key: str, reuse: bool) -> str | None:
         return None
     uri = tracking_uri(cfg)
     try:
-        client = _client(uri)
+        client = mlflow_client(uri)
         exp_id = _experiment_id(client, uri, cfg.tracking.experiment)
         if reuse:
             key = run_key.replace("'", "\\'")
@@ -202,7 +204,7 @@ def close_run(cfg, run_id: str | None, status: str) -> None:
         return
     uri = tracking_uri(cfg)
     try:
-        _client(uri).set_terminated(run_id, status)
+        mlflow_client(uri).set_terminated(run_id, status)
     except Exception as exc:
         _warn("run status update", exc)
 
@@ -220,7 +222,7 @@ class MLflowTracker:
         self._call(self._start, experiment, run_name, run_id, tags or {})
 
     def _start(self, experiment, run_name, run_id, tags):
-        client = _client(self.uri)
+        client = mlflow_client(self.uri)
         if run_id is None:
             exp_id = _experiment_id(client, self.uri, experiment)
             run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
@@ -340,7 +342,7 @@ def make_tracker(cfg, is_main: bool, run_id: str | None = None, dedupe: bool = F
 # Image grids (legend: N images, C channels, H/W height/width, D latent dims, S traversal steps)
 
 
-def _tile(images_RSCHW) -> np.ndarray:
+def tile_images(images_RSCHW) -> np.ndarray:
     """``[R, S, C, H, W]`` floats in [0, 1] -> one ``uint8 [R*(H+1)+1, S*(W+1)+1, 3]`` grid."""
     R, S, C, H, W = images_RSCHW.shape
     grid = np.ones((R * (H + 1) + 1, S * (W + 1) + 1, 3), dtype=np.float32)
@@ -381,7 +383,7 @@ def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, n
         trav_DSCHW = decode_traversals(model, mu_ND[:1], span, steps)[0]
     model.train(was_training)
     recon = torch.stack([x_NCHW.float(), recon_NCHW]).cpu().numpy()
-    return {"reconstruction": _tile(recon), "traversal": _tile(trav_DSCHW.cpu().numpy())}
+    return {"reconstruction": tile_images(recon), "traversal": tile_images(trav_DSCHW.cpu().numpy())}
 
 
 def log_image_grids(tracker, model, x_NCHW, step: int, out_dir: Path) -> None:

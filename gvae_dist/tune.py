@@ -253,17 +253,17 @@ def _trial(config: dict[str, Any], space: Space, sweep: str, extra: list[str], p
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gvae_dist.launch import _run_exists, build_trainer
-    from gvae_dist.tracking import _client, open_run, tracking_uri
+    from gvae_dist.launch import build_trainer, run_exists
+    from gvae_dist.tracking import mlflow_client, open_run, tracking_uri
 
     point = {k: config[k] for k in space.params}
     name = f"{sweep}_{tune.get_context().get_trial_id()}"
     cfg = trial_config(space, extra, point, name)
     storage = cfg.distributed.storage_path
-    exists = _run_exists(storage, name)
+    exists = run_exists(storage, name)
     run_id = open_run(cfg, f"{storage}/{name}", reuse=exists)
     if run_id is not None and parent_run_id:
-        client = _client(tracking_uri(cfg))
+        client = mlflow_client(tracking_uri(cfg))
         client.set_tag(run_id, PARENT_TAG, parent_run_id)
         client.set_tag(run_id, "gvae_dist.sweep", sweep)
         if not exists:
@@ -282,8 +282,8 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
     ray = require("ray", "gvae-dist tune (Ray Tune)")
     from ray import tune
 
-    from gvae_dist.launch import _connect, _disconnect, resolve_config
-    from gvae_dist.tracking import _client, open_run, tracking_uri
+    from gvae_dist.launch import connect, disconnect, resolve_config
+    from gvae_dist.tracking import mlflow_client, open_run, tracking_uri
 
     extra = list(extra or [])
     base = resolve_config(trial_config(space, extra, {}, "x"))
@@ -295,7 +295,7 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
              f"distributed.storage_path={base.distributed.storage_path}"]
     if base.tracking.enabled and base.tracking.uri:  # None: credentials, kept in the environment
         extra.append(f"tracking.uri={base.tracking.uri}")
-    temp_dir = _connect(base)
+    temp_dir = connect(base)
     t0 = time.perf_counter()
     parent = None
     try:
@@ -339,16 +339,16 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
         rows = _rows(space, trials)
         best = _pick(space, rows)
         if parent is not None and not interrupted:
-            _finish_parent(_client(tracking_uri(base)), parent, space, sweep, base, rows, best, seconds)
+            _finish_parent(mlflow_client(tracking_uri(base)), parent, space, sweep, base, rows, best, seconds)
     except BaseException as exc:
         if parent is not None:  # else the parent stays RUNNING forever in the MLflow UI
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            client = _client(tracking_uri(base))
+            client = mlflow_client(tracking_uri(base))
             client.set_tag(parent, "gvae_dist.error", f"{type(exc).__name__}: {exc}"[:4000])
             client.set_terminated(parent, status)
         raise
     finally:
-        _disconnect(temp_dir)
+        disconnect(temp_dir)
     return {"rows": rows, "best": best, "parent_run_id": parent, "interrupted": interrupted,
             "path": exp_path, "seconds": seconds}
 

@@ -254,6 +254,21 @@ def test_folder_16_bit_image_out_of_range_is_refused(tmp_path):
                                        r"found values in \[0, 65535\]", while_writing=True)
 
 
+def test_eight_bit_maps_wide_pixel_files_by_the_pixel_rule():
+    """The one rule the folder importer and ``gvae-dist encode`` share for non-8-bit files:
+    16-bit values in 0..255 kept, 32-bit float in [0, 1] scaled by 255, 8-bit files untouched."""
+    from gvae_dist.data.checks import PixelRangeError, eight_bit
+
+    grey = Image.fromarray(np.array([[0, 7], [128, 255]], np.uint8))
+    assert eight_bit(grey, "g.png") is grey
+    wide = eight_bit(Image.fromarray(np.array([[0, 7], [128, 255]], np.uint16)), "w.png")
+    assert wide.mode == "L" and np.asarray(wide).tolist() == [[0, 7], [128, 255]]
+    unit = eight_bit(Image.fromarray(np.array([[0.0, 0.5], [0.25, 1.0]], np.float32)), "f.tif")
+    assert np.asarray(unit).tolist() == [[0, 128], [64, 255]]
+    with pytest.raises(PixelRangeError, match=r"w16.png \(mode I;16\): integer pixels must lie in 0..255"):
+        eight_bit(Image.fromarray(np.array([[0, 300]], np.uint16)), "w16.png")
+
+
 def test_check_source_refuses_a_label_outside_its_classes(tmp_path):
     """The last gate before writing also holds for weak labels (built by the importers)."""
     from gvae_dist.data.checks import check_source

@@ -57,3 +57,23 @@ def test_a_listening_address_passes_and_auto_is_left_to_ray():
     with pytest.raises(ClusterUnreachable, match="connection refused|Connection refused"):
         check_address(f"127.0.0.1:{port}", "distributed.address", timeout=2)
     check_address("auto", "distributed.address")  # Ray's own lookup of a local cluster
+
+
+def test_only_an_unreachable_cluster_is_a_one_line_error(monkeypatch, capsys):
+    """main() turns ClusterUnreachable into exit code 2 and one line; any other ConnectionError
+    (e.g. a tracking server resetting the connection mid-run) keeps its traceback."""
+    import gvae_dist.cli as cli
+
+    def unreachable(args):
+        raise ClusterUnreachable("distributed.address=10.0.0.1:6379: no Ray cluster accepts connections there")
+
+    def reset(args):
+        raise ConnectionResetError("the MLflow server reset the connection")
+
+    monkeypatch.setitem(cli.COMMANDS, "config", unreachable)
+    assert main(["config"]) == 2
+    assert capsys.readouterr().err == ("gvae-dist: error: distributed.address=10.0.0.1:6379: "
+                                       "no Ray cluster accepts connections there\n")
+    monkeypatch.setitem(cli.COMMANDS, "config", reset)
+    with pytest.raises(ConnectionResetError, match="MLflow server reset"):
+        main(["config"])

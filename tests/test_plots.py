@@ -14,6 +14,7 @@ from gvae_dist.plots import (
     DPI,
     heatmap_figure,
     kl_per_dim,
+    plot_bars,
     plot_heatmap,
     plot_kl,
     plot_traversals,
@@ -57,6 +58,15 @@ def test_pictures_have_the_expected_pixel_size(tmp_path):
 
     path = plot_kl(np.arange(10.0), spec, tmp_path / "k.png")
     assert _png_size(path) == (round((0.4 * 10 + 2.0) * DPI), 300)
+
+
+def test_bar_plot_has_its_pixel_size_and_refuses_ragged_inputs(tmp_path):
+    """The study's results.png: one bar per group, 1 in per bar + 2 in wide, 3.5 in high."""
+    path = plot_bars(["a\ngated", "a\nungated", "b\ngated"], [0.5, 0.25, 0.75], [0.1, 0.0, 0.05],
+                     ["tab:blue", "tab:orange", "tab:blue"], "DCI", "t", tmp_path / "b.png")
+    assert _png_size(path) == (round((1.0 * 3 + 2.0) * DPI), round(3.5 * DPI))
+    with pytest.raises(ValueError, match="2 labels, 3 means"):
+        plot_bars(["a", "b"], [0.5, 0.25, 0.75], [0.1, 0.0], ["r", "g"], "DCI", "t", tmp_path / "bad.png")
 
 
 def test_partition_heatmap_labels_lie_inside_the_image(tmp_path):

@@ -25,7 +25,7 @@ import torch
 from gvae_dist.bench.harness import interleave, peak_memory, saved_tensor_bytes
 from gvae_dist.gate import gated_reparameterize
 
-__all__ = ["VARIANTS", "gate_forward", "run_gate"]
+__all__ = ["VARIANTS", "gate_forward", "gate_inputs", "gate_fwd_bwd", "run_gate"]
 
 
 def _fused(mu_BD, logvar_BD, eps_BD, mask_BD):
@@ -51,7 +51,9 @@ def gate_forward(name: str, compiled: bool = False):
     return torch.compile(fn, dynamic=False) if compiled else fn
 
 
-def _inputs(B: int, D: int, device, dtype, seed: int = 0):
+def gate_inputs(B: int, D: int, device, dtype, seed: int = 0):
+    """Seeded ``(mu, logvar, eps, mask)`` (``mu``, ``logvar`` leaves that require grad) and the
+    upstream gradients ``(dz_dec, dz_reg)``, all ``[B, D]``."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     mu_BD = torch.randn(B, D, generator=g).to(device, dtype).requires_grad_()
     logvar_BD = (0.1 * torch.randn(B, D, generator=g)).to(device, dtype).requires_grad_()
@@ -62,7 +64,8 @@ def _inputs(B: int, D: int, device, dtype, seed: int = 0):
     return (mu_BD, logvar_BD, eps_BD, mask_BD), (dz_dec_BD, dz_reg_BD)
 
 
-def _fwd_bwd(forward, args, grads):
+def gate_fwd_bwd(forward, args, grads):
+    """One forward of a variant on ``args`` and its backward from ``grads`` into ``mu, logvar``."""
     z_dec_BD, z_reg_BD = forward(*args)
     return torch.autograd.grad((z_dec_BD, z_reg_BD), args[:2], grads)
 
@@ -79,13 +82,13 @@ def run_gate(batches=(64, 256, 1024, 4096), latents=(10, 64, 256), modes=("eager
                     # its recompile limit and silently runs the remaining shapes eagerly
                     torch._dynamo.reset()
                 forwards = {n: gate_forward(n, compiled=mode == "compile") for n in VARIANTS}
-                args, grads = _inputs(B, D, device, dtype)
+                args, grads = gate_inputs(B, D, device, dtype)
                 # enough repetitions per timed call to rise well above timer and launch noise
                 inner = max(1, min(200, math.ceil(65536 / (B * D))))
 
                 def call(fwd, inner=inner, args=args, grads=grads):
                     for _ in range(inner):
-                        _fwd_bwd(fwd, args, grads)
+                        gate_fwd_bwd(fwd, args, grads)
 
                 fns = {n: (lambda f=f: call(f)) for n, f in forwards.items()}
                 t = interleave(fns, rounds=rounds, warmup=2, device=device)
@@ -99,6 +102,6 @@ def run_gate(batches=(64, 256, 1024, 4096), latents=(10, 64, 256), modes=("eager
                         "plain_over_this": t.ratio(n, "plain"),
                         "spread": t.spread(n),
                         "saved_bytes": saved,
-                        "peak_bytes": peak_memory(lambda f=fwd, a=args, g=grads: _fwd_bwd(f, a, g), device),
+                        "peak_bytes": peak_memory(lambda f=fwd, a=args, g=grads: gate_fwd_bwd(f, a, g), device),
                     })
     return rows

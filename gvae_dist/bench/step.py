@@ -265,7 +265,7 @@ def run_regularizer_share(objectives=("beta", "infovae", "dip2"), batches=(64, 2
     Timed interleaved with the step: the objective's forward+backward on leaf ``mu, logvar, z``
     (recon term excluded), and the gate's forward+backward at the same batch.
     """
-    from gvae_dist.bench.gate import _fwd_bwd, _inputs, gate_forward
+    from gvae_dist.bench.gate import gate_forward, gate_fwd_bwd, gate_inputs
 
     dev, rows = torch.device(device), []
     if dev.type == "cpu":
@@ -289,9 +289,9 @@ def run_regularizer_share(objectives=("beta", "infovae", "dip2"), batches=(64, 2
         for name in objectives:
             fns[f"reg/{name}"] = lambda n=name: reg(n)
         fns["reg/kl_only"] = kl_only
-        args, grads = _inputs(B, 10, dev, torch.float32)
+        args, grads = gate_inputs(B, 10, dev, torch.float32)
         fused = gate_forward("fused")
-        fns["gate/fused"] = lambda f=fused, a=args, g=grads: _fwd_bwd(f, a, g)
+        fns["gate/fused"] = lambda f=fused, a=args, g=grads: gate_fwd_bwd(f, a, g)
         t = interleave(fns, rounds=rounds, warmup=3, device=dev)
         step_s = t.median("step")
         for k in fns:

@@ -13,7 +13,8 @@ Rules (each refusal is a ``ValueError`` naming the file and what to do):
   lazily from HDF5 is not scanned and taken as it is). Floats must be finite and lie in [0, 1] (scaled by 255) or else in [0, 255]
   (rounded); a float set whose maximum is <= 1 is always read as [0, 1]. Anything else (e.g.
   16-bit 0..65535, negative values, z-scored floats) is refused with the range found, never
-  wrapped or clipped.
+  wrapped or clipped. 16-bit, 32-bit and float image files are mapped by the same rule
+  (:func:`eight_bit`).
 - **factors** (:func:`check_factors`): a 2-D table ``[N, F]`` with N >= 1, every value finite;
   a non-finite value names its column, the first bad row and how many rows are bad.
 - **labels** (:func:`label_bounds`, :func:`first_bad_label`): weak label l of a factor is valid
@@ -27,8 +28,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["PixelRangeError", "check_factors", "check_image_shape", "check_source", "first_bad_label", "label_bounds",
-           "pixel_range", "pixel_scale", "to_uint8"]
+__all__ = ["PixelRangeError", "check_factors", "check_image_shape", "check_source", "eight_bit", "first_bad_label",
+           "label_bounds", "pixel_range", "pixel_scale", "to_uint8"]
 
 _PIXEL_CHUNK = 4096  # images per block when scanning an image array for its range
 
@@ -97,6 +98,19 @@ def to_uint8(images: np.ndarray, scale: float) -> np.ndarray:
         return images
     # clip only guards float rounding at the ends; the range was checked before
     return np.clip(np.rint(images.astype(np.float32) * np.float32(scale)), 0, 255).astype(np.uint8)
+
+
+def eight_bit(img, path):
+    """PIL ``img`` if it has 8-bit channels; a 16-bit/32-bit/float image mapped to 8 bits by
+    :func:`pixel_scale` and :func:`to_uint8` (PIL's ``convert`` would clip 16-bit values above 255
+    to 255 silently). :class:`PixelRangeError` naming ``path`` and the mode if out of range."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;"):
+        return img
+    from PIL import Image
+
+    arr = np.asarray(img)
+    scale = pixel_scale(arr.dtype, float(arr.min()), float(arr.max()), f"{path} (mode {img.mode})")
+    return Image.fromarray(to_uint8(arr, scale))
 
 
 def check_factors(values_NF: np.ndarray, names: Sequence[str], where: str, what: str = "column",

@@ -47,6 +47,7 @@ from gvae_dist.data.checks import (
     check_factors,
     check_image_shape,
     check_source,
+    eight_bit,
     pixel_range,
     pixel_scale,
     to_uint8,
@@ -361,18 +362,6 @@ def _csv_column(csv_path: Path, name: str, column: list[str], lines: list[int]) 
     return nums
 
 
-def _eight_bit(img, path: Path):
-    """``img`` if it has 8-bit channels; a 16-bit/32-bit/float image mapped by the pixel rule of
-    :mod:`gvae_dist.data.checks` (PIL would clip 16-bit values above 255 to 255 silently)."""
-    if img.mode not in ("I", "F") and not img.mode.startswith("I;"):
-        return img
-    from PIL import Image
-
-    arr = np.asarray(img)
-    scale = pixel_scale(arr.dtype, float(arr.min()), float(arr.max()), f"{path} (mode {img.mode})")
-    return Image.fromarray(to_uint8(arr, scale))
-
-
 def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
     if not root.is_dir():
         raise ValueError(f"--input {root}: --source folder needs a directory of images")
@@ -434,7 +423,7 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
         for i, row in enumerate(sel):
             try:
                 with Image.open(root / files[row]) as img:
-                    img = _eight_bit(img, root / files[row]).convert("RGB")
+                    img = eight_bit(img, root / files[row]).convert("RGB")
                     w, h = img.size
                     s = min(w, h)
                     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
