@@ -12,10 +12,12 @@ driver, and reads EOF without the word ``done`` (the kernel closes a killed proc
 or its parent pid changes (a child forked by the driver could still hold the pipe). It runs in
 its own session, so a Ctrl-C or hang-up aimed at the driver's terminal does not reach it.
 
-Which processes belong to the cluster: this user's processes whose environment names the
-session's token (``RAY_AUTH_TOKEN_PATH=<session>/auth_token``, set by the driver before Ray
-starts, so every Ray process of that cluster inherits it) or whose command line names the
-session directory (a fresh ``mkdtemp``). Never a process name: other Ray clusters on the
+Which processes belong to the cluster (:class:`Members`): this user's processes whose
+environment names the session's token (``RAY_AUTH_TOKEN_PATH=<session>/auth_token``, set by the
+driver before Ray starts, so every Ray process of that cluster inherits it) or whose command line
+names the session directory (a fresh ``mkdtemp``), their descendants, and those the guard found
+so while the driver lived (looked at every second: Ray's retitled agents keep neither intact,
+and are reparented when the raylet dies). Never a process name: other Ray clusters on the
 machine (tests, experiments) are left alone. They get SIGTERM, SIGKILL after a grace period;
 then the token is removed and the logs kept, as after any failed run. Linux only (``/proc``);
 elsewhere :func:`start` does nothing.
@@ -31,10 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["start", "disarm", "members", "stop_cluster"]
+__all__ = ["start", "disarm", "Members", "members", "stop_cluster"]
 
 DONE = b"done"
-POLL_S = 0.5  # how often the parent pid is checked while the pipe stays open
+POLL_S = 1.0  # how often the parent pid and the cluster's processes are looked at
 GRACE_S = 1.5  # SIGTERM to SIGKILL
 
 
@@ -65,7 +67,7 @@ def disarm(guard: subprocess.Popen | None, timeout: float = 5.0) -> None:
         guard.wait()
 
 
-def _proc_text(pid: str, name: str) -> bytes:
+def _proc_text(pid: int, name: str) -> bytes:
     try:
         with open(f"/proc/{pid}/{name}", "rb") as fh:
             return fh.read()
@@ -73,20 +75,67 @@ def _proc_text(pid: str, name: str) -> bytes:
         return b""
 
 
+def _table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) of every live process, zombies left out."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        stat = _proc_text(int(name), "stat")
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        if len(fields) > 19 and fields[0] not in (b"Z", b"X"):
+            table[int(name)] = (int(fields[1]), int(fields[19]))
+    return table
+
+
+class Members:
+    """Finds the live processes of the private cluster in ``session``.
+
+    A process belongs to it when its environment names the session's token or its command line
+    names the session dir, or when it descends from such a process, or when it was found before
+    (same pid and start time). The last two matter because Ray retitles its workers and agents
+    (``ray::DashboardAgent``), which overwrites their command line and part of their
+    environment, and because the raylet's children are reparented when it dies: :meth:`find`
+    while the cluster runs remembers them."""
+
+    def __init__(self, session: str | Path):
+        root = str(Path(session).resolve()).encode()
+        self._dir = root + b"/"
+        self._token = b"RAY_AUTH_TOKEN_PATH=" + root + b"/auth_token"
+        self._known: set[tuple[int, int]] = set()
+        self._looked: dict[tuple[int, int], bool] = {}  # a process's own match, read once
+
+    def _names_session(self, pid: int, start: int) -> bool:
+        key = (pid, start)
+        if key not in self._looked:
+            self._looked[key] = (self._token in _proc_text(pid, "environ").split(b"\0")
+                                 or self._dir in _proc_text(pid, "cmdline"))
+        return self._looked[key]
+
+    def find(self) -> list[int]:
+        """The cluster's live processes now (this one excluded); remembered for later calls."""
+        table = _table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [pid for pid, (_, start) in table.items()
+                if (pid, start) in self._known or self._names_session(pid, start)]
+        found: set[int] = set()
+        while todo:
+            pid = todo.pop()
+            if pid not in found:
+                found.add(pid)
+                todo.extend(children.get(pid, ()))
+        found.discard(os.getpid())
+        self._known = {(pid, table[pid][1]) for pid in found} | {k for k in self._known if table.get(k[0], (0, -1))[1] == k[1]}
+        self._looked = {k: v for k, v in self._looked.items() if k[0] in table}
+        return sorted(found)
+
+
 def members(session: str | Path) -> list[int]:
-    """Live processes (no zombies) of the private cluster in ``session``, this one excluded."""
-    session = str(Path(session).resolve()).encode()
-    token = b"RAY_AUTH_TOKEN_PATH=" + session + b"/auth_token"
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        stat = _proc_text(pid, "stat")
-        if not stat or stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X"):
-            continue
-        if token in _proc_text(pid, "environ").split(b"\0") or session + b"/" in _proc_text(pid, "cmdline"):
-            found.append(int(pid))
-    return found
+    """Live processes of the private cluster in ``session`` (see :class:`Members`), this one
+    excluded; with no history, a retitled process counts only through a parent that matches."""
+    return Members(session).find()
 
 
 def _signal(pids: list[int], sig: int) -> None:
@@ -97,7 +146,7 @@ def _signal(pids: list[int], sig: int) -> None:
             pass
 
 
-def stop_cluster(session: str | Path, timeout: float = 20.0) -> int:
+def stop_cluster(found: Members, timeout: float = 20.0) -> int:
     """SIGTERM every process of the cluster, SIGKILL what is left after ``GRACE_S``, until two
     looks half a second apart find none (a raylet may start a worker while it shuts down) or
     ``timeout`` passes. Returns how many processes were signalled."""
@@ -105,7 +154,7 @@ def stop_cluster(session: str | Path, timeout: float = 20.0) -> int:
     signalled: set[int] = set()
     empty_looks = 0
     while empty_looks < 2 and time.monotonic() < deadline:
-        pids = members(session)
+        pids = found.find()
         if not pids:
             empty_looks += 1
             time.sleep(0.5)
@@ -114,15 +163,16 @@ def stop_cluster(session: str | Path, timeout: float = 20.0) -> int:
         _signal(pids, signal.SIGTERM)
         signalled.update(pids)
         until = min(deadline, time.monotonic() + GRACE_S)
-        while time.monotonic() < until and set(pids) & set(members(session)):
+        while time.monotonic() < until and set(pids) & set(found.find()):
             time.sleep(0.2)
-        _signal(members(session), signal.SIGKILL)
+        _signal(found.find(), signal.SIGKILL)
         time.sleep(0.1)
     return len(signalled)
 
 
-def _driver_gone(driver: int) -> bool:
-    """Wait on stdin (the driver's pipe); True when the driver died, False when it disarmed us."""
+def _driver_gone(driver: int, found: Members) -> bool:
+    """Wait on stdin (the driver's pipe), looking at the cluster's processes every ``POLL_S``;
+    True when the driver died, False when it disarmed us."""
     fd = sys.stdin.fileno()
     got = b""
     while True:
@@ -134,14 +184,17 @@ def _driver_gone(driver: int) -> bool:
             got += chunk
         elif os.getppid() != driver:  # reparented: the driver died, a forked child holds the pipe
             return True
+        else:
+            found.find()
 
 
 def main(argv: list[str]) -> int:
     driver, session = int(argv[0]), Path(argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # not ours to act on; the driver's pipe decides
-    if not _driver_gone(driver):
+    found = Members(session)
+    if not _driver_gone(driver, found):
         return 0
-    count = stop_cluster(session)
+    count = stop_cluster(found)
     (session / "auth_token").unlink(missing_ok=True)
     logs = f"; Ray logs kept in {session}" if session.exists() else ""
     print(f"[gvae-dist] the driver (pid {driver}) is gone: stopped {count} process(es) of its private "

@@ -43,12 +43,19 @@ def _describe(p: psutil.Process) -> str:
         return ""
 
 
-def _sleeper(tmp: Path, name: str, session: Path, env_token: Path) -> subprocess.Popen:
+SLEEP = "import time; time.sleep(120)"
+# a child that names no session, in neither its environment nor its command line, like a Ray
+# agent once it has retitled itself
+WITH_CHILD = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+              "time.sleep(120)'], env={}); time.sleep(120)")
+
+
+def _sleeper(tmp: Path, name: str, session: Path, env_token: Path, code: str = SLEEP) -> subprocess.Popen:
     """A process called ``name`` that looks like a Ray process of the cluster in ``session``:
     its command line names the session dir, its environment the token (as Ray's do)."""
     exe = tmp / name
     exe.symlink_to(sys.executable)
-    return subprocess.Popen([str(exe), "-c", "import time; time.sleep(120)", f"--session-dir={session}/r/x"],
+    return subprocess.Popen([str(exe), "-c", code, f"--session-dir={session}/r/x"],
                             env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(env_token)}, start_new_session=True)
 
 
@@ -78,19 +85,29 @@ def test_disarmed_guard_and_live_driver_leave_the_cluster_alone(tmp_path):
 
 def test_guard_whose_pipe_closes_without_done_stops_the_cluster(tmp_path):
     session = _session(tmp_path)
-    member = _sleeper(tmp_path, "raylet", session, session / "auth_token")
-    # another cluster's GCS, its session dir sharing our prefix
-    other = _sleeper(tmp_path, "gcs_server", Path(f"{session}X"), Path(f"{session}X/auth_token"))
+    member = _sleeper(tmp_path, "gcs_server", session, session / "auth_token")
+    raylet = _sleeper(tmp_path, "raylet", session, session / "auth_token", code=WITH_CHILD)
+    # another cluster's raylet, its session dir sharing our prefix
+    (tmp_path / "other").mkdir()
+    other = _sleeper(tmp_path / "other", "raylet", Path(f"{session}X"), Path(f"{session}X/auth_token"))
     try:
+        deadline = time.monotonic() + 10
+        while not (agent := psutil.Process(raylet.pid).children()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        agent = agent[0]
         guard = orphan_guard.start(session)
+        time.sleep(2.5)  # the guard looks every second while the driver lives
+        raylet.kill()  # as Ray's fate-sharing kills the raylet: its child is reparented
+        raylet.wait()
         guard.stdin.close()  # what the kernel does when the driver is killed
         guard.wait(timeout=15)
         assert member.wait(timeout=1) == -signal.SIGTERM
-        assert other.poll() is None  # "<session>X" is another cluster
+        assert not _alive(agent)  # found through its parent while the driver lived
+        assert other.poll() is None
         assert not (session / "auth_token").exists() and (session / "r").is_dir()
     finally:
-        stop_group(member)
-        stop_group(other)
+        for proc in (member, raylet, other):
+            stop_group(proc)
 
 
 def _cluster_processes(driver: int, session: Path) -> list[psutil.Process]:
