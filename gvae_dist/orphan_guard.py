@@ -1,9 +1,9 @@
 """Stop the private local Ray cluster of a driver that was killed (issue 14, item 12).
 
 Ray ties the processes a driver starts (GCS, raylet, dashboard, monitors) to it with
-``PR_SET_PDEATHSIG``, but not what the raylet starts in turn: killed during start-up, a driver
-left its dashboard agent and runtime-env agent running for more than 45 s here, and its token
-on disk. :func:`start` runs this module as a small guard process next to the private cluster
+``PR_SET_PDEATHSIG``, but not what the raylet starts in turn: a killed driver left its
+dashboard agent and runtime-env agent running for about 60 s here (they wait out their GCS
+reconnect timeout), and its token on disk. :func:`start` runs this module as a small guard process next to the private cluster
 (``gvae_dist.launch._connect``); :func:`disarm` stands it down when the driver shuts the cluster
 down itself (``_disconnect``), so a normal exit, or a Ctrl-C the driver handles, goes the usual way.
 
