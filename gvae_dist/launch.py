@@ -9,7 +9,8 @@ sets up (``Accelerator(cpu=True)`` on CPU workers, see ``train.py``).
   and shut down afterwards. Nothing attaches to another Ray on the machine by accident. The
   private cluster is for this user on this machine only: loopback node IP (every Ray server
   binds 127.0.0.1), a fresh token (0600) and Ray's temp dir in one 0700 directory, dashboard on
-  127.0.0.1, no metrics export port (``connect``).
+  127.0.0.1, no metrics export port (``connect``). A guard process stops that cluster and removes
+  its token if the driver is killed (``gvae_dist.orphan_guard``).
 - Resources are checked before ``fit()``: an unsatisfiable ``ScalingConfig`` would otherwise
   wait forever.
 - Run identity: ``RunConfig(name=run.name, storage_path=distributed.storage_path or
@@ -43,6 +44,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from gvae_dist import orphan_guard
 from gvae_dist.checkpoint import Candidate, local_candidates
 from gvae_dist.config import ClusterUnreachable, Config, ConfigError, config_from_dict, redact_uri
 from gvae_dist.rundir import METRICS_FILE, RESTORE_DIR, clear_leftovers
@@ -293,6 +295,7 @@ _SESSION_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_A
                 "RAY_enable_metrics_collection", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 _saved_env: dict[str, str | None] = {}
 _saved_cluster_flag: list[bool] = []
+_guards: dict[str, Any] = {}  # session dir -> its orphan guard process (gvae_dist.orphan_guard)
 
 
 def _single_node_loopback(on: bool) -> None:
@@ -374,6 +377,9 @@ def connect(cfg: Config) -> str | None:
     check_resources(cfg, [{"CPU": float(local_cpus()), "GPU": float(torch.cuda.device_count())}])
     port = free_port()
     session = _private_session(port)
+    # stops the cluster and removes the token if this process is killed (SIGKILL, OOM killer):
+    # Ray's own fate-sharing misses the processes its raylet starts
+    _guards[str(session)] = orphan_guard.start(session)
     temp_dir = session / "r"
     try:
         ctx = ray.init(address="local", num_cpus=local_cpus(), include_dashboard=True,
@@ -417,6 +423,7 @@ def disconnect(session: str | None, keep_logs: bool = False) -> None:
         print(f"[gvae-dist] Ray logs kept in {session}", flush=True)
     else:
         shutil.rmtree(session, ignore_errors=True)
+    orphan_guard.disarm(_guards.pop(session, None))
 
 
 def _per_worker(cfg: Config) -> dict[str, float]:
