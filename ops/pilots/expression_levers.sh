@@ -7,6 +7,7 @@
 #        bash ops/pilots/expression_levers.sh OUT confirm   (the nominated lever against the preset
 #             on fresh data, data.seed=4, run seeds 0 and 1)
 #        bash ops/pilots/expression_levers.sh OUT optim   (the optimisation levers: lr schedule, batch)
+#        bash ops/pilots/expression_levers.sh OUT combined | confirm_combined   (width + 16 dims + cosine)
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,6 +32,18 @@ if [ "${2:-}" = confirm ]; then
     WIDE=(--set "model.channels=[32,64,64,128]" --set model.hidden=512)
     run baseline_d4_s0 --set data.seed=4 & run wide_d4_s0 --set data.seed=4 "${WIDE[@]}" & wait
     run baseline_d4_s1 --set data.seed=4 --set run.seed=1 & run wide_d4_s1 --set data.seed=4 --set run.seed=1 "${WIDE[@]}" & wait
+    exit 0
+fi
+COMBINED=(--set "model.channels=[32,64,64,128]" --set model.hidden=512 --set model.latent_dim=16
+          --set partitions.2.size=8 --set optim.lr=0.003 --set optim.schedule=cosine
+          --set optim.min_lr=0.0001 --set optim.lr_warmup_steps=200)
+if [ "${2:-}" = combined ]; then  # the three partial levers together (docs/faces.md, 2026-12-07)
+    run combined "${COMBINED[@]}"
+    exit 0
+fi
+if [ "${2:-}" = confirm_combined ]; then  # on fresh data against the confirmation's preset runs
+    run combined_d4_s0 --set data.seed=4 "${COMBINED[@]}" &
+    run combined_d4_s1 --set data.seed=4 --set run.seed=1 "${COMBINED[@]}" & wait
     exit 0
 fi
 if [ "${2:-}" = optim ]; then  # the optimisation levers (docs/faces.md, 2026-12-07), against the same baseline
