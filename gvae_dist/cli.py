@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True, help="study file (see configs/study_faces.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every cell, after study.overrides (repeatable)")
+    p.add_argument("--set-gated", dest="gated_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in the gated cells only, after study.gated_overrides "
+                        "(repeatable): an ablation arm that the un-gated baseline must not get")
     p.add_argument("--parallel", type=int, default=None, metavar="N",
                    help="cells at a time (default study.parallel): 1 = in sequence here, N > 1 = N Ray tasks "
                         "or N local processes (--executor)")
@@ -375,7 +378,7 @@ def cmd_study(args) -> int:
     from gvae_dist.study import StudyError, load_study, run_study
 
     overrides = _with_address(args)
-    spec = load_study(args.config, overrides)
+    spec = load_study(args.config, overrides, args.gated_overrides)
     if args.out:
         spec.output_dir = args.out
     try:

@@ -84,6 +84,9 @@ class StudySpec:
     """data.label_flip_prob values (weak-label noise)"""
     overrides: list[str] = field(default_factory=list)
     """``key=value`` overrides applied to every cell before seed and noise"""
+    gated_overrides: list[str] = field(default_factory=list)
+    """``key=value`` overrides applied to the gated cells only, after ``overrides`` (an ablation arm
+    such as ``pairing.identity=0.75`` that would change what the un-gated baseline computes)"""
     parallel: int = 1
     """cells run at a time: 1 = in sequence in this process, N > 1 = N at once (see executor)"""
     executor: str = "auto"
@@ -107,12 +110,15 @@ class Cell:
 
 
 _TYPES = {"output_dir": str, "objectives": list, "variants": list, "preset": str, "presets": list,
-          "seeds": list, "label_flip_probs": list, "overrides": list, "parallel": int,
-          "executor": str}
+          "seeds": list, "label_flip_probs": list, "overrides": list, "gated_overrides": list,
+          "parallel": int, "executor": str}
 
 
-def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> StudySpec:
-    """Read and validate a study file (top-level ``study:`` mapping); ConfigError names the key."""
+def load_study(path: str | Path, extra_overrides: list[str] | None = None,
+               extra_gated: list[str] | None = None) -> StudySpec:
+    """Read and validate a study file (top-level ``study:`` mapping); ConfigError names the key.
+    ``extra_overrides`` / ``extra_gated`` (the CLI's ``--set`` / ``--set-gated``) come after the
+    file's ``overrides`` / ``gated_overrides``."""
     path = Path(path)
     data = read_yaml_mapping(path, "study file")
     if set(data) != {"study"} or not isinstance(data["study"], dict):
@@ -126,7 +132,8 @@ def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> St
     spec = StudySpec(**body, base_dir=path.parent)
     for key, values, kind in [("seeds", spec.seeds, int), ("label_flip_probs", spec.label_flip_probs, (int, float)),
                               ("objectives", spec.objectives, str), ("presets", spec.presets, str),
-                              ("overrides", spec.overrides, str), ("variants", spec.variants, str)]:
+                              ("overrides", spec.overrides, str), ("gated_overrides", spec.gated_overrides, str),
+                              ("variants", spec.variants, str)]:
         bad = [v for v in values if not isinstance(v, kind) or isinstance(v, bool)]
         if bad:
             raise ConfigError(f"study.{key}: {bad[0]!r} has the wrong type")
@@ -146,10 +153,12 @@ def load_study(path: str | Path, extra_overrides: list[str] | None = None) -> St
         raise ConfigError("study: give either study.presets or study.objectives (with study.variants), not both")
     if spec.objectives and not spec.variants:
         raise ConfigError("study.variants: must not be empty")
-    for item in spec.overrides:
-        if "=" not in item:
-            raise ConfigError(f"study.overrides: {item!r} is not key=value")
+    for key, items in (("overrides", spec.overrides), ("gated_overrides", spec.gated_overrides)):
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"study.{key}: {item!r} is not key=value")
     spec.overrides = [*spec.overrides, *(extra_overrides or [])]  # --set: later ones win, repeats allowed
+    spec.gated_overrides = [*spec.gated_overrides, *(extra_gated or [])]
     return spec
 
 
@@ -172,13 +181,19 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
             raise ConfigError(f"study: preset {preset} does not exist (from study.preset/presets)")
         base = load_config(preset, spec.overrides)
         objective, variant = base.objective.name, "gated" if base.gate.enabled else "ungated"
+        overrides = [*spec.overrides, *(spec.gated_overrides if variant == "gated" else [])]
+        if variant == "gated" and spec.gated_overrides:
+            base = load_config(preset, overrides)
+            if not base.gate.enabled:
+                raise ConfigError(f"study.gated_overrides: they turn the gate of {preset.name} off; "
+                                  "an un-gated arm belongs in study.overrides or its own preset")
         # A model that never reads the weak labels gives the same run at every noise level:
         # it runs once per seed and serves as the baseline of every label-flip level.
         reads_labels = base.gate.enabled or base.pairing.shared_factor > 0
         for p in spec.label_flip_probs if reads_labels else spec.label_flip_probs[:1]:
             for seed in spec.seeds:
                 name = f"{preset.stem}__noise{p:g}__seed{seed}"
-                cfg = load_config(preset, [*spec.overrides, f"run.seed={seed}", f"data.label_flip_prob={p}",
+                cfg = load_config(preset, [*overrides, f"run.seed={seed}", f"data.label_flip_prob={p}",
                                            f"run.output_dir={runs}", f"run.name={name}"])
                 cells.append(Cell(name, objective, variant, seed, float(p), cfg))
     names = [c.name for c in cells]

@@ -140,6 +140,28 @@ def test_ablation_study_reuses_the_main_studys_ungated_cells():
     assert all(c.cfg.gate.decoder and c.name not in main for c in gated)
 
 
+def test_gated_overrides_change_the_gated_cells_only(tmp_path):
+    """study.gated_overrides / --set-gated: an ablation arm (here a larger identity share) reaches
+    the gated cells, while the un-gated cells keep the fingerprint of the study without it, so
+    they can be shared; an override that turns the gate off is refused, naming the key."""
+    body = (f"study:\n  output_dir: {tmp_path}\n  objectives: [beta]\n  seeds: [0, 1]\n"
+            "  preset: '" + str(REPO / "configs") + "/faces_{objective}_{variant}.yaml'\n")
+    plain = {c.name: c for c in plan_cells(load_study(_write(tmp_path, body)))}
+    arm = plan_cells(load_study(_write(tmp_path, body + "  gated_overrides: [pairing.identity=0.75]\n"),
+                                extra_gated=["pairing.shared_factor=0.25"]))
+    assert len(arm) == len(plain) == 4
+    for cell in arm:
+        if cell.variant == "ungated":
+            assert cell.fingerprint == plain[cell.name].fingerprint and cell.cfg.pairing.identity == 1.0
+        else:
+            assert (cell.cfg.pairing.identity, cell.cfg.pairing.shared_factor) == (0.75, 0.25)
+            assert cell.fingerprint != plain[cell.name].fingerprint
+    with pytest.raises(ConfigError, match="study.gated_overrides"):
+        plan_cells(load_study(_write(tmp_path, body + "  gated_overrides: [gate.enabled=false]\n")))
+    with pytest.raises(ConfigError, match="study.gated_overrides"):
+        load_study(_write(tmp_path, body + "  gated_overrides: [pairing.identity]\n"))
+
+
 def test_fingerprint_ignores_only_the_keys_a_cell_cannot_read(tmp_path):
     """An un-gated, identity-only cell does not depend on the gate's options or the partner
     search, so studies whose gated presets differ there share their un-gated cells; a gated

@@ -11,5 +11,5 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT/drop25_id75/runs"
 cp -rn "$OUT"/drop25/runs/faces_beta_ungated_* "$OUT/drop25_id75/runs/"
 "${GVAE_VENV:-.venv}/bin/gvae-dist" study -c configs/study_pilot_noise_beta.yaml --parallel 2 --executor local \
-    --out "$OUT/drop25_id75" --set gate.drop_high_loss=0.25 --set pairing.identity=0.75 \
-    --set pairing.shared_factor=0.25 --cells 'faces_beta_gated_*'
+    --out "$OUT/drop25_id75" --set gate.drop_high_loss=0.25 --set-gated pairing.identity=0.75 \
+    --set-gated pairing.shared_factor=0.25 --cells 'faces_beta_gated_*'
