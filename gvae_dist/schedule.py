@@ -2,6 +2,8 @@
 
 Being a function of the step alone (no scheduler state), a resumed run continues the schedule
 exactly where the checkpoint left it, and the optimizer's saved state stays the whole state.
+Extending a finished run (a larger ``optim.steps`` on resume) stretches the cosine from that step
+on: the steps already taken keep the rates of the shorter schedule.
 
 - ``constant``: ``optim.lr`` every step (the default; the loop then never touches the rate).
 - ``cosine``: half a cosine from ``optim.lr`` down to ``optim.min_lr`` over ``optim.steps``
