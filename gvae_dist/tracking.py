@@ -241,7 +241,9 @@ class MLflowTracker:
 
     def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None,
                  tags: dict[str, str] | None = None, dedupe: bool = False, run_dir: str | Path | None = None):
-        self.uri, self.run_id = uri, None
+        # a continued run keeps its id when the store is out of reach: its checkpoints name it, and
+        # what it misses is owed to it
+        self.uri, self.run_id = uri, run_id
         self._client = None
         self._broken = False
         self._run_dir = Path(run_dir) if run_dir is not None else None  # where what is owed is recorded
@@ -276,6 +278,8 @@ class MLflowTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
+        if self._client is None:
+            return
         items = [Param(k, str(v)[:6000]) for k, v in _flatten(redact(params)).items()]
         for i in range(0, len(items), 100):
             self._call(self._client.log_batch, self.run_id, [], items[i : i + 100])
@@ -294,12 +298,14 @@ class MLflowTracker:
             metrics = {k: v for k, v in metrics.items() if k.startswith("run/") or step > self._logged_up_to(k)}
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 500):
+        for i in range(0, len(items), 500) if self._client is not None else ():
             self._call(self._client.log_batch, self.run_id, items[i : i + 500])
         if self._broken:
             self._owe(steps=[step])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._client is None:
+            return
         self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_model(self, model, input_example: np.ndarray, partitions, work_dir: Path,
@@ -350,14 +356,14 @@ class MLflowTracker:
         return self._call(_log)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
+        for k, v in tags.items() if self._client is not None else ():
             self._call(self._client.set_tag, self.run_id, k, str(v))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self._client is not None:
             self._call(self._client.set_terminated, self.run_id, status)
-            if self._broken:
-                self._owe(status=status)
+        if self._broken:
+            self._owe(status=status)
 
     def _owe(self, steps: list[int] = (), status: str | None = None) -> None:
         """Record in the run directory what the run did not receive (:mod:`gvae_dist.tracking_pending`);
@@ -380,14 +386,17 @@ class MLflowTracker:
 
 
 def make_tracker(cfg, is_main: bool, run_id: str | None = None, dedupe: bool = False):
-    """MLflow tracker on the main process when tracking is enabled, else a NullTracker.
-    ``dedupe``: continuing ``run_id``, skip the steps it already holds (see module doc)."""
+    """MLflow tracker on the main process when tracking is enabled, else a NullTracker (also when the
+    store cannot be reached for a new run; continuing ``run_id``, the broken tracker is kept: it
+    records what the run is owed). ``dedupe``: continuing ``run_id``, skip the steps it already
+    holds (see module doc)."""
     if not (is_main and cfg.tracking.enabled) or mlflow_missing():
         return NullTracker()
     uri = tracking_uri(cfg)
     tracker = MLflowTracker(uri, cfg.tracking.experiment, cfg.run.name, run_id,
                             tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())}, dedupe=dedupe, run_dir=cfg.run_dir())
-    return tracker if tracker.active else NullTracker()
+    # a continued run whose store is out of reach keeps its (broken) tracker: it records what is owed
+    return tracker if tracker.active or tracker.run_id is not None else NullTracker()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from gvae_dist.cli import main
 from gvae_dist.config import load_config
 from gvae_dist.tracking import close_run
 from gvae_dist.tracking_pending import PENDING_FILE, owe, read_pending
-from gvae_dist.train import RunHooks, train_loop
+from gvae_dist.train import Preempted, RunHooks, train_loop
 from tests.conftest import REPO, free_port, stop_group, wait_for_http
 
 SETS = ["data.num_train=256", "data.num_eval=200", "data.image_size=32", "optim.batch_size=16",
@@ -81,6 +81,38 @@ def test_a_status_the_launcher_cannot_set_is_recorded(tmp_path, caplog):
         close_run(cfg, "run-a", "FAILED")
     assert read_pending(cfg.run_dir())["runs"] == {"run-a": {"status": "FAILED", "steps": []}}
     assert "could not be marked FAILED" in caplog.text
+
+
+@pytest.mark.integration
+def test_a_run_resumed_while_its_server_is_down_keeps_its_id_and_owes_the_rest(mlflow_server, tmp_path, capsys):
+    """A requeued run (say after SLURM preemption) starts while the server is still down: it does
+    not lose its MLflow run id (the next checkpoints would name none, and a later resume would open
+    a new run); the steps it trains and its status are owed to that run, then settled. (The
+    session's server, not killed here: its start is shared with other modules.)"""
+    from mlflow.tracking import MlflowClient
+
+    out, stop = tmp_path / "out", tmp_path / "stop"
+    store = mlflow_server.url
+    stop.touch()  # preempted at the first log step (5): checkpoint, MLflow run KILLED
+    sets = [*SETS, f"run.output_dir={out}", "tracking.experiment=outage-resumed"]
+    with pytest.raises(Preempted):
+        train_loop(load_config(None, [*sets, f"tracking.uri={store}", f"run.stop_file={stop}"]))
+    stop.unlink()
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("outage-resumed").experiment_id])
+    assert run.info.status == "KILLED"
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.warns(RuntimeWarning, match="training continues without tracking"):
+        resumed = train_loop(load_config(None, [*sets, f"tracking.uri={dead}"]))
+    assert resumed.step == 20 and resumed.tracking_run_id == run.info.run_id
+    # step 5: the run/resumed_from_step point; its metrics.jsonl row is on the store already
+    assert read_pending(resumed.run_dir)["runs"] == {run.info.run_id: {"status": "FINISHED",
+                                                                       "steps": [5, 10, 15, 20]}}
+    assert main(["tracking", "sync", str(resumed.run_dir), "--set", f"tracking.uri={store}"]) == 0
+    assert "of 3 step(s) (10..20), status FINISHED" in capsys.readouterr().out
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert _histories(client, run.info.run_id, ["loss", "kl"]) == {"loss": [5, 10, 15, 20], "kl": [5, 10, 15, 20]}
+    assert not (resumed.run_dir / PENDING_FILE).exists()
 
 
 def _histories(client, run_id: str, keys) -> dict[str, list[int]]:
