@@ -5,7 +5,8 @@ trains against it. The run finishes, records what its MLflow run is owed in
 ``tracking_pending.json`` and says so in one line; after a restart on the same store and port,
 re-running ``gvae-dist train`` sends the owed steps and status first: the run ends FINISHED with
 every step once. ``gvae-dist tracking sync`` settles a debt without training and never sends a
-step twice.
+step twice. A run resumed while its server is down keeps its run id and owes it the rest; a status
+the Ray driver cannot set is owed too.
 """
 
 from __future__ import annotations
