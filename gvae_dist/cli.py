@@ -4,6 +4,7 @@
     gvae-dist eval   --checkpoint DIR [--json] [--set key=value ...]
     gvae-dist encode --checkpoint DIR --images FILE.npz|FOLDER [--out codes.npz] [--json]
     gvae-dist config --config FILE [--set ...] [--explain]
+    gvae-dist tracking sync RUN_DIR [--set key=value ...]
     gvae-dist data build --source faces|shapes|dsprites|3dshapes|folder --out DIR [--num N]
                          [--format png|jpg] [--shard-size K] [--workers W] [--input PATH]
                          [--labels-csv CSV] [--config FILE] [--set data.key=value ...]
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config, or --explain every key")
     _add_config_args(p)
     p.add_argument("--explain", action="store_true", help="list every key with its type, default and doc")
+
+    p = sub.add_parser("tracking", help="MLflow bookkeeping of a run directory")
+    t_sub = p.add_subparsers(dest="tracking_command", required=True)
+    t = t_sub.add_parser("sync", help="send what a tracking outage left owed (tracking_pending.json: the "
+                                      "end status, metrics from metrics.jsonl) without training")
+    t.add_argument("run_dir", help="run directory (runs/<name>)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the run's config.yaml, e.g. --set tracking.uri=http://127.0.0.1:5000")
 
     p = sub.add_parser("data", help="build WebDataset shards (+ DALI indexes, manifest) or check them")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -274,6 +283,37 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_tracking(args) -> int:
+    """``tracking sync``: settle ``RUN_DIR/tracking_pending.json`` against the run's tracking store
+    (its config.yaml, ``--set``, else ``$MLFLOW_TRACKING_URI``); exit 1 while something stays owed."""
+    from gvae_dist.rundir import RunLock, RunLocked
+    from gvae_dist.tracking import tracking_uri
+    from gvae_dist.tracking_pending import PENDING_FILE, settle_run_dir
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / PENDING_FILE).is_file():
+        print(f"[gvae-dist] nothing owed: {run_dir / PENDING_FILE} does not exist")
+        return 0
+    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    out = run_dir.resolve()
+    for _ in Path(cfg.run.name).parts:  # the store of a run without tracking.uri lies under run.output_dir
+        out = out.parent
+    cfg = load_config(run_dir / "config.yaml", [*args.overrides, f"run.output_dir={out}"])
+    uri = tracking_uri(cfg)
+    if "***" in uri:  # config.yaml holds the URI redacted
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or ""
+        if not uri:
+            raise ValueError(f"{run_dir / 'config.yaml'} holds tracking.uri with its credentials masked; give the "
+                             "real one in $MLFLOW_TRACKING_URI or with --set tracking.uri=...")
+    try:
+        lock = RunLock(run_dir).acquire()  # not while a run of this directory settles or adds to it
+    except RunLocked as exc:
+        print(f"gvae-dist: {exc}", file=sys.stderr)
+        return exc.exit_code
+    with lock:
+        return 0 if settle_run_dir(uri, run_dir) else 1
+
+
 def _cmd_factor_effect(args) -> int:
     from gvae_dist.data.factor_effect import format_table, shards_effect, synthetic_effect
 
@@ -392,7 +432,8 @@ def cmd_study(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "config": cmd_config, "data": cmd_data,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "config": cmd_config,
+            "tracking": cmd_tracking, "data": cmd_data,
             "bench": cmd_bench, "tune": cmd_tune, "study": cmd_study}
 
 

@@ -21,6 +21,10 @@ run is sent each metric only for steps after the last one it holds for that key 
 second point for a step logged twice), so a resume from a checkpoint older than the crash does not
 log the steps in between twice; ``run/*`` bookkeeping metrics are always sent.
 
+Outages: what a run could not send once its tracker broke (metrics of later steps, the end status)
+is recorded in ``<run_dir>/tracking_pending.json`` and sent by the next ``gvae-dist train`` of that
+run directory or ``gvae-dist tracking sync`` (:mod:`gvae_dist.tracking_pending`).
+
 Credentials: a tracking URI may carry them (``http://user:password@host``, as
 ``$MLFLOW_TRACKING_URI`` often does). Params, warnings and printed lines go through
 :func:`gvae_dist.config.redact_uri`; the saved config is redacted by ``config_yaml``; Ray
@@ -45,7 +49,7 @@ from gvae_dist.config import redact, redact_uri
 log = logging.getLogger(__name__)
 
 __all__ = ["NullTracker", "MLflowTracker", "make_tracker", "open_run", "close_run", "default_tracking_uri", "tracking_uri",
-           "mlflow_missing", "mlflow_client",
+           "mlflow_missing", "mlflow_client", "settle_pending",
            "image_grids", "log_image_grids", "tile_images", "decode_traversals", "posterior_mean", "RUN_KEY_TAG"]
 
 RUN_KEY_TAG = "gvae_dist.run_key"
@@ -199,7 +203,8 @@ def open_run(cfg, run_key: str, reuse: bool) -> str | None:
 
 
 def close_run(cfg, run_id: str | None, status: str) -> None:
-    """Mark a run ``FINISHED`` / ``FAILED`` / ``KILLED`` from outside the workers (best effort)."""
+    """Mark a run ``FINISHED`` / ``FAILED`` / ``KILLED`` from outside the workers (best effort; an
+    unreachable store: the status is recorded as owed in the run directory)."""
     if run_id is None or not cfg.tracking.enabled or mlflow_missing():
         return
     uri = tracking_uri(cfg)
@@ -207,16 +212,42 @@ def close_run(cfg, run_id: str | None, status: str) -> None:
         mlflow_client(uri).set_terminated(run_id, status)
     except Exception as exc:
         _warn("run status update", exc)
+        from gvae_dist.tracking_pending import owe
+
+        try:
+            path = owe(cfg.run_dir(), run_id, uri, status=status)
+        except OSError:  # nowhere to record it: the warning above is all there is
+            return
+        log.warning("[gvae-dist] warning: MLflow run %s could not be marked %s; recorded in %s for the next "
+                    "`gvae-dist train` of this run directory or `gvae-dist tracking sync %s`", run_id, status,
+                    path, cfg.run_dir())
+
+
+def settle_pending(cfg) -> bool:
+    """Send what an earlier tracking outage left owed in ``cfg.run_dir()`` (see
+    :mod:`gvae_dist.tracking_pending`); True when nothing is owed any more. Tracking off or MLflow
+    missing: the file is left for a tracked run or ``gvae-dist tracking sync`` (False)."""
+    from gvae_dist.tracking_pending import PENDING_FILE, settle_run_dir
+
+    if not (cfg.run_dir() / PENDING_FILE).is_file():
+        return True
+    if not cfg.tracking.enabled or mlflow_missing():
+        return False  # kept for a tracked run (or `gvae-dist tracking sync`)
+    return settle_run_dir(tracking_uri(cfg), cfg.run_dir())
 
 
 class MLflowTracker:
     """MLflow run (created, or continued by ``run_id``) with warn-once failure handling."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None,
-                 tags: dict[str, str] | None = None, dedupe: bool = False):
-        self.uri, self.run_id = uri, None
+                 tags: dict[str, str] | None = None, dedupe: bool = False, run_dir: str | Path | None = None):
+        # a continued run keeps its id when the store is out of reach: its checkpoints name it, and
+        # what it misses is owed to it
+        self.uri, self.run_id = uri, run_id
         self._client = None
         self._broken = False
+        self._run_dir = Path(run_dir) if run_dir is not None else None  # where what is owed is recorded
+        self._owing = False
         self._dedupe = dedupe and run_id is not None
         self._last_step: dict[str, int] = {}
         self._call(self._start, experiment, run_name, run_id, tags or {})
@@ -247,6 +278,8 @@ class MLflowTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
+        if self._client is None:
+            return
         items = [Param(k, str(v)[:6000]) for k, v in _flatten(redact(params)).items()]
         for i in range(0, len(items), 100):
             self._call(self._client.log_batch, self.run_id, [], items[i : i + 100])
@@ -265,10 +298,14 @@ class MLflowTracker:
             metrics = {k: v for k, v in metrics.items() if k.startswith("run/") or step > self._logged_up_to(k)}
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 500):
+        for i in range(0, len(items), 500) if self._client is not None else ():
             self._call(self._client.log_batch, self.run_id, items[i : i + 500])
+        if self._broken:
+            self._owe(steps=[step])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._client is None:
+            return
         self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_model(self, model, input_example: np.ndarray, partitions, work_dir: Path,
@@ -319,23 +356,47 @@ class MLflowTracker:
         return self._call(_log)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
+        for k, v in tags.items() if self._client is not None else ():
             self._call(self._client.set_tag, self.run_id, k, str(v))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self._client is not None:
             self._call(self._client.set_terminated, self.run_id, status)
+        if self._broken:
+            self._owe(status=status)
+
+    def _owe(self, steps: list[int] = (), status: str | None = None) -> None:
+        """Record in the run directory what the run did not receive (:mod:`gvae_dist.tracking_pending`);
+        one warning line the first time."""
+        if self._run_dir is None or self.run_id is None:
+            return
+        from gvae_dist.tracking_pending import owe
+
+        try:
+            path = owe(self._run_dir, self.run_id, self.uri, steps, status)
+        except OSError as exc:  # a full disk must not stop training either
+            log.warning("[gvae-dist] warning: could not record what MLflow run %s is owed: %s", self.run_id, exc)
+            return
+        if not self._owing:
+            self._owing = True
+            log.warning("[gvae-dist] warning: MLflow run %s is out of reach; what it misses from here on "
+                        "(metrics of later steps, its end status) is recorded in %s and sent by the next "
+                        "`gvae-dist train` of this run directory, or now by `gvae-dist tracking sync %s`",
+                        self.run_id, path, self._run_dir)
 
 
 def make_tracker(cfg, is_main: bool, run_id: str | None = None, dedupe: bool = False):
-    """MLflow tracker on the main process when tracking is enabled, else a NullTracker.
-    ``dedupe``: continuing ``run_id``, skip the steps it already holds (see module doc)."""
+    """MLflow tracker on the main process when tracking is enabled, else a NullTracker (also when the
+    store cannot be reached for a new run; continuing ``run_id``, the broken tracker is kept: it
+    records what the run is owed). ``dedupe``: continuing ``run_id``, skip the steps it already
+    holds (see module doc)."""
     if not (is_main and cfg.tracking.enabled) or mlflow_missing():
         return NullTracker()
     uri = tracking_uri(cfg)
     tracker = MLflowTracker(uri, cfg.tracking.experiment, cfg.run.name, run_id,
-                            tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())}, dedupe=dedupe)
-    return tracker if tracker.active else NullTracker()
+                            tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())}, dedupe=dedupe, run_dir=cfg.run_dir())
+    # a continued run whose store is out of reach keeps its (broken) tracker: it records what is owed
+    return tracker if tracker.active or tracker.run_id is not None else NullTracker()
 
 
 # ---------------------------------------------------------------------------------------------

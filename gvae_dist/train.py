@@ -20,6 +20,7 @@ Run directory (docs/reliability.md): the process that writes it holds its lock
 skipping damaged ones with a warning, and refuses one made with a config that computes something
 else (:mod:`gvae_dist.fingerprint`; ``run.resume: force`` overrides). ``metrics.jsonl`` is cut back
 to the restored step, and MLflow is not sent steps it already holds, so each step is logged once.
+What a tracking outage left owed (``tracking_pending.json``) is sent before the run logs anything.
 Ctrl-C marks the MLflow run KILLED and raises :class:`Interrupted` (the CLI exits 130).
 """
 
@@ -62,7 +63,7 @@ from gvae_dist.objective import warmup_weight
 from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
 from gvae_dist.schedule import learning_rate, scheduled
 from gvae_dist.step import StepMetrics, StepParts, train_step
-from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean
+from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean, settle_pending
 
 __all__ = ["RunHooks", "train_loop", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE",
            "Interrupted", "INTERRUPTED_EXIT_CODE", "claim_run_dir", "check_resume_config"]
@@ -411,6 +412,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     run_dir = cfg.run_dir()
     if is_main:  # before anything is written; released when train_loop returns or raises
         claims.enter_context(hooks.claim(cfg))
+        settle_pending(cfg)  # what a tracking outage left owed, before this run logs anything
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     random.seed(cfg.run.seed)
 
