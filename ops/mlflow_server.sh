@@ -29,6 +29,9 @@ if [[ "$ARTIFACTS" != *://* ]]; then
     mkdir -p "$ARTIFACTS"
     ARTIFACTS="$(cd "$ARTIFACTS" && pwd)"
 fi
+# MLflow's server-side job runner (GenAI jobs) is unused here and costs ~15 s of every start
+# (measured 24.7 s -> 9.6 s on 2 busy cores); export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true for it.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 MLFLOW="$ROOT/.venv/bin/mlflow"
 [ -x "$MLFLOW" ] || MLFLOW="$(command -v mlflow)"
 

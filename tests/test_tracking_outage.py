@@ -38,12 +38,11 @@ def _no_env_uri(monkeypatch):
 
 
 def _server(root: Path, port: int) -> subprocess.Popen:
-    """``ops/mlflow_server.sh`` on ``port`` over the store in ``root`` (no job runner: faster start)."""
+    """``ops/mlflow_server.sh`` on ``port`` over the store in ``root``."""
     log = open(root / f"server-{port}.log", "w")
     proc = subprocess.Popen(["bash", str(REPO / "ops" / "mlflow_server.sh"), str(port),
                              f"sqlite:///{root / 'db.sqlite'}", str(root / "artifacts")],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
