@@ -287,7 +287,7 @@ def cmd_tracking(args) -> int:
     """``tracking sync``: settle ``RUN_DIR/tracking_pending.json`` against the run's tracking store
     (its config.yaml, ``--set``, else ``$MLFLOW_TRACKING_URI``); exit 1 while something stays owed."""
     from gvae_dist.rundir import RunLock, RunLocked
-    from gvae_dist.tracking import tracking_uri
+    from gvae_dist.tracking import mlflow_client, tracking_uri
     from gvae_dist.tracking_pending import PENDING_FILE, settle_run_dir
 
     run_dir = Path(args.run_dir)
@@ -311,7 +311,7 @@ def cmd_tracking(args) -> int:
         print(f"gvae-dist: {exc}", file=sys.stderr)
         return exc.exit_code
     with lock:
-        return 0 if settle_run_dir(uri, run_dir) else 1
+        return 0 if settle_run_dir(mlflow_client(uri), uri, run_dir) else 1
 
 
 def _cmd_factor_effect(args) -> int:

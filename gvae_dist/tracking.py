@@ -233,7 +233,8 @@ def settle_pending(cfg) -> bool:
         return True
     if not cfg.tracking.enabled or mlflow_missing():
         return False  # kept for a tracked run (or `gvae-dist tracking sync`)
-    return settle_run_dir(tracking_uri(cfg), cfg.run_dir())
+    uri = tracking_uri(cfg)
+    return settle_run_dir(mlflow_client(uri), uri, cfg.run_dir())
 
 
 class MLflowTracker:

@@ -113,16 +113,15 @@ def settle(client, run_dir: str | Path) -> list[str]:
     return done
 
 
-def settle_run_dir(uri: str, run_dir: str | Path) -> bool:
-    """Settle ``run_dir`` against the store at ``uri``, one line printed per run settled; True when
-    nothing is owed any more. A failure is one warning line, the file kept for the next try."""
-    from gvae_dist.tracking import mlflow_client
-
+def settle_run_dir(client, uri: str, run_dir: str | Path) -> bool:
+    """Settle ``run_dir`` with ``client`` (``gvae_dist.tracking.mlflow_client(uri)``; ``uri`` only
+    names the store in messages), one line printed per run settled; True when nothing is owed any
+    more. A failure is one warning line, the file kept for the next try."""
     run_dir = Path(run_dir)
     if not (run_dir / PENDING_FILE).is_file():
         return True
     try:
-        for line in settle(mlflow_client(uri), run_dir):
+        for line in settle(client, run_dir):
             print(f"[gvae-dist] {line} (owed since a tracking outage; {PENDING_FILE} settled)", flush=True)
         return True
     except Exception as exc:  # the server may still be down: training goes on, the debt stays
