@@ -2,7 +2,8 @@
 
 What to draw follows the Gated-VAE paper's figures (Vowels et al., arXiv 1911.06443, traversals
 per partition) and Eastwood & Williams 2018 (the importance matrix as a Hinton-style heatmap).
-The image tiling is :func:`gvae_dist.tracking.tile_images`, shared with the training-time grids.
+The training-time grids (reconstructions, traversals; :func:`log_image_grids`) are tiled by the same
+:func:`tile_images`.
 
 Every figure has a fixed pixel size (``figsize * dpi``, no tight bounding box) so callers and
 tests know what they get. matplotlib is imported here only, with the Agg backend.
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["kl_per_dim", "traversal_figsize", "plot_traversals", "heatmap_figure", "plot_heatmap", "plot_kl",
-           "plot_bars", "plot_side_by_side", "write_eval_plots"]
+           "plot_bars", "plot_side_by_side", "write_eval_plots", "tile_images", "decode_traversals",
+           "image_grids", "log_image_grids"]
 
 DPI = 100
 
@@ -64,7 +66,6 @@ def plot_traversals(model, x_KCHW, spec, path: str | Path, span: float = 3.0, st
     """
     import torch
 
-    from gvae_dist.tracking import decode_traversals, tile_images
 
     plt = _pyplot()
     was_training = model.training
@@ -213,3 +214,62 @@ def write_eval_plots(model, images_NHWC: np.ndarray, mu_ND: np.ndarray, logvar_N
                                   "importance summed per partition (partitions x factors)",
                                   out / "partition_importance.png"))
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Training-time image grids (legend: N images, C channels, H/W height/width, D latent dims, S traversal steps)
+
+
+def tile_images(images_RSCHW) -> np.ndarray:
+    """``[R, S, C, H, W]`` floats in [0, 1] -> one ``uint8 [R*(H+1)+1, S*(W+1)+1, 3]`` grid."""
+    R, S, C, H, W = images_RSCHW.shape
+    grid = np.ones((R * (H + 1) + 1, S * (W + 1) + 1, 3), dtype=np.float32)
+    for r in range(R):
+        for s in range(S):
+            img = np.moveaxis(images_RSCHW[r, s], 0, -1)
+            grid[1 + r * (H + 1) : 1 + r * (H + 1) + H, 1 + s * (W + 1) : 1 + s * (W + 1) + W] = (
+                img if C == 3 else np.repeat(img, 3, axis=-1))
+    return (grid.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def decode_traversals(model, mu_KD, span: float, steps: int):
+    """``[K, D, S, C, H, W]`` images in [0, 1]: for each of the K codes, row d decodes it with
+    latent dim d set to ``linspace(-span, span, S)`` and the other dims fixed. Call under
+    ``torch.no_grad()`` with the model in eval mode."""
+    import torch
+
+    K, D = mu_KD.shape
+    z_KDSD = mu_KD[:, None, None, :].expand(K, D, steps, D).clone()
+    sweep_S = torch.linspace(-span, span, steps, device=mu_KD.device)
+    for d in range(D):
+        z_KDSD[:, d, :, d] = sweep_S
+    imgs = torch.sigmoid(model.decode(z_KDSD.view(K * D * steps, D)).float())
+    return imgs.view(K, D, steps, *imgs.shape[1:])
+
+
+def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, np.ndarray]:
+    """PNG-ready grids for a (gated) VAE: ``reconstruction`` (row 1 inputs, row 2 decoded
+    posterior means) and ``traversal`` (row d: latent dim d swept over ``[-span, span]`` around
+    the first image's posterior mean, other dims fixed)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        mu_ND, _ = model.encode(x_NCHW)
+        recon_NCHW = torch.sigmoid(model.decode(mu_ND).float())
+        trav_DSCHW = decode_traversals(model, mu_ND[:1], span, steps)[0]
+    model.train(was_training)
+    recon = torch.stack([x_NCHW.float(), recon_NCHW]).cpu().numpy()
+    return {"reconstruction": tile_images(recon), "traversal": tile_images(trav_DSCHW.cpu().numpy())}
+
+
+def log_image_grids(tracker, model, x_NCHW, step: int, out_dir: Path) -> None:
+    """Write the :func:`image_grids` of ``model`` as PNGs under ``out_dir`` and log them."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, grid in image_grids(model, x_NCHW).items():
+        path = out_dir / f"{name}_step_{step:08d}.png"
+        Image.fromarray(grid).save(path)
+        tracker.log_artifact(path, "images")

@@ -30,7 +30,8 @@ Credentials: a tracking URI may carry them (``http://user:password@host``, as
 :func:`gvae_dist.config.redact_uri`; the saved config is redacted by ``config_yaml``; Ray
 workers get the real URI in their environment, not in their config (``launch.worker_env``).
 
-Also here: the reconstruction and latent-traversal grids logged as PNG artifacts.
+The reconstruction and latent-traversal grids logged as PNG artifacts are drawn by
+:mod:`gvae_dist.plots` (``log_image_grids``); this module only sends them.
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ from gvae_dist.config import redact, redact_uri
 log = logging.getLogger(__name__)
 
 __all__ = ["NullTracker", "MLflowTracker", "make_tracker", "open_run", "close_run", "default_tracking_uri", "tracking_uri",
-           "mlflow_missing", "mlflow_client", "settle_pending",
-           "image_grids", "log_image_grids", "tile_images", "decode_traversals", "posterior_mean", "RUN_KEY_TAG"]
+           "mlflow_missing", "mlflow_client", "settle_pending", "posterior_mean", "RUN_KEY_TAG"]
 
 RUN_KEY_TAG = "gvae_dist.run_key"
 
@@ -398,65 +398,6 @@ def make_tracker(cfg, is_main: bool, run_id: str | None = None, dedupe: bool = F
                             tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())}, dedupe=dedupe, run_dir=cfg.run_dir())
     # a continued run whose store is out of reach keeps its (broken) tracker: it records what is owed
     return tracker if tracker.active or tracker.run_id is not None else NullTracker()
-
-
-# ---------------------------------------------------------------------------------------------
-# Image grids (legend: N images, C channels, H/W height/width, D latent dims, S traversal steps)
-
-
-def tile_images(images_RSCHW) -> np.ndarray:
-    """``[R, S, C, H, W]`` floats in [0, 1] -> one ``uint8 [R*(H+1)+1, S*(W+1)+1, 3]`` grid."""
-    R, S, C, H, W = images_RSCHW.shape
-    grid = np.ones((R * (H + 1) + 1, S * (W + 1) + 1, 3), dtype=np.float32)
-    for r in range(R):
-        for s in range(S):
-            img = np.moveaxis(images_RSCHW[r, s], 0, -1)
-            grid[1 + r * (H + 1) : 1 + r * (H + 1) + H, 1 + s * (W + 1) : 1 + s * (W + 1) + W] = (
-                img if C == 3 else np.repeat(img, 3, axis=-1))
-    return (grid.clip(0, 1) * 255).round().astype(np.uint8)
-
-
-def decode_traversals(model, mu_KD, span: float, steps: int):
-    """``[K, D, S, C, H, W]`` images in [0, 1]: for each of the K codes, row d decodes it with
-    latent dim d set to ``linspace(-span, span, S)`` and the other dims fixed. Call under
-    ``torch.no_grad()`` with the model in eval mode."""
-    import torch
-
-    K, D = mu_KD.shape
-    z_KDSD = mu_KD[:, None, None, :].expand(K, D, steps, D).clone()
-    sweep_S = torch.linspace(-span, span, steps, device=mu_KD.device)
-    for d in range(D):
-        z_KDSD[:, d, :, d] = sweep_S
-    imgs = torch.sigmoid(model.decode(z_KDSD.view(K * D * steps, D)).float())
-    return imgs.view(K, D, steps, *imgs.shape[1:])
-
-
-def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, np.ndarray]:
-    """PNG-ready grids for a (gated) VAE: ``reconstruction`` (row 1 inputs, row 2 decoded
-    posterior means) and ``traversal`` (row d: latent dim d swept over ``[-span, span]`` around
-    the first image's posterior mean, other dims fixed)."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        mu_ND, _ = model.encode(x_NCHW)
-        recon_NCHW = torch.sigmoid(model.decode(mu_ND).float())
-        trav_DSCHW = decode_traversals(model, mu_ND[:1], span, steps)[0]
-    model.train(was_training)
-    recon = torch.stack([x_NCHW.float(), recon_NCHW]).cpu().numpy()
-    return {"reconstruction": tile_images(recon), "traversal": tile_images(trav_DSCHW.cpu().numpy())}
-
-
-def log_image_grids(tracker, model, x_NCHW, step: int, out_dir: Path) -> None:
-    """Write the :func:`image_grids` of ``model`` as PNGs under ``out_dir`` and log them."""
-    from PIL import Image
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, grid in image_grids(model, x_NCHW).items():
-        path = out_dir / f"{name}_step_{step:08d}.png"
-        Image.fromarray(grid).save(path)
-        tracker.log_artifact(path, "images")
 
 
 def posterior_mean(model):

@@ -60,10 +60,11 @@ from gvae_dist.eval_runner import eval_steps
 from gvae_dist.fingerprint import differing_keys, resume_fingerprint
 from gvae_dist.model import GatedVAE, build_model
 from gvae_dist.objective import warmup_weight
+from gvae_dist.plots import log_image_grids
 from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
 from gvae_dist.schedule import learning_rate, scheduled
 from gvae_dist.step import StepMetrics, StepParts, train_step
-from gvae_dist.tracking import log_image_grids, make_tracker, posterior_mean, settle_pending
+from gvae_dist.tracking import make_tracker, posterior_mean, settle_pending
 
 __all__ = ["RunHooks", "train_loop", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE",
            "Interrupted", "INTERRUPTED_EXIT_CODE", "claim_run_dir", "check_resume_config"]

@@ -108,7 +108,7 @@ def test_traversals_sweep_one_dim_per_row_around_each_code():
         def decode(self, z_ND):
             return z_ND[:, :, None, None]
 
-    from gvae_dist.tracking import decode_traversals
+    from gvae_dist.plots import decode_traversals
 
     mu_KD = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.25, -0.5]])
     imgs = decode_traversals(Echo(), mu_KD, span=2.0, steps=5)

@@ -14,7 +14,8 @@ import torch
 from gvae_dist.config import load_config
 from gvae_dist.launch import free_port
 from gvae_dist.model import GatedVAE
-from gvae_dist.tracking import image_grids, open_run
+from gvae_dist.plots import image_grids
+from gvae_dist.tracking import open_run
 from gvae_dist.train import train_loop
 
 TINY = ["data.num_train=512", "data.num_eval=400", "data.image_size=32", "optim.batch_size=32",
