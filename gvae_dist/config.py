@@ -168,6 +168,7 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = f("constant", "learning-rate schedule over optim.steps: constant, or cosine decay from optim.lr to optim.min_lr (Loshchilov & Hutter 2017); a function of the step, so resuming continues it")
     min_lr: float = f(0.0, "final learning rate of the cosine schedule")
     lr_warmup_steps: int = f(0, "linear learning-rate warm-up over the first N steps, before the schedule (0 = none)")
+    lr_warmup_fraction: float = f(0.0, "warm-up over this share of optim.steps (rounded; shrinks with a shortened run); used when optim.lr_warmup_steps is 0")
     grad_clip: float = f(0.0, "clip gradient norm to this value (0 = off)")
     mixed_precision: Literal["no", "bf16", "fp16"] = f("no", "autocast dtype; fp16 (GPU only) uses a GradScaler")
     compile: bool = f(False, "torch.compile the model")
@@ -403,6 +404,8 @@ def validate(cfg: Config) -> None:
                           f"({o.lr}), got {o.min_lr}")
     if o.lr_warmup_steps >= o.steps and o.lr_warmup_steps:
         raise ConfigError(f"optim.lr_warmup_steps: must be below optim.steps ({o.steps}), got {o.lr_warmup_steps}")
+    if not 0.0 <= o.lr_warmup_fraction < 1.0:
+        raise ConfigError(f"optim.lr_warmup_fraction: must be in [0, 1) (a share of optim.steps), got {o.lr_warmup_fraction}")
     if not 0.0 <= d.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
     if not 0.0 <= cfg.gate.drop_high_loss < 1.0:

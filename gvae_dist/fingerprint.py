@@ -43,7 +43,8 @@ MOOT = [
 # dropped before hashing, so run directories made before it was added are still recognised.
 ADDED: dict[tuple[str, str], Any] = {("objective", "warmup_steps"): 0, ("gate", "drop_high_loss"): 0.0,
                                      ("gate", "regularizer"): False, ("optim", "schedule"): "constant",
-                                     ("optim", "min_lr"): 0.0, ("optim", "lr_warmup_steps"): 0}
+                                     ("optim", "min_lr"): 0.0, ("optim", "lr_warmup_steps"): 0,
+                                     ("optim", "lr_warmup_fraction"): 0.0}
 
 # Keys that may change when a run is resumed without changing what the steps so far computed.
 RESUME_SAFE: dict[str, Any] = {"optim": {"steps"}}

@@ -10,6 +10,8 @@ on: the steps already taken keep the rates of the shorter schedule.
   (Loshchilov & Hutter, "SGDR", ICLR 2017, without restarts).
 - ``optim.lr_warmup_steps``: either schedule starts with a linear warm-up, ``lr * (s + 1) / N``
   for the first N steps (Goyal et al. 2017), then follows the schedule over the remaining steps.
+  Where N is 0, ``optim.lr_warmup_fraction`` gives it as a share of ``optim.steps`` (rounded), so
+  a preset's warm-up shrinks with a shortened run (``--set optim.steps=100``) instead of outlasting it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-__all__ = ["SCHEDULES", "OptimConfigLike", "learning_rate", "scheduled"]
+__all__ = ["SCHEDULES", "OptimConfigLike", "learning_rate", "scheduled", "warmup_steps"]
 
 SCHEDULES = ("constant", "cosine")
 
@@ -30,18 +32,24 @@ class OptimConfigLike(Protocol):
     schedule: str
     min_lr: float
     lr_warmup_steps: int
+    lr_warmup_fraction: float
+
+
+def warmup_steps(o: OptimConfigLike) -> int:
+    """The warm-up length in steps: ``lr_warmup_steps``, or ``lr_warmup_fraction`` of the run."""
+    return o.lr_warmup_steps or round(o.lr_warmup_fraction * o.steps)
 
 
 def scheduled(o: OptimConfigLike) -> bool:
     """Whether the rate ever differs from ``optim.lr`` (the loop sets it only then)."""
-    return o.schedule != "constant" or o.lr_warmup_steps > 0
+    return o.schedule != "constant" or warmup_steps(o) > 0
 
 
 def learning_rate(o: OptimConfigLike, step: int) -> float:
     """The learning rate of the 0-based optimizer ``step`` (see module docstring)."""
     if o.schedule not in SCHEDULES:
         raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got {o.schedule!r}")
-    warm = o.lr_warmup_steps
+    warm = warmup_steps(o)
     if step < warm:
         return o.lr * (step + 1) / warm
     if o.schedule == "constant":

@@ -1,10 +1,11 @@
-"""optim.schedule / optim.min_lr / optim.lr_warmup_steps: the rate as a function of the step,
+"""optim.schedule / optim.min_lr / optim.lr_warmup_steps / _fraction: the rate as a function of the step,
 what the loop applies and logs, and that a preempted, resumed run continues the schedule."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,12 +13,14 @@ import torch
 
 from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint
 from gvae_dist.config import ConfigError, load_config
-from gvae_dist.schedule import learning_rate, scheduled
+from gvae_dist.schedule import learning_rate, scheduled, warmup_steps
 from gvae_dist.train import Preempted, train_loop
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _o(**kw):
-    fields = dict(lr=1e-3, steps=100, schedule="constant", min_lr=0.0, lr_warmup_steps=0)
+    fields = dict(lr=1e-3, steps=100, schedule="constant", min_lr=0.0, lr_warmup_steps=0, lr_warmup_fraction=0.0)
     fields.update(kw)
     return SimpleNamespace(**fields)
 
@@ -42,7 +45,20 @@ def test_warmup_then_cosine_to_min_lr():
         learning_rate(_o(schedule="step"), 0)
 
 
+def test_a_warmup_fraction_scales_with_the_run_and_steps_take_precedence():
+    # the presets' warm-up is a share of the run, so a shortened run (--set optim.steps=12) stays valid
+    assert warmup_steps(_o(steps=3000, lr_warmup_fraction=0.0667)) == 200
+    assert warmup_steps(_o(steps=12, lr_warmup_fraction=0.0667)) == 1
+    assert warmup_steps(_o(steps=3000, lr_warmup_fraction=0.0667, lr_warmup_steps=50)) == 50
+    o = _o(steps=300, schedule="cosine", lr_warmup_fraction=0.1)
+    assert scheduled(_o(lr_warmup_fraction=0.1)) and not scheduled(_o(lr_warmup_fraction=0.001))
+    assert learning_rate(o, 0) == pytest.approx(1e-3 / 30) and learning_rate(o, 29) == pytest.approx(1e-3)
+    cfg = load_config(REPO / "configs" / "faces_beta_gated.yaml", ["optim.steps=12"])
+    assert warmup_steps(cfg.optim) == 1 and learning_rate(cfg.optim, 0) == pytest.approx(cfg.optim.lr)
+
+
 @pytest.mark.parametrize("sets, key", [(["optim.min_lr=0.01"], "optim.min_lr"),
+                                       (["optim.lr_warmup_fraction=1.0"], "optim.lr_warmup_fraction"),
                                        (["optim.lr_warmup_steps=3000"], "optim.lr_warmup_steps"),
                                        (["optim.lr_warmup_steps=-1"], "optim.lr_warmup_steps"),
                                        (["optim.schedule=linear"], "optim.schedule")])
