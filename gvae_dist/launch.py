@@ -39,7 +39,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -494,6 +496,40 @@ def _last_logged_step(run_dir: Path) -> int | None:
         return None
 
 
+def _fit_interruptibly(trainer, ray):
+    """``trainer.fit()``, where Ctrl-C (SIGINT) on the driver stops the run on the cluster and
+    raises ``KeyboardInterrupt`` here.
+
+    Ray Train's own handler (registered inside ``fit``) aborts the run and then calls
+    ``sys.exit(0)``: a Ctrl-C would end ``gvae-dist train`` with exit code 0, its MLflow run marked
+    FAILED and no word on how to resume. Ours aborts the same way (the Train workers stop, also on
+    a cluster this driver only joined), then raises, so the caller marks the run KILLED and names
+    its newest checkpoint. A second Ctrl-C while the abort waits acts at once. The previous
+    handler is restored when ``fit`` returns (Ray leaves its own installed)."""
+    main = threading.current_thread() is threading.main_thread()  # Tune trials: no handler
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if main and hasattr(trainer, "_register_sigint_handler"):
+
+        def register(controller) -> None:
+            def on_sigint(signum, frame):
+                signal.signal(signal.SIGINT, previous)
+                print("[gvae-dist] Ctrl-C: stopping the Ray Train run (its workers) ...", flush=True)
+                try:
+                    ray.get(controller.abort.remote(), timeout=60)
+                except Exception:  # noqa: BLE001 - the controller may exit while aborting
+                    pass
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+        trainer._register_sigint_handler = register  # Ray Train v2's hook for its own handler
+    try:
+        return trainer.fit()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _launch(cfg: Config, ray) -> TrainResult:
     from gvae_dist.tracking import close_run, open_run, tracking_uri
 
@@ -527,7 +563,7 @@ def _launch(cfg: Config, ray) -> TrainResult:
               flush=True)
         trainer = build_trainer(cfg, run_id)
         try:
-            result = trainer.fit()
+            result = _fit_interruptibly(trainer, ray)
         except KeyboardInterrupt:  # Ctrl-C on the driver: resumable, not a failure
             close_run(cfg, run_id, "KILLED")
             newest = max(_candidates_on_disk(cfg), key=lambda c: c.step, default=None)

@@ -74,6 +74,21 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def wait_for_train_actors_to_exit(timeout: float = 60.0) -> None:
+    """An interrupted or stopped Ray Train run's actors die asynchronously; a later run on the same
+    cluster while they still run would have two worker groups writing one run directory."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                 if a.class_name in ("RayTrainWorker", "TrainController", "ImplicitFunc")]
+        if not alive:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Train actors still alive after {timeout}s: {alive}")
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """Stop a process this suite started with ``start_new_session=True``, and everything it
     spawned: SIGTERM to its group, then SIGKILL to the group and any descendant left over."""

@@ -19,7 +19,9 @@ import torch
 
 from gvae_dist.config import ConfigError, load_config
 from gvae_dist.launch import check_resources, launch, resolve_config, worker_env
-from gvae_dist.train import Preempted
+from gvae_dist.rundir import RunLock
+from gvae_dist.train import Interrupted, Preempted
+from tests.conftest import wait_for_train_actors_to_exit
 
 # the cluster's two "nodes" share this machine's disk, so the SQLite store is reachable from both
 pytestmark = pytest.mark.filterwarnings("ignore:tracking.uri=sqlite:RuntimeWarning")
@@ -152,6 +154,21 @@ def _train_worker_pids(node) -> list[int]:
             if any("RayTrainWorker" in part for part in p.cmdline())]
 
 
+def _logged_steps(run_dir: Path) -> list[int]:
+    """Steps in metrics.jsonl so far, read while a run may be appending to it."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    steps = []
+    for line in lines:
+        try:
+            steps.append(int(json.loads(line)["step"]))
+        except (ValueError, KeyError):  # a line being written
+            pass
+    return steps
+
+
 def _wait_until(done, thread: threading.Thread, what: str) -> None:
     deadline = time.monotonic() + 240
     while not done():
@@ -225,3 +242,28 @@ def test_killed_workers_recover_and_relaunch_resumes_and_preempts_in_one_mlflow_
     resumed = client.get_metric_history(result.tracking_run_id, "run/resumed_from_step")
     assert [m.value for m in resumed] == [50, 150]
     assert len(_runs_with_key(resolve_config(cfg), f"{tmp_path / 'ray'}/faulty")[1]) == 1
+
+    # Ctrl-C on the driver (SIGINT to the main thread, as in `gvae-dist train --workers 2`) once the
+    # step-200 checkpoint is on disk: the Train workers stop, the MLflow run is KILLED (resumable,
+    # not FAILED), Interrupted names the newest checkpoint and the last logged step, the run
+    # directory is unlocked, and this process's SIGINT handler is its own again
+    def interrupt_after_step_200() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any(s > 200 for s in _logged_steps(run_dir)):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGINT)
+    threading.Thread(target=interrupt_after_step_200, daemon=True).start()
+    with pytest.raises(Interrupted) as interrupted:
+        launch(load_config(None, [*RAY_RUN, f"run.output_dir={tmp_path}", "run.name=faulty", "optim.steps=400"]))
+    wait_for_train_actors_to_exit()
+    stopped = interrupted.value
+    assert 200 < stopped.step < 400 and stopped.step <= max(_logged_steps(run_dir))  # logged when it stopped
+    assert stopped.checkpoint is not None and stopped.checkpoint.name >= "step_00000200", stopped.checkpoint
+    assert torch.load(stopped.checkpoint / "state.pt", weights_only=True)["step"] >= 200
+    assert "run the same command to resume" in str(stopped)
+    assert client.get_run(result.tracking_run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGINT) is handler
+    with RunLock(run_dir):  # released
+        pass

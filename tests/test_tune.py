@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +20,7 @@ from ray.tune import Callback
 
 from gvae_dist.config import ConfigError
 from gvae_dist.tune import load_space, run_sweep
+from tests.conftest import wait_for_train_actors_to_exit
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_train=256",
@@ -186,22 +186,6 @@ class Overlap(Callback):
     on_trial_error = on_trial_complete
 
 
-def _wait_for_train_actors_to_exit(timeout: float = 60.0) -> None:
-    """An interrupted trial's Train workers die asynchronously after Tune stops the trial; a
-    restore in the same cluster while they still run would have two worker groups pruning the
-    same checkpoint directory. (A restarted driver on a fresh cluster has no such leftovers.)"""
-    from ray.util.state import list_actors
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
-                 if a.class_name in ("RayTrainWorker", "TrainController", "ImplicitFunc")]
-        if not alive:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"Train actors still alive after {timeout}s: {alive}")
-
-
 def _children(uri: str, parent: str):
     from mlflow.tracking import MlflowClient
 
@@ -228,7 +212,7 @@ def test_sweep_asha_mlflow_and_resume(tmp_path, ray_4cpu, capsys):
     runs = tmp_path / "runs"
     before = (runs / f"sweep_{finished}" / "metrics.jsonl").read_text()
 
-    _wait_for_train_actors_to_exit()
+    wait_for_train_actors_to_exit()
     second = run_sweep(space)
     assert not second["interrupted"]
     rows = second["rows"]
@@ -290,4 +274,4 @@ def test_failing_sweep_marks_its_mlflow_parent_failed(tmp_path, ray_4cpu):
     assert len(parents) == 1, parents
     assert parents[0].info.status == "FAILED"
     assert parents[0].data.tags["gvae_dist.error"].startswith(type(info.value).__name__)
-    _wait_for_train_actors_to_exit()
+    wait_for_train_actors_to_exit()
