@@ -88,14 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", required=True)
     b = data_sub.add_parser("build", help="write shards from a generator or an imported dataset; "
                                           "resumable; labels etc. from the data.* config keys")
-    b.add_argument("--source", required=True, choices=["faces", "shapes", "dsprites", "3dshapes", "folder"])
+    b.add_argument("--source", required=True, choices=["faces", "shapes", "arrays", "dsprites", "3dshapes", "folder"],
+                   help="arrays: any labelled .npz/.h5 (dsprites and 3dshapes are its presets); "
+                        "folder: images + a labels CSV")
     b.add_argument("--out", required=True, help="shard directory to write")
     b.add_argument("--num", type=int, help="samples (default: data.num_train generated, or all imported)")
     b.add_argument("--format", choices=["png", "jpg"], help="image encoding (sets data.image_format)")
     b.add_argument("--shard-size", type=int, default=2000, help="samples per tar (default 2000)")
     b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel writer processes")
-    b.add_argument("--input", help="dSprites .npz, 3dshapes .h5, or the image folder")
+    b.add_argument("--input", help="the .npz / .h5 file (arrays, dsprites, 3dshapes) or the image folder")
     b.add_argument("--labels-csv", help="per-image labels for --source folder (default <input>/labels.csv)")
+    b.add_argument("--keys", help="arrays: which array holds what, e.g. images=imgs,factors=latents_values,"
+                                  "classes=latents_classes,weak_labels=my_labels (default: found by name)")
+    b.add_argument("--factor-names", help="arrays: comma-separated factor names, one per column "
+                                          "(default: the file's factor_names, else latent0..)")
+    b.add_argument("--discrete", help="arrays: comma-separated discrete factors, scored by accuracy "
+                                      "(default: columns of class ids)")
+    b.add_argument("--groups", help="arrays: factor groups that become partitions, "
+                                    "e.g. 'pose=yaw,pitch,roll;expression=smile' (default: the file's factor_groups)")
     _add_config_args(b)
     v = data_sub.add_parser("verify", help="check shards against manifest.json and list bad samples")
     v.add_argument("path", help="shard directory")
@@ -363,11 +373,13 @@ def cmd_data(args) -> int:
         print(f"{shards.num_samples} of {shards.manifest['num_samples']} samples readable in "
               f"{len(shards.shards)} shards; {len(issues)} problems")
         return 1 if issues else 0
-    from gvae_dist.data.importers import build_dataset
+    from gvae_dist.data.importers import build_dataset, parse_layout_flags, partitions_hint
 
     cfg = _load(args, [f"data.image_format={args.format}"] if args.format else [])
+    layout = parse_layout_flags(args.keys, args.factor_names, args.discrete, args.groups)
     manifest = build_dataset(args.source, args.out, cfg.data, num=args.num, shard_size=args.shard_size,
-                             workers=args.workers, input_path=args.input, labels_csv=args.labels_csv)
+                             workers=args.workers, input_path=args.input, labels_csv=args.labels_csv,
+                             layout=layout)
     built, split = manifest["built"], manifest["split"]
     if built.get("cached"):
         print(f"[gvae-dist] shards at {args.out} are up to date (manifest.json matches the generator and its "
@@ -381,7 +393,8 @@ def cmd_data(args) -> int:
           f"(data.eval_fraction={split['eval_fraction']}), each split in shards of its own")
     for note in manifest["notes"]:
         print(f"[gvae-dist] note: {note}")
-    print(f"[gvae-dist] train on it: gvae-dist train --set data.source=shards --set data.path={args.out}")
+    hint = f" {partitions_hint(manifest['groups'])}" if manifest.get("groups") else ""
+    print(f"[gvae-dist] train on it: gvae-dist train --set data.source=shards --set data.path={args.out}{hint}")
     return 0
 
 

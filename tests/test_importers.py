@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import shlex
 import tarfile
 
 import h5py
@@ -190,13 +191,13 @@ def test_dsprites_bad_arrays_are_refused(tmp_path):
     values = np.load(_npz(tmp_path, "ok.npz"))["latents_values"].copy()
     values[[3, 5], 2] = np.nan  # a NaN column used to look constant and was dropped
     _refused(tmp_path, "dsprites", _npz(tmp_path, "nan.npz", latents_values=values),
-             r"nan.npz array 'latents_values': latent 'scale' has 2 non-finite value\(s\).*first at row 3")
+             r"nan.npz array 'latents_values': factor 'scale' has 2 non-finite value\(s\).*first at row 3")
     _refused(tmp_path, "dsprites", _npz(tmp_path, "wide.npz", imgs=np.full((8, 64, 64), 300, np.int32)),
              r"wide.npz array 'imgs': integer pixels must lie in 0..255, found values in \[300, 300\]")
     _refused(tmp_path, "dsprites", _npz(tmp_path, "neg.npz", imgs=np.full((8, 64, 64), -0.5, np.float32)),
              r"neg.npz array 'imgs': float pixels must lie in \[0, 1\] or \[0, 255\], found .*-0.5")
     _refused(tmp_path, "dsprites", _npz(tmp_path, "1d.npz", latents_values=np.zeros(8), latents_classes=np.zeros(8)),
-             r"1d.npz: array 'latents_values' must be \[N, K\].*got shape \[8\]; one latent needs shape \[N, 1\]")
+             r"1d.npz: array 'latents_values' must be \[N, K\].*got shape \[8\]; one factor needs shape \[N, 1\]")
     _refused(tmp_path, "dsprites", _npz(tmp_path, "empty.npz", imgs=np.zeros((0, 64, 64), np.uint8),
                                         latents_values=np.zeros((0, 6)), latents_classes=np.zeros((0, 6))),
              r"empty.npz array 'imgs': holds no images")
@@ -279,3 +280,104 @@ def test_check_source_refuses_a_label_outside_its_classes(tmp_path):
     src.labels[5, 0] = 99
     with pytest.raises(ValueError, match=r"faces: row 5: label 99 of factor 'yaw' is outside its 3 classes \[0, 2\]"):
         check_source(src, "faces")
+
+
+# --- one importer for labelled arrays (--source arrays; dsprites and 3dshapes are its presets) ---
+
+
+def _faces_npz(path, n=20):
+    """A labelled face set as people keep one: channels-first float RGB in [0, 1], factor values with
+    one column of class ids, names and factor groups stored in the file."""
+    rng = np.random.default_rng(4)
+    images = rng.random((n, 3, 32, 32)).astype(np.float32)
+    factors = np.stack([rng.uniform(-30, 30, n), rng.uniform(-10, 10, n), rng.integers(0, 3, n)], 1)
+    np.savez(path, images=images, factors=factors, factor_names=np.array(["yaw", "pitch", "smile"]),
+             factor_groups=np.array(["pose=yaw,pitch", "expression=smile"]))
+    return images, factors
+
+
+def test_arrays_npz_channels_first_names_classes_and_groups(tmp_path, capsys):
+    from gvae_dist.cli import main
+
+    images, factors = _faces_npz(tmp_path / "faces.npz")
+    out = tmp_path / "out"
+    rc = main(["data", "build", "--source", "arrays", "--input", str(tmp_path / "faces.npz"), "--out", str(out),
+               "--workers", "1", "--set", "data.image_size=32", "--set", "data.eval_fraction=0.2"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    man, found = _samples(out)
+    assert [(f["name"], f["discrete"]) for f in man["factors"]] == [("yaw", False), ("pitch", False), ("smile", True)]
+    assert man["labels"][2] == {"name": "smile", "discrete": True, "low": 0, "num_classes": 3}
+    assert man["groups"] == {"pose": ["yaw", "pitch"], "expression": ["smile"]}
+    assert man["split"] == {"train": 16, "eval": 4, "eval_fraction": 0.2}
+    assert any("channels-first" in note for note in man["notes"])
+    for row, (img, labels, stored, _) in found.items():
+        np.testing.assert_array_equal(img, np.rint(np.moveaxis(images[row], 0, -1) * 255).astype(np.uint8))
+        np.testing.assert_allclose(stored, factors[row], rtol=1e-6)
+        assert labels[2] == factors[row, 2]  # a discrete factor's label is its class
+    # the printed partitions line is a --set that a config accepts, validated against the manifest
+    hint = shlex.split(printed.split(f"data.path={out}")[1].splitlines()[0])
+    assert main(["config", "--set", "data.source=shards", "--set", f"data.path={out}", *hint]) == 0
+    cfg = capsys.readouterr().out
+    assert "- yaw\n" in cfg and "name: expression" in cfg and "latent_dim: 7" in cfg
+    assert main(["config", "--set", "data.source=shards", "--set", f"data.path={out}",
+                 "--set", "partitions=[{name: pose, size: 10, factors: [roll]}]"]) == 2
+    assert "partitions.0.factors: 'roll' is not a weak label" in capsys.readouterr().err
+
+
+def test_arrays_h5_with_flags_and_provided_weak_labels(tmp_path):
+    n = 12
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (n, 32, 32), dtype=np.uint8)
+    values = np.stack([rng.uniform(0, 1, n), rng.integers(0, 2, n).astype(float)], 1)
+    weak = np.stack([rng.integers(0, 4, n), values[:, 1]], 1).astype(np.int64)
+    with h5py.File(tmp_path / "d.h5", "w") as fh:
+        fh["x"], fh["y"], fh["wl"] = grey, values, weak
+    layout = {"images": "x", "factors": "y", "weak_labels": "wl", "names": ("light", "glasses"),
+              "discrete": frozenset({"glasses"})}
+    man = build_dataset("arrays", tmp_path / "out", DataConfig(image_size=32), input_path=str(tmp_path / "d.h5"),
+                        layout=layout, progress=False)
+    assert man["channels"] == 1 and [f["name"] for f in man["factors"]] == ["light", "glasses"]
+    assert [lab["num_classes"] for lab in man["labels"]] == [int(weak[:, 0].max()) + 1, 2]
+    assert all(lab.get("provided") for lab in man["labels"])
+    _, found = _samples(tmp_path / "out")
+    for row, (img, labels, _, _) in found.items():
+        np.testing.assert_array_equal(img[..., 0], grey[row])
+        np.testing.assert_array_equal(labels, weak[row])  # as provided, not re-binned
+    with pytest.raises(ValueError, match=r"provides weak labels, so data.label_flip_prob \(0.2\)"):
+        build_dataset("arrays", tmp_path / "o2", DataConfig(image_size=32, label_flip_prob=0.2),
+                      input_path=str(tmp_path / "d.h5"), layout=layout, progress=False)
+
+
+@pytest.mark.parametrize("change, layout, message", [
+    ({}, {"images": "pixels"}, r"no array 'pixels' for the images \(has \[.*\]\); name the right one with --keys"),
+    ({"factor_names": np.array(["a", "b"])}, {}, r"'factor_names' lists 2 factor names for 3 factor columns"),
+    ({}, {"discrete": frozenset({"roll"})}, r"--discrete names \['roll'\], not factors of the file"),
+    ({"factor_groups": np.array(["pose=yaw,roll"])}, {}, r"group 'pose' names \['roll'\], not factors"),
+    ({"factor_groups": np.array(["pose yaw"])}, {}, r"group 'pose yaw' must read NAME=factor,factor"),
+    ({"weak_labels": -np.ones((20, 3))}, {}, r"array 'weak_labels': weak labels are class ids 0, 1, ...; row 0"),
+    ({"factors": np.zeros((19, 3))}, {}, r"one row per image.*'images' \[20, 3, 32, 32\] \(20 images\), 'factors' \[19, 3\]"),
+    ({}, {"discrete": frozenset({"yaw"})}, r"array 'factors': factor 'yaw' is discrete but row 0 holds"),
+])
+def test_arrays_bad_layouts_are_refused_by_name(tmp_path, change, layout, message):
+    _faces_npz(tmp_path / "base.npz")
+    arrays = {**dict(np.load(tmp_path / "base.npz")), **change}
+    np.savez(tmp_path / "bad.npz", **arrays)
+    _refused(tmp_path, "arrays", tmp_path / "bad.npz", message, layout=layout)
+
+
+def test_layout_flags_parse_and_refuse():
+    from gvae_dist.data.importers import parse_layout_flags, partitions_hint
+
+    got = parse_layout_flags("images=imgs, classes=c", "a,b", "b", "pose=a;expr=b")
+    assert got == {"images": "imgs", "classes": "c", "names": ("a", "b"), "discrete": frozenset({"b"}),
+                   "groups": {"pose": ("a",), "expr": ("b",)}}
+    with pytest.raises(ValueError, match=r"--keys 'imgs': expected ROLE=KEY pairs"):
+        parse_layout_flags("imgs")
+    with pytest.raises(ValueError, match="group 'pose' is given twice"):
+        parse_layout_flags(groups="pose=a;pose=b")
+    assert partitions_hint({"pose": ["a", "b"], "empty": []}) == (
+        "--set 'partitions=[{name: pose, size: 3, factors: [a, b]}, {name: rest, size: 2, factors: []}]' "
+        "--set model.latent_dim=5")
+    with pytest.raises(ValueError, match="apply to --source arrays / dsprites / 3dshapes"):
+        build_dataset("faces", "/nonexistent", layout={"images": "x"}, progress=False)

@@ -429,6 +429,7 @@ def build_shards(plan: BuildPlan) -> dict:
         "generating_config": plan.generating_config(),
         "fingerprint": plan.fingerprint(),
         "notes": src.notes,
+        "groups": src.groups,
         "built": {"seconds": round(time.perf_counter() - t0, 2), "skipped_complete_shards":
                   num_shards - len(todo), "unlisted_tars_in_directory": extra, "cached": False},
     }
