@@ -143,7 +143,7 @@ class PairingConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: Literal["beta", "infovae", "dip2", "dip1"] = f("beta", "regulariser: beta-VAE, InfoVAE (MMD), DIP-VAE-II or DIP-VAE-I (weights as the papers define them: docs/objectives.md)")
+    name: Literal["beta", "infovae", "dip2", "dip1", "annealed"] = f("beta", "regulariser: beta-VAE, InfoVAE (MMD), DIP-VAE-II, DIP-VAE-I or the annealed-capacity beta-VAE (weights as the papers define them: docs/objectives.md)")
     likelihood: Literal["bernoulli", "gaussian"] = f("bernoulli", "reconstruction likelihood; either way the 'recon' metric is -log p(x|z) in nats per image (Gaussian with its normalising constant)")
     beta: float = f(4.0, "beta-VAE KL weight (Higgins et al. 2017); beta = 1 is the plain VAE's ELBO")
     alpha: float = f(0.0, "InfoVAE alpha (Zhao et al. 2019, eq. 6): the KL weight is 1 - alpha; alpha = 1 drops the KL, alpha < 0 strengthens it; must be <= 1")
@@ -154,6 +154,9 @@ class ObjectiveConfig:
     lambda_d: float | None = f(None, "DIP-VAE diagonal covariance weight; null = disentanglement_lib's lambda_d_factor x lambda_od: 1 x for dip2 (DIP-VAE-II), 10 x for dip1 (DIP-VAE-I)")
     gaussian_std: float = f(0.1, "fixed observation std of the Gaussian likelihood on [0, 1] pixels. Not 1: the NLL scales as 1/std^2, and at std 1 a feature that changes 6 pixel values by 0.3 is worth 0.27 nats, less than the KL of encoding it, so the posterior collapses to the prior; 0.1 makes it ~100x stronger (docs/objectives.md)")
     warmup_steps: int = f(0, "regulariser warm-up: every weight but the reconstruction's ramps linearly from 1/N to full over the first N steps (KL annealing, Bowman et al. 2016); against early posterior collapse (docs/objectives.md); 0 = off", max=100_000_000)
+    gamma: float = f(1000.0, "annealed: weight of |KL - C| (Burgess et al. 2018; disentanglement_lib's annealed_vae default)")
+    capacity_max: float = f(25.0, "annealed: the KL target C (nats) reached after objective.capacity_steps")
+    capacity_steps: int = f(100_000, "annealed: steps over which C rises linearly from 0 to objective.capacity_max", max=100_000_000)
     gaussian_calibrated: bool = f(False, "Gaussian likelihood: use the batch RMSE of the decoder mean as the std (sigma-VAE, Rybkin et al. 2021; detached) instead of objective.gaussian_std")
 
 

@@ -44,7 +44,8 @@ MOOT = [
 ADDED: dict[tuple[str, str], Any] = {("objective", "warmup_steps"): 0, ("gate", "drop_high_loss"): 0.0,
                                      ("gate", "regularizer"): False, ("optim", "schedule"): "constant",
                                      ("optim", "min_lr"): 0.0, ("optim", "lr_warmup_steps"): 0,
-                                     ("optim", "lr_warmup_fraction"): 0.0}
+                                     ("optim", "lr_warmup_fraction"): 0.0, ("objective", "gamma"): 1000.0,
+                                     ("objective", "capacity_max"): 25.0, ("objective", "capacity_steps"): 100_000}
 
 # Keys that may change when a run is resumed without changing what the steps so far computed.
 RESUME_SAFE: dict[str, Any] = {"optim": {"steps"}}

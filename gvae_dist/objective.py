@@ -9,6 +9,9 @@ Sources:
       (Tolstikhin et al., ICLR 2018).
     - DIP-VAE-I/II: Kumar, Sattigeri, Balakrishnan, ICLR 2018, eqs. (6)-(7);
       disentanglement_lib's ``compute_covariance_z_mean`` / ``regularize_diag_off_diag_dip``.
+    - Annealed capacity ("annealed"): Burgess et al., "Understanding disentangling in beta-VAE",
+      2018, eq. (8): ``gamma * |KL - C|`` with C raised linearly from 0 to ``capacity_max`` nats
+      (disentanglement_lib's ``AnnealedVAE``: gamma 1000, c_max 25).
 
     - Calibrated Gaussian decoder (sigma-VAE, "optimal sigma"): Rybkin, Daniilidis, Levine,
       ICML 2021: the shared observation std is the batch RMSE of the decoder mean.
@@ -43,6 +46,7 @@ __all__ = [
     "LIKELIHOODS",
     "REGULARIZERS",
     "ObjectiveConfigLike",
+    "capacity_at",
     "dip_covariance",
     "dip_lambda_d",
     "dip_penalty",
@@ -74,6 +78,9 @@ class ObjectiveConfigLike(Protocol):
     gaussian_std: float
     gaussian_calibrated: bool
     warmup_steps: int
+    gamma: float
+    capacity_max: float
+    capacity_steps: int
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
@@ -224,8 +231,8 @@ def dip_penalty(cov_DD: torch.Tensor, lambda_od: float, lambda_d: float) -> torc
 
 # --------------------------------------------------------------------------- regularisers
 #
-# One seam: every regulariser maps (cfg, kl, mu, logvar, z_reg, prior) to its weighted scalar
-# and its own extra (undetached) terms. ``kl`` is the batch-mean KL summed over dims.
+# One seam: every regulariser maps (cfg, kl, mu, logvar, z_reg, prior, capacity) to its weighted
+# scalar and its own extra (undetached) terms. ``kl`` is the batch-mean KL summed over dims.
 
 Regularizer = Callable[
     [
@@ -235,16 +242,31 @@ Regularizer = Callable[
         torch.Tensor,
         torch.Tensor,
         torch.Tensor | None,
+        float,
     ],
     tuple[torch.Tensor, dict[str, torch.Tensor]],
 ]
 
 
-def _beta(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD):
+def _beta(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD, capacity):
     return cfg.beta * kl, {}
 
 
-def _infovae(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD):
+def _annealed(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD, capacity):
+    return cfg.gamma * (kl - capacity).abs(), {"capacity": torch.tensor(float(capacity), device=kl.device)}
+
+
+def capacity_at(cfg: ObjectiveConfigLike, step: int) -> float:
+    """The annealed objective's KL target C at 0-based ``step``: ``capacity_max * min(1, step /
+    capacity_steps)`` (reached at once when ``capacity_steps`` is 0); 0 for other objectives."""
+    if cfg.name != "annealed":
+        return 0.0
+    if cfg.capacity_steps <= 0:
+        return float(cfg.capacity_max)
+    return float(cfg.capacity_max) * min(1.0, step / cfg.capacity_steps)
+
+
+def _infovae(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD, capacity):
     if prior_BD is None:
         prior_BD = torch.randn_like(z_reg_BD)
     mmd_value = mmd(z_reg_BD, prior_BD, cfg.kernel, cfg.kernel_scales)
@@ -268,13 +290,15 @@ def dip_lambda_d(cfg: ObjectiveConfigLike) -> float:
 
 
 def kl_weight(cfg: ObjectiveConfigLike) -> float:
-    """The weight of the KL term in the objective: ``beta`` (beta-VAE), ``1 - alpha`` (InfoVAE)
-    or 1 (DIP-VAE). Divided by a partition's gate open share it is that partition's effective
+    """The weight of the KL term in the objective: ``beta`` (beta-VAE), ``1 - alpha`` (InfoVAE),
+    ``gamma`` (annealed: the size of the gradient of ``gamma |KL - C|``) or 1 (DIP-VAE). Divided by a partition's gate open share it is that partition's effective
     beta when the KL is not gated (docs/objectives.md)."""
     if cfg.name == "beta":
         return float(cfg.beta)
     if cfg.name == "infovae":
         return 1.0 - float(cfg.alpha)
+    if cfg.name == "annealed":
+        return float(cfg.gamma)
     return 1.0
 
 
@@ -289,7 +313,7 @@ def warmup_weight(warmup_steps: int, step: int) -> float:
 
 
 def _dip(variant: str) -> Regularizer:
-    def regularizer(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD):
+    def regularizer(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD, capacity):
         penalty = dip_penalty(
             dip_covariance(mu_BD, logvar_BD, variant), cfg.lambda_od, dip_lambda_d(cfg)
         )
@@ -303,8 +327,10 @@ REGULARIZERS: dict[str, Regularizer] = {
     "infovae": _infovae,
     "dip2": _dip("dip2"),
     "dip1": _dip("dip1"),
+    "annealed": _annealed,
 }
-"""Objective name -> regulariser. ``beta`` is read only by "beta"; DIP-VAE keeps KL weight 1."""
+"""Objective name -> regulariser. ``beta`` is read only by "beta"; DIP-VAE keeps KL weight 1;
+``capacity`` (the KL target, :func:`capacity_at`) only by "annealed"."""
 
 
 def validate_objective(cfg: ObjectiveConfigLike) -> None:
@@ -321,6 +347,10 @@ def validate_objective(cfg: ObjectiveConfigLike) -> None:
         raise ValueError(f"objective.warmup_steps must be >= 0 (0 = no warm-up), got {cfg.warmup_steps!r}")
     if not cfg.beta >= 0:
         raise ValueError(f"objective.beta must be >= 0 (a negative KL weight), got {cfg.beta!r}")
+    if cfg.name == "annealed":
+        for key in ("gamma", "capacity_max", "capacity_steps"):
+            if not getattr(cfg, key) >= 0:
+                raise ValueError(f"objective.{key} must be >= 0, got {getattr(cfg, key)!r}")
     if not cfg.lambda_od >= 0:
         raise ValueError(f"objective.lambda_od must be >= 0, got {cfg.lambda_od!r}")
     if cfg.lambda_d is not None and not cfg.lambda_d >= 0:
@@ -353,6 +383,7 @@ def objective(
     kl_mask: torch.Tensor | None = None,
     reg_weight: float = 1.0,
     reg_mask: torch.Tensor | None = None,
+    capacity: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss ``mean_B(recon_B) + reg_weight * regulariser`` for ``cfg.name``.
 
@@ -368,11 +399,13 @@ def objective(
         reg_mask: optional ``[B, D]`` or ``[D]`` gate on the gradient of the regulariser's own
             term (value unchanged): InfoVAE's MMD samples ``z_reg``, DIP-VAE's moments of
             ``mu``/``logvar`` (``gate.regularizer``; the KL has ``kl_mask``).
+        capacity: the annealed objective's KL target C in nats (:func:`capacity_at`).
 
     Returns:
         ``(loss, terms)``: ``loss`` a 0-d tensor with gradient; ``terms`` detached tensors
         ``recon``, ``kl`` (0-d), ``kl_per_dim`` (``[D]``, batch mean), ``loss``, plus ``mmd``
-        (unweighted MMD^2 estimate) for InfoVAE or ``dip`` (weighted penalty) for DIP-VAE.
+        (unweighted MMD^2 estimate) for InfoVAE, ``dip`` (weighted penalty) for DIP-VAE or
+        ``capacity`` (C) for the annealed objective.
     """
     validate_objective(cfg)
     kl_BD = gate_gradient(gaussian_kl(mu_BD, logvar_BD), kl_mask)
@@ -382,7 +415,7 @@ def objective(
     if reg_mask is not None:
         mu_BD, logvar_BD = gate_gradient(mu_BD, reg_mask), gate_gradient(logvar_BD, reg_mask)
         z_reg_BD = gate_gradient(z_reg_BD, reg_mask)
-    reg, extra = REGULARIZERS[cfg.name](cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD)
+    reg, extra = REGULARIZERS[cfg.name](cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD, capacity)
     loss = recon + reg_weight * reg if reg_weight != 1.0 else recon + reg
     terms = {"recon": recon, "kl": kl, "kl_per_dim": kl_per_dim_D, **extra, "loss": loss}
     return loss, {k: v.detach() for k, v in terms.items()}

@@ -75,12 +75,13 @@ class StepOut:
     dropped_B: torch.Tensor | None = None  # gate.drop_high_loss: pairs whose gradient was dropped
 
 
-def train_step(parts: StepParts, batch, reg_weight: float = 1.0) -> StepOut:
+def train_step(parts: StepParts, batch, reg_weight: float = 1.0, capacity: float = 0.0) -> StepOut:
     """One micro-batch: pair, forward, loss, backward, optimizer step (see module docstring).
 
     ``batch``: a :class:`gvae_dist.data.batch.Batch` (``image`` ``[B, C, H, W]`` in [0, 1],
     weak ``labels`` ``[B, L]``, ``factors``); ``reg_weight``: the regulariser's multiplier
-    (:func:`gvae_dist.objective.warmup_weight`). With gradient accumulation the optimizer (an
+    (:func:`gvae_dist.objective.warmup_weight`); ``capacity``: the annealed objective's KL target
+    (:func:`gvae_dist.objective.capacity_at`). With gradient accumulation the optimizer (an
     Accelerate-prepared one) steps only on the last micro-batch.
     """
     g, oc = parts.gate, parts.objective
@@ -104,7 +105,7 @@ def train_step(parts: StepParts, batch, reg_weight: float = 1.0) -> StepOut:
             recon_B, dropped_B = drop_high_loss(recon_B, pairs.kind_B == SHARED, g.drop_high_loss)
         loss, terms = objective(oc, recon_B, out.mu.float(), out.logvar.float(), out.z_reg.float(),
                                 kl_mask=pairs.mask_BD if g.kl and g.enabled else None,
-                                reg_weight=reg_weight,
+                                reg_weight=reg_weight, capacity=capacity,
                                 reg_mask=pairs.mask_BD if g.regularizer and g.enabled else None)
         parts.backward(loss)
         if parts.clip_grad is not None:

@@ -59,7 +59,7 @@ from gvae_dist.data.partners import build_partners
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.fingerprint import differing_keys, resume_fingerprint
 from gvae_dist.model import GatedVAE, build_model
-from gvae_dist.objective import warmup_weight
+from gvae_dist.objective import capacity_at, warmup_weight
 from gvae_dist.plots import log_image_grids
 from gvae_dist.rundir import RunLock, clear_leftovers, rewind_metrics
 from gvae_dist.schedule import learning_rate, scheduled
@@ -504,7 +504,8 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 t0 = time.perf_counter()
                 batch = next(loader)
                 t_data += time.perf_counter() - t0
-                out = train_step(parts, batch, reg_weight=warmup_weight(cfg.objective.warmup_steps, step))
+                out = train_step(parts, batch, reg_weight=warmup_weight(cfg.objective.warmup_steps, step),
+                                 capacity=capacity_at(cfg.objective, step))
                 step_metrics.add(out)
             step += 1
 

@@ -42,6 +42,9 @@ def make_cfg(**overrides):
         gaussian_std=1.0,
         gaussian_calibrated=False,
         warmup_steps=0,
+        gamma=1000.0,
+        capacity_max=25.0,
+        capacity_steps=100_000,
     )
     fields.update(overrides)
     return SimpleNamespace(**fields)
@@ -393,7 +396,13 @@ def test_warmup_scales_the_whole_regulariser_and_nothing_else():
 
 
 def test_regularizers_are_one_lookup():
-    assert set(REGULARIZERS) == {"beta", "infovae", "dip2", "dip1"}
+    """Every objective.name the config accepts has its regulariser, and no other exists."""
+    import typing
+
+    from gvae_dist.config import ObjectiveConfig
+
+    names = typing.get_args(typing.get_type_hints(ObjectiveConfig)["name"])
+    assert set(REGULARIZERS) == set(names) == {"beta", "infovae", "dip2", "dip1", "annealed"}
 
 
 def test_dip_lambda_d_defaults_to_disentanglement_lib_factor():
@@ -453,3 +462,27 @@ def test_validate_objective_accepts_defaults_and_mmd_vae():
     validate_objective(make_cfg(name="infovae", alpha=0.0, mmd_lambda=1000.0))
     # A negative MMD weight is fine when the objective does not use the MMD.
     validate_objective(make_cfg(name="beta", alpha=0.0, mmd_lambda=0.5))
+
+
+def test_annealed_capacity_is_burgess_gamma_abs_kl_minus_c():
+    """Burgess et al. 2018 eq. (8): gamma |KL - C|, C rising linearly to capacity_max; the gradient
+    pushes the KL up while it is below C and down above it."""
+    from gvae_dist.objective import capacity_at, kl_weight
+
+    cfg = make_cfg(name="annealed", gamma=100.0, capacity_max=20.0, capacity_steps=1000)
+    assert [capacity_at(cfg, s) for s in (0, 250, 1000, 5000)] == [0.0, 5.0, 20.0, 20.0]
+    assert capacity_at(make_cfg(name="annealed", capacity_steps=0), 0) == 25.0
+    assert capacity_at(make_cfg(name="beta"), 500) == 0.0 and kl_weight(cfg) == 100.0
+    recon_B, mu_BD, logvar_BD, z_BD, _ = _inputs()
+    kl = gaussian_kl(mu_BD, logvar_BD).mean(0).sum()
+    for capacity in (0.0, float(kl) + 3.0):
+        mu = mu_BD.clone().requires_grad_(True)
+        loss, terms = objective(cfg, recon_B, mu, logvar_BD, z_BD, capacity=capacity)
+        torch.testing.assert_close(terms["loss"], recon_B.mean() + 100.0 * (kl - capacity).abs())
+        assert float(terms["capacity"]) == pytest.approx(capacity)
+        loss.backward()
+        kl_grad_sign = 1.0 if capacity < float(kl) else -1.0  # d|KL - C|/dKL
+        expected = kl_grad_sign * 100.0 * mu_BD.detach() / len(mu_BD)  # dKL/dmu = mu / B
+        torch.testing.assert_close(mu.grad, expected)
+    with pytest.raises(ValueError, match="objective.capacity_max must be >= 0"):
+        objective(make_cfg(name="annealed", capacity_max=-1.0), recon_B, mu_BD, logvar_BD, z_BD)

@@ -48,7 +48,7 @@ PARTITIONS = [("pose", 4, ("yaw", "pitch", "roll")), ("expression", 4, ("mouth",
 OBJECTIVE_DEFAULTS = dict(likelihood="bernoulli", beta=4.0, alpha=0.0, mmd_lambda=500.0,
                           kernel="imq", kernel_scales=[0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
                           lambda_od=10.0, lambda_d=None, gaussian_std=0.1, gaussian_calibrated=False,
-                          warmup_steps=0)
+                          warmup_steps=0, gamma=1000.0, capacity_max=25.0, capacity_steps=100_000)
 
 
 # The defaults of gvae_dist.config.GateConfig other than ``enabled`` (same reason, same test).

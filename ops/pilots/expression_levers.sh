@@ -8,6 +8,8 @@
 #             on fresh data, data.seed=4, run seeds 0 and 1)
 #        bash ops/pilots/expression_levers.sh OUT optim   (the optimisation levers: lr schedule, batch)
 #        bash ops/pilots/expression_levers.sh OUT combined | confirm_combined   (width + 16 dims + cosine)
+#        bash ops/pilots/expression_levers.sh OUT capacity_budget   (the preset with annealed capacity
+#             C_max 200; the preset for 6,000 steps)
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,6 +46,12 @@ fi
 if [ "${2:-}" = confirm_combined ]; then  # on fresh data against the confirmation's preset runs
     run combined_d4_s0 --set data.seed=4 "${COMBINED[@]}" &
     run combined_d4_s1 --set data.seed=4 --set run.seed=1 "${COMBINED[@]}" & wait
+    exit 0
+fi
+if [ "${2:-}" = capacity_budget ]; then  # docs/faces.md, 2026-12-07; the preset has the combined levers
+    run capacity200 --set objective.name=annealed --set objective.gamma=1000 --set objective.capacity_max=200 \
+        --set objective.capacity_steps=2000 &
+    run steps6000 --set optim.steps=6000 --set run.checkpoint_every=2000 & wait
     exit 0
 fi
 if [ "${2:-}" = optim ]; then  # the optimisation levers (docs/faces.md, 2026-12-07), against the same baseline
