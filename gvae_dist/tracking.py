@@ -19,7 +19,9 @@ Run identity: a launcher that may restart workers (Ray Train) opens the run up f
 is also stored in every checkpoint, so restarts and resumes log into the same run. A continued
 run is sent each metric only for steps after the last one it holds for that key (MLflow appends a
 second point for a step logged twice), so a resume from a checkpoint older than the crash does not
-log the steps in between twice; ``run/*`` bookkeeping metrics are always sent.
+log the steps in between twice; ``run/*`` bookkeeping metrics are always sent. In MLflow the
+training metrics are named ``train/<metrics.jsonl name>`` (``train/loss``, ``train/kl/pose``;
+:func:`gvae_dist.tracking_pending.mlflow_metric_name`), evaluation ``eval/*`` as everywhere.
 
 Outages: what a run could not send once its tracker broke (metrics of later steps, the end status)
 is recorded in ``<run_dir>/tracking_pending.json`` and sent by the next ``gvae-dist train`` of that
@@ -295,6 +297,9 @@ class MLflowTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        from gvae_dist.tracking_pending import mlflow_metrics
+
+        metrics = mlflow_metrics(metrics)  # train/*, eval/*, run/* (the run page's sections)
         if self._dedupe and self.active:
             metrics = {k: v for k, v in metrics.items() if k.startswith("run/") or step > self._logged_up_to(k)}
         ts = int(time.time() * 1000)

@@ -83,6 +83,28 @@ def _metric_rows(run_dir: Path) -> dict[int, dict[str, float]]:
     return rows
 
 
+def mlflow_metric_name(key: str) -> str | None:
+    """The name a ``metrics.jsonl`` key has in MLflow (None: not sent). Evaluation (``eval/*``)
+    and run events (``run/*``) keep theirs; every training metric goes under ``train/``
+    (``loss`` -> ``train/loss``, ``kl/pose`` -> ``train/kl/pose``). The MLflow run page makes
+    one chart section per prefix, sorted by name, and puts unprefixed metrics in a last section:
+    this way the loss curves open the ``train`` sections instead of sitting below ~40 charts.
+    ``step`` is MLflow's own axis, not a metric."""
+    if key == "step":
+        return None
+    return key if key.startswith(("eval/", "run/", "train/")) else f"train/{key}"
+
+
+def mlflow_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` under their MLflow names (:func:`mlflow_metric_name`)."""
+    out = {}
+    for key, value in metrics.items():
+        name = mlflow_metric_name(key)
+        if name is not None:
+            out[name] = value
+    return out
+
+
 def settle(client, run_dir: str | Path) -> list[str]:
     """Send what ``run_dir``'s pending file owes through ``client`` (an ``MlflowClient``) and remove
     the file; returns one description per run settled. Raises on the first failure, the file
@@ -93,7 +115,7 @@ def settle(client, run_dir: str | Path) -> list[str]:
     data = read_pending(run_dir)
     if data is None:
         return []
-    rows, done = _metric_rows(run_dir), []
+    rows, done = {s: mlflow_metrics(r) for s, r in _metric_rows(run_dir).items()}, []
     for run_id, debt in list(data["runs"].items()):
         steps = [s for s in debt["steps"] if s in rows]
         keys = sorted({k for s in steps for k in rows[s]})

@@ -134,8 +134,8 @@ def test_two_workers_stay_in_sync_and_report_checkpoints_and_tracking(reference)
     assert run.data.params["optim.batch_size"] == "32" and run.data.params["distributed.workers"] == "2"
     for key in ("loss", "recon/identity", "kl/pose", "kl_dim/09", "perf/images_per_s",
                 "perf/data_wait_fraction", "gate/open_fraction", "pairing/found"):
-        assert key in run.data.metrics, key
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(5, 151, 5))
+        assert f"train/{key}" in run.data.metrics, key  # MLflow's train/* sections
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(5, 151, 5))
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
     assert {"config.yaml", "images", "metrics.json"} <= arts
@@ -220,7 +220,7 @@ def test_killed_workers_recover_and_relaunch_resumes_and_preempts_in_one_mlflow_
     client = MlflowClient(resolve_config(cfg).tracking.uri)
     resumed = client.get_metric_history(result.tracking_run_id, "run/resumed_from_step")
     assert [m.value for m in resumed] == [50]  # restart 1 had nothing to restore, restart 2 did
-    history = client.get_metric_history(result.tracking_run_id, "loss")
+    history = client.get_metric_history(result.tracking_run_id, "train/loss")
     # nothing lost, nothing twice: steps re-trained after a restart are not sent again
     assert sorted(m.step for m in history) == list(range(5, 151, 5))
     got, want = _losses(run_dir), _losses(ref.run_dir)

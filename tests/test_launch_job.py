@@ -53,7 +53,7 @@ def test_job_submit_trains_on_the_head_and_tracks(ray_head, tmp_path):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("gvae-dist").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [5, 10, 15, 20]
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [5, 10, 15, 20]
 
 
 @pytest.mark.integration

@@ -184,7 +184,7 @@ def test_ctrl_c_exits_130_marks_mlflow_killed_and_resume_logs_each_step_once(tmp
     _same_curve(resumed.run_dir, full.run_dir)
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and resumed.tracking_run_id == run.info.run_id
-    history = client.get_metric_history(run.info.run_id, "loss")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(5, 61, 5))  # each step once
     assert [m.value for m in client.get_metric_history(run.info.run_id, "run/resumed_from_step")] == [
         int(last.name.split("_")[1])]

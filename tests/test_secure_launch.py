@@ -180,7 +180,7 @@ def test_tracking_password_is_nowhere_but_the_run_reached_the_server(cli_run):
         headers={"Content-Type": "application/json"}), timeout=30).read())["runs"]
     assert len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
     data = runs[0]["data"]
-    assert {m["key"] for m in data["metrics"]} >= {"loss", "recon/identity"}
+    assert {m["key"] for m in data["metrics"]} >= {"train/loss", "train/recon/identity"}
     everything = json.dumps(runs[0])
     assert PASSWORD not in everything and "optim.batch_size" in everything
 

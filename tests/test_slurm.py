@@ -164,7 +164,7 @@ def test_torchrun_job_trains_on_two_nodes_checkpoints_on_signal_requeues_and_res
     # every log step once (several processes stop at a log step, after logging it)
     assert final["tracking_run_id"] == first["tracking_run_id"]
     assert len(_runs_named(out, run_dir.name)) == 1
-    loss_steps = [s for s, _ in _mlflow_metrics(out, final["tracking_run_id"])["loss"]]
+    loss_steps = [s for s, _ in _mlflow_metrics(out, final["tracking_run_id"])["train/loss"]]
     assert sorted(loss_steps) == list(range(5, steps + 1, 5)) and min(loss_steps) < at, loss_steps
     print(f"torchrun preemption: {time.monotonic() - t0:.0f}s")
 
@@ -194,7 +194,7 @@ def test_ray_job_trains_with_two_workers_checkpoints_on_signal_requeues_resumes_
     assert state["step"] == steps and state["world_size"] == 2
     assert len(_runs_named(out, name)) == 1
     metrics = _mlflow_metrics(out, state["tracking_run_id"])
-    assert max(s for s, _ in metrics["loss"]) == steps
+    assert max(s for s, _ in metrics["train/loss"]) == steps
     # torn down: nothing listens on the job's GCS port any more
     host, port = re.search(r"head (\S+):(\d+);", log).groups()
     assert not _listening(host, int(port)), f"Ray GCS still listening on {host}:{port} after the job"

@@ -42,7 +42,7 @@ def test_torchrun_two_cpu_processes_train_in_sync(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("gvae-dist").experiment_id])
     assert len(runs) == 1
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [5, 10, 15, 20]
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [5, 10, 15, 20]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gvae", "mlartifacts", "mlflow.db"]
     # run again with more steps: rank 0 alone holds the run directory's lock, both ranks agree on
     # the checkpoint to restore, and each step is logged once
@@ -52,4 +52,4 @@ def test_torchrun_two_cpu_processes_train_in_sync(tmp_path):
     assert f"resumed from {run_dir / 'checkpoints' / 'step_00000020'} at step 20" in again.stdout
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [5, 10, 15, 20, 25, 30]
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [5, 10, 15, 20, 25, 30]

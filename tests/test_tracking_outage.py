@@ -23,7 +23,7 @@ import pytest
 from gvae_dist.cli import main
 from gvae_dist.config import load_config
 from gvae_dist.tracking import close_run
-from gvae_dist.tracking_pending import PENDING_FILE, owe, read_pending
+from gvae_dist.tracking_pending import PENDING_FILE, mlflow_metric_name, owe, read_pending
 from gvae_dist.train import Preempted, RunHooks, train_loop
 from tests.conftest import REPO, free_port, stop_group, wait_for_http
 
@@ -111,7 +111,8 @@ def test_a_run_resumed_while_its_server_is_down_keeps_its_id_and_owes_the_rest(m
     assert main(["tracking", "sync", str(resumed.run_dir), "--set", f"tracking.uri={store}"]) == 0
     assert "of 3 step(s) (10..20), status FINISHED" in capsys.readouterr().out
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
-    assert _histories(client, run.info.run_id, ["loss", "kl"]) == {"loss": [5, 10, 15, 20], "kl": [5, 10, 15, 20]}
+    assert _histories(client, run.info.run_id, ["train/loss", "train/kl"]) == {
+        "train/loss": [5, 10, 15, 20], "train/kl": [5, 10, 15, 20]}
     assert not (resumed.run_dir / PENDING_FILE).exists()
 
 
@@ -156,7 +157,7 @@ def test_killed_server_run_is_settled_finished_with_each_step_once(tmp_path, cap
     try:
         client = MlflowClient(f"http://127.0.0.1:{port}")
         assert client.get_run(run_id).info.status == "RUNNING"
-        assert _histories(client, run_id, ["loss"]) == {"loss": [5, 10]}
+        assert _histories(client, run_id, ["train/loss"]) == {"train/loss": [5, 10]}
         # the same command again: the run has finished training, so it only returns, settling first
         argv = ["train", *[a for kv in [*SETS, f"run.output_dir={out}", f"tracking.uri={uri}"]
                            for a in ("--set", kv)]]
@@ -165,7 +166,9 @@ def test_killed_server_run_is_settled_finished_with_each_step_once(tmp_path, cap
         assert f"MLflow run {run_id}: sent " in said and "of 2 step(s) (15..20), status FINISHED" in said
         assert not (run_dir / PENDING_FILE).exists()
         assert client.get_run(run_id).info.status == "FINISHED"
-        keys = {k for line in (run_dir / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
+        keys = {mlflow_metric_name(k) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                for k in json.loads(line)} - {None}
+        assert "train/loss" in keys and "eval/dci_mean" not in keys
         want = {k: [5, 10, 15, 20] for k in keys}
         assert _histories(client, run_id, keys) == want
 

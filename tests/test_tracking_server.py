@@ -35,9 +35,10 @@ def test_run_logged_to_the_server_arrives(mlflow_server, tmp_path):
     assert run["info"]["status"] == "FINISHED"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["optim.batch_size"] == "32" and params["model.hidden"] == "32"
-    history = _get(url, "/api/2.0/mlflow/metrics/get-history", run_id=run_id, metric_key="loss")
+    history = _get(url, "/api/2.0/mlflow/metrics/get-history", run_id=run_id, metric_key="train/loss")
     assert [m["step"] for m in history["metrics"]] == [5, 10]
-    assert {m["key"] for m in run["data"]["metrics"]} >= {"kl_dim/00", "perf/images_per_s", "recon/identity"}
+    keys = {m["key"] for m in run["data"]["metrics"]}
+    assert keys >= {"train/kl_dim/00", "train/perf/images_per_s", "train/recon/identity"}
     files = {f["path"] for f in _get(url, "/api/2.0/mlflow/artifacts/list", run_id=run_id)["files"]}
     assert {"config.yaml", "images", "metrics.json"} <= files
     # artifacts are proxied into the server's artifact root; the client wrote no local store

@@ -234,7 +234,7 @@ def test_sweep_asha_mlflow_and_resume(tmp_path, ray_4cpu, capsys):
     assert len(children) == 4
     for child in children:
         assert "tune.objective.beta" in child.data.params
-        assert len(client.get_metric_history(child.info.run_id, "loss")) >= 1
+        assert len(client.get_metric_history(child.info.run_id, "train/loss")) >= 1
     # the end-of-run evaluation reaches Tune with the last report of every finished trial
     assert all(0.0 <= r["eval/dci_mean"] <= 1.0 and r["eval/neg_elbo"] > 0 for r in rows if r["step"] == 20), rows
     best = second["best"]
