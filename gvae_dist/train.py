@@ -380,12 +380,103 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 claims: contextlib.ExitStack) -> TrainResult:
     """The loop of :func:`train_loop`; ``stop`` carries checkpoint-and-stop requests, ``claims``
     holds the run directory's lock until the run ends."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import gather_object
-
     cfg = config if isinstance(config, Config) else config_from_dict(config)
     hooks = hooks or RunHooks()
+    w = _setup(cfg, hooks, claims)
+    step, run_id, last_ckpt = _resume(w, hooks)
+    tracker = _open_tracker(w, run_id, step, resumed=last_ckpt is not None)
+    grid_x = _grid_inputs(cfg, w.device) if w.is_main and cfg.tracking.enabled else None
+    parts = _step_parts(w)
+    step_metrics = StepMetrics(w.plan, cfg.objective, cfg.gate.kl)  # on the device; read back per log step
+    o, warned = cfg.optim, set()
+    metrics: dict[str, float] = {}
+    eval_metrics: dict | None = None
+    preempt = False
+    during = eval_steps(cfg)  # cheap evaluations before the full one at the end
+    lr_scheduled = scheduled(o)  # a constant rate is left as the optimizer has it
+    t_data, t_last = 0.0, time.perf_counter()
+    try:
+        w.model.train()
+        while step < o.steps:
+            if lr_scheduled:
+                for group in w.optimizer.param_groups:
+                    group["lr"] = learning_rate(o, step)
+            for _ in range(o.grad_accum):
+                t0 = time.perf_counter()
+                batch = next(w.loader)
+                t_data += time.perf_counter() - t0
+                step_metrics.add(train_step(parts, batch, reg_weight=warmup_weight(cfg.objective.warmup_steps, step),
+                                            capacity=capacity_at(cfg.objective, step)))
+            step += 1
+
+            at_log = step % cfg.run.log_every == 0 or step == o.steps
+            # One process checks its flag every step; several agree at log steps (one all-reduce).
+            preempt = step < o.steps and (w.world == 1 or at_log) and stop.agreed(w.accelerator, at_log)
+            at_ckpt = step % cfg.run.checkpoint_every == 0 or step == o.steps or preempt
+            if at_log or at_ckpt:
+                metrics = _step_record(w, step_metrics, step, t_data, t_last, warned, last_ckpt)
+                tracker.log_metrics(metrics, step)
+                if w.is_main:
+                    with open(w.run_dir / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(metrics) + "\n")
+                _print(w.is_main, _progress_line(metrics, step, o.steps))
+                # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
+                final = step == o.steps
+                if w.is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):
+                    result = _evaluate(cfg, w.raw_model, w.loader.info, w.device, tracker, step,
+                                       w.run_dir / ("eval" if final else f"eval_step_{step}"), during=not final)
+                    w.raw_model.train()
+                    metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)})
+                    eval_metrics = result if final else eval_metrics
+                if at_ckpt:
+                    last_ckpt = _checkpoint(w, tracker, hooks, step, metrics) or last_ckpt
+                if preempt:
+                    break
+                t_data, t_last = 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
+            if grid_x is not None and cfg.tracking.image_every and step % cfg.tracking.image_every == 0:
+                log_image_grids(tracker, w.raw_model, grid_x, step, w.run_dir / "images")
+
+        if preempt:
+            tracker.finish("KILLED")  # a resumed run sets it RUNNING again
+            w.accelerator.wait_for_everyone()
+            raise Preempted(step, last_ckpt, stop.reason)
+        eval_metrics = _finish(w, tracker, step, metrics, eval_metrics, grid_x)
+    except KeyboardInterrupt:  # Ctrl-C: not a failure of the run, and resumable
+        tracker.finish("KILLED")
+        raise Interrupted(step, last_ckpt) from None
+    return TrainResult(step, metrics, eval_metrics, w.run_dir, last_ckpt, tracker.run_id)
+
+
+@dataclass
+class _Worker:
+    """What one rank trains with: its accelerator and place in the world, the data, the model
+    (``raw_model`` unwrapped, ``model`` as prepared), the optimizer and the pairing."""
+
+    cfg: Config
+    accelerator: Any
+    rank: int
+    world: int
+    is_main: bool
+    device: torch.device
+    micro: int  # examples per micro-batch on this rank
+    loader: Any
+    raw_model: GatedVAE
+    model: Any
+    optimizer: Any
+    plan: PairingPlan
+    partners: Any
+    pair_gen: torch.Generator
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir()
+
+
+def _setup(cfg: Config, hooks: RunHooks, claims: contextlib.ExitStack) -> _Worker:
+    """Device, Accelerate, the run directory's claim, seeds, data, model, optimizer, pairing."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
     device_kind = _resolve_device(cfg)
     if cfg.optim.mixed_precision == "fp16" and device_kind != "cuda":  # Accelerate would ignore it
         raise ConfigError(f"optim.mixed_precision: fp16 (autocast + GradScaler) needs a CUDA device, this "
@@ -409,8 +500,6 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     micro = per_rank // o.grad_accum
     _print(is_main, f"[gvae-dist] {world} process(es) on {device}; global batch {o.batch_size} = "
                     f"{world} x {o.grad_accum} micro-batches of {micro}; precision {o.mixed_precision}")
-
-    run_dir = cfg.run_dir()
     if is_main:  # before anything is written; released when train_loop returns or raises
         claims.enter_context(hooks.claim(cfg))
         settle_pending(cfg)  # what a tracking outage left owed, before this run logs anything
@@ -418,8 +507,7 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     random.seed(cfg.run.seed)
 
     loader = build_train_loader(cfg, rank, world, device, batch_size=micro)
-    info = loader.info
-    raw_model = build_model(cfg, info.channels).to(device)
+    raw_model = build_model(cfg, loader.info.channels).to(device)
     if o.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=o.lr, betas=tuple(o.betas),
@@ -429,152 +517,132 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
     # gradient bucketing and no-op all-reduce cost ~4% of a CPU step for nothing.
     model = accelerator.prepare_model(model, evaluation_mode=world == 1)
     optimizer = accelerator.prepare_optimizer(optimizer)
-    plan = PairingPlan.from_config(cfg, info.label_names, device=device)
+    plan = PairingPlan.from_config(cfg, loader.info.label_names, device=device)
     partners = build_partners(cfg, loader, plan, device)
     pair_gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
     torch.manual_seed(cfg.run.seed * 1000 + rank + 1)  # per-rank reparameterisation noise
+    return _Worker(cfg, accelerator, rank, world, is_main, device, micro, loader, raw_model, model, optimizer,
+                   plan, partners, pair_gen)
 
-    step, run_id = 0, hooks.tracking_run_id(cfg)
-    found = _restore(cfg, hooks, accelerator, is_main)
+
+def _resume(w: _Worker, hooks: RunHooks) -> tuple[int, str | None, Path | None]:
+    """``(step, tracking run id, checkpoint restored from)``: the newest checkpoint's state put
+    into the worker (step 0 and no checkpoint for a fresh run); the run's config saved and the
+    metrics of steps after the checkpoint dropped (they are trained again)."""
+    cfg, step, run_id = w.cfg, 0, hooks.tracking_run_id(w.cfg)
+    found = _restore(cfg, hooks, w.accelerator, w.is_main)
     restore = found.path if found else None
     if found is not None:
-        step = _load_state(found.state, cfg, raw_model, optimizer, accelerator, pair_gen, loader)
+        step = _load_state(found.state, cfg, w.raw_model, w.optimizer, w.accelerator, w.pair_gen, w.loader)
         run_id = found.state.get("tracking_run_id") or run_id
-        _print(is_main, f"[gvae-dist] resumed from {found.origin.removesuffix('/state.pt')} at step {step}")
+        _print(w.is_main, f"[gvae-dist] resumed from {found.origin.removesuffix('/state.pt')} at step {step}")
         del found.state  # the restored weights live in the model and optimizer now
-    if is_main:
-        save_config(cfg, run_dir / "config.yaml")
-        dropped = rewind_metrics(run_dir, step)  # the steps after the checkpoint are trained again
+    if w.is_main:
+        save_config(cfg, w.run_dir / "config.yaml")
+        dropped = rewind_metrics(w.run_dir, step)
         if dropped:
-            _print(is_main, f"[gvae-dist] metrics.jsonl: dropped {dropped} row(s) after step {step}, "
-                            "trained again now")
+            _print(w.is_main, f"[gvae-dist] metrics.jsonl: dropped {dropped} row(s) after step {step}, "
+                              "trained again now")
+    return step, run_id, restore
 
-    tracker = make_tracker(cfg, is_main, run_id=run_id, dedupe=found is not None or run_id is not None)
-    if is_main and restore is None:
-        tracker.log_params(cfg.to_dict())
-        tracker.log_artifact(run_dir / "config.yaml")
-    if restore is not None:  # each restart shows in the run's history
+
+def _open_tracker(w: _Worker, run_id: str | None, step: int, resumed: bool):
+    """The run's tracker (MLflow on the main rank): params and config for a new run, a
+    ``run/resumed_from_step`` point for a resumed one."""
+    tracker = make_tracker(w.cfg, w.is_main, run_id=run_id, dedupe=resumed or run_id is not None)
+    if w.is_main and not resumed:
+        tracker.log_params(w.cfg.to_dict())
+        tracker.log_artifact(w.run_dir / "config.yaml")
+    if resumed:  # each restart shows in the run's history
         tracker.log_metrics({"run/resumed_from_step": step}, step)
-    grid_x = _grid_inputs(cfg, device) if is_main and cfg.tracking.enabled else None
+    return tracker
 
-    def checkpoint(at_step: int, metrics: dict[str, float]) -> Path | None:
-        rng_all = gather_object([_rng_state(pair_gen)])
-        data_all = gather_object([loader.state_dict()])
-        digests = gather_object([_param_digest(raw_model)])
-        path = None
-        if is_main:
-            if len(set(digests)) > 1:
-                log.warning("ranks hold different weights at step %d (%s): gradients are not "
-                            "synchronised", at_step, digests)
-            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
-                     "step": at_step, "rng": rng_all, "data": data_all,
-                     "tracking_run_id": tracker.run_id, "world_size": world}
-            path = save_checkpoint(run_dir / "checkpoints", at_step, state,
-                                   config_yaml(cfg),
-                                   keep=cfg.run.keep_checkpoints,
-                                   meta={"metrics": metrics, "param_digests": digests,
-                                         "resume_fingerprint": resume_fingerprint(cfg)})
-        hooks.report(metrics, path)
-        return path
+
+def _step_parts(w: _Worker) -> StepParts:
+    """What :func:`train_step` needs, with Accelerate's accumulation, autocast and backward."""
+    o = w.cfg.optim
 
     def clip_grad() -> None:
-        if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
+        if w.accelerator.sync_gradients:
+            w.accelerator.clip_grad_norm_(w.model.parameters(), o.grad_clip)
 
-    parts = StepParts(model, raw_model, optimizer, plan, pair_gen, cfg.gate, cfg.objective, partners,
-                      o.channels_last, context=lambda: _both(accelerator.accumulate(model), accelerator.autocast()),
-                      backward=accelerator.backward, clip_grad=clip_grad if o.grad_clip > 0 else None)
-    step_metrics = StepMetrics(plan, cfg.objective, cfg.gate.kl)  # on the device; read back per log step
-    warned_found: set[str] = set()
-    t_data, t_last = 0.0, time.perf_counter()
-    metrics: dict[str, float] = {}
-    eval_metrics: dict | None = None
-    last_ckpt: Path | None = restore
-    preempt = False
-    during = eval_steps(cfg)  # cheap evaluations before the full one at the end
-    lr_scheduled = scheduled(o)  # a constant rate is left as the optimizer has it
-    try:
-        model.train()
-        while step < o.steps:
-            if lr_scheduled:
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(o, step)
-            for _ in range(o.grad_accum):
-                t0 = time.perf_counter()
-                batch = next(loader)
-                t_data += time.perf_counter() - t0
-                out = train_step(parts, batch, reg_weight=warmup_weight(cfg.objective.warmup_steps, step),
-                                 capacity=capacity_at(cfg.objective, step))
-                step_metrics.add(out)
-            step += 1
+    return StepParts(w.model, w.raw_model, w.optimizer, w.plan, w.pair_gen, w.cfg.gate, w.cfg.objective,
+                     w.partners, o.channels_last,
+                     context=lambda: _both(w.accelerator.accumulate(w.model), w.accelerator.autocast()),
+                     backward=w.accelerator.backward, clip_grad=clip_grad if o.grad_clip > 0 else None)
 
-            at_log = step % cfg.run.log_every == 0 or step == o.steps
-            at_ckpt = step % cfg.run.checkpoint_every == 0 or step == o.steps
-            # One process checks its flag every step; several agree at log steps (one all-reduce).
-            preempt = step < o.steps and (world == 1 or at_log) and stop.agreed(accelerator, at_log)
-            at_ckpt = at_ckpt or preempt
-            if at_log or at_ckpt:
-                imgs = step_metrics.count * micro * world
-                metrics = step_metrics.flush(step)
-                now = time.perf_counter()
-                _warn_few_partners(cfg, metrics, plan.shared_names, warned_found, partners is not None, step)
-                metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
-                metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
-                metrics["data/skipped_samples"] = float(getattr(loader, "skipped", 0))
-                if lr_scheduled:
-                    metrics["optim/lr"] = learning_rate(o, step - 1)
-                metrics["step"] = step
-                _check_finite(metrics, step, last_ckpt)
-                tracker.log_metrics(metrics, step)
-                if is_main:
-                    with open(run_dir / "metrics.jsonl", "a") as fh:
-                        fh.write(json.dumps(metrics) + "\n")
-                _print(is_main, _progress_line(metrics, step, o.steps))
-                # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
-                final = step == o.steps
-                if is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):
-                    result = _evaluate(cfg, raw_model, info, device, tracker, step,
-                                       run_dir / ("eval" if final else f"eval_step_{step}"), during=not final)
-                    raw_model.train()
-                    metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)})
-                    eval_metrics = result if final else eval_metrics
-                if at_ckpt:
-                    last_ckpt = checkpoint(step, metrics) or last_ckpt
-                if preempt:
-                    break
-                t_data, t_last = 0.0, time.perf_counter()  # perf/* excludes checkpoints, eval
-            if grid_x is not None and cfg.tracking.image_every and step % cfg.tracking.image_every == 0:
-                log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
 
-        if preempt:
-            tracker.finish("KILLED")  # a resumed run sets it RUNNING again
-            accelerator.wait_for_everyone()
-            raise Preempted(step, last_ckpt, stop.reason)
+def _step_record(w: _Worker, step_metrics: StepMetrics, step: int, t_data: float, t_last: float,
+                 warned: set[str], last_ckpt: Path | None) -> dict[str, float]:
+    """The metrics of a log step: the step sums read back once, throughput and data wait since
+    the last log step, skipped samples, the learning rate; non-finite values stop the run."""
+    cfg = w.cfg
+    imgs = step_metrics.count * w.micro * w.world
+    metrics = step_metrics.flush(step)
+    now = time.perf_counter()
+    _warn_few_partners(cfg, metrics, w.plan.shared_names, warned, w.partners is not None, step)
+    metrics["perf/images_per_s"] = imgs / max(now - t_last, 1e-9)
+    metrics["perf/data_wait_fraction"] = t_data / max(now - t_last, 1e-9)
+    metrics["data/skipped_samples"] = float(getattr(w.loader, "skipped", 0))
+    if scheduled(cfg.optim):
+        metrics["optim/lr"] = learning_rate(cfg.optim, step - 1)
+    metrics["step"] = step
+    _check_finite(metrics, step, last_ckpt)
+    return metrics
 
-        if eval_metrics is None and cfg.eval.at_end and is_main:  # resumed a run that had already finished
-            eval_metrics = _evaluate(cfg, raw_model, info, device, tracker, step, run_dir / "eval")
-        if is_main:
-            train_metrics = {k: v for k, v in metrics.items() if not k.startswith("eval/")}
-            (run_dir / "metrics.json").write_text(json.dumps({"train": train_metrics, "eval": eval_metrics}, indent=2))
-            tracker.log_artifact(run_dir / "metrics.json")
-        if grid_x is not None:
-            if not (cfg.tracking.image_every and step % cfg.tracking.image_every == 0):
-                log_image_grids(tracker, raw_model, grid_x, step, run_dir / "images")
-            registry = cfg.tracking.registry_name
-            version = tracker.log_model(
-                posterior_mean(raw_model), grid_x[:2].cpu().numpy(), cfg.partition_spec(),
-                run_dir / "model", name="encoder", registry_name=registry,
-                version_tags={"gvae_dist.step": step, **{f"eval/{k}": v for k, v in (eval_metrics or {}).items()
-                                                         if isinstance(v, int | float)}})
-            if version is not None:
-                print(f"[gvae-dist] registered the encoder as model {registry!r} version {version}", flush=True)
-        tracker.finish()
-        accelerator.wait_for_everyone()
-    except KeyboardInterrupt:  # Ctrl-C: not a failure of the run, and resumable
-        tracker.finish("KILLED")
-        raise Interrupted(step, last_ckpt) from None
-    return TrainResult(step, metrics, eval_metrics, run_dir, last_ckpt, tracker.run_id)
+
+def _checkpoint(w: _Worker, tracker, hooks: RunHooks, at_step: int, metrics: dict[str, float]) -> Path | None:
+    """Save a checkpoint (the main rank; every rank's RNG and data position gathered into it)
+    and report it to the hooks (Ray Train); returns its path on the main rank."""
+    from accelerate.utils import gather_object
+
+    rng_all = gather_object([_rng_state(w.pair_gen)])
+    data_all = gather_object([w.loader.state_dict()])
+    digests = gather_object([_param_digest(w.raw_model)])
+    path = None
+    if w.is_main:
+        if len(set(digests)) > 1:
+            log.warning("ranks hold different weights at step %d (%s): gradients are not "
+                        "synchronised", at_step, digests)
+        scaler = w.accelerator.scaler
+        state = {"model": w.raw_model.state_dict(), "optimizer": w.optimizer.state_dict(),
+                 "scaler": scaler.state_dict() if scaler else None,
+                 "step": at_step, "rng": rng_all, "data": data_all,
+                 "tracking_run_id": tracker.run_id, "world_size": w.world}
+        path = save_checkpoint(w.run_dir / "checkpoints", at_step, state, config_yaml(w.cfg),
+                               keep=w.cfg.run.keep_checkpoints,
+                               meta={"metrics": metrics, "param_digests": digests,
+                                     "resume_fingerprint": resume_fingerprint(w.cfg)})
+    hooks.report(metrics, path)
+    return path
+
+
+def _finish(w: _Worker, tracker, step: int, metrics: dict[str, float], eval_metrics: dict | None,
+            grid_x: torch.Tensor | None) -> dict | None:
+    """After the last step: the final evaluation if a resumed finished run lacks it,
+    ``metrics.json``, the last image grids, the encoder logged (and registered), the tracker
+    closed; returns the final evaluation."""
+    cfg = w.cfg
+    if eval_metrics is None and cfg.eval.at_end and w.is_main:  # resumed a run that had already finished
+        eval_metrics = _evaluate(cfg, w.raw_model, w.loader.info, w.device, tracker, step, w.run_dir / "eval")
+    if w.is_main:
+        train_metrics = {k: v for k, v in metrics.items() if not k.startswith("eval/")}
+        (w.run_dir / "metrics.json").write_text(json.dumps({"train": train_metrics, "eval": eval_metrics}, indent=2))
+        tracker.log_artifact(w.run_dir / "metrics.json")
+    if grid_x is not None:
+        if not (cfg.tracking.image_every and step % cfg.tracking.image_every == 0):
+            log_image_grids(tracker, w.raw_model, grid_x, step, w.run_dir / "images")
+        registry = cfg.tracking.registry_name
+        version = tracker.log_model(
+            posterior_mean(w.raw_model), grid_x[:2].cpu().numpy(), cfg.partition_spec(),
+            w.run_dir / "model", name="encoder", registry_name=registry,
+            version_tags={"gvae_dist.step": step, **{f"eval/{k}": v for k, v in (eval_metrics or {}).items()
+                                                     if isinstance(v, int | float)}})
+        if version is not None:
+            print(f"[gvae-dist] registered the encoder as model {registry!r} version {version}", flush=True)
+    tracker.finish()
+    w.accelerator.wait_for_everyone()
+    return eval_metrics
 
 
 def _warn_few_partners(cfg: Config, metrics: dict[str, float], shared_names: list[str], warned: set[str],
