@@ -30,6 +30,7 @@ Legend: N samples, C code dims, F factors, P partitions, K classes.
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from typing import Any
 
@@ -203,6 +204,16 @@ def _make_model(method: str, discrete: bool, seed: int, n_train: int) -> Any:
     return Lasso(alpha=LASSO_ALPHA, max_iter=10000)
 
 
+def _progress(items, total: int, desc: str):
+    """``items`` with a tqdm bar on an interactive terminal (tqdm is optional where only the
+    math is installed, e.g. ops/gpu_study.py's machine)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, total=total, desc=desc, unit="factor", leave=False, disable=None, file=sys.stderr)
+
+
 def _fit_factor(
     xtr_NC: np.ndarray,
     ytr_N: np.ndarray,
@@ -293,7 +304,10 @@ def importance_matrix(
         )
         for j in order
     )
-    done = Parallel(n_jobs=max(1, min(n_jobs, n_factors)))(jobs)
+    # In order as they finish (joblib's generator); a bar on an interactive terminal only
+    # (tqdm's disable=None: quiet in logs, pytest, Ray workers), gone when the fits are done.
+    done = list(_progress(Parallel(n_jobs=max(1, min(n_jobs, n_factors)), return_as="generator")(jobs),
+                          n_factors, "eval: factor predictors"))
     results = [done[order.index(j)] for j in range(n_factors)]
     importance_CF = np.stack([imp_C for imp_C, _ in results], axis=1)
     totals_F = importance_CF.sum(axis=0, keepdims=True)

@@ -411,3 +411,20 @@ def test_evaluate_codes_validation(data):
         evaluate_codes(*args, ["a", "a", "c", "d"], DISCRETE)
     with pytest.raises(ValueError, match="add up to 5"):
         evaluate_codes(*args, ["a", "b", "c", "d"], DISCRETE, partitions=[("p", 5)])
+
+
+def test_factor_fits_show_a_bar_on_a_terminal_only(monkeypatch):
+    """The factor predictors report progress the way a terminal user expects (tqdm), and stay
+    quiet in logs, pipes and Ray workers (stderr not a TTY)."""
+    import io
+
+    from gvae_dist import evaluate
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(evaluate.sys, "stderr", stream)
+        assert list(evaluate._progress(iter([1, 2, 3]), 3, "eval: factor predictors")) == [1, 2, 3]
+        assert ("eval: factor predictors" in stream.getvalue()) is shown

@@ -441,4 +441,4 @@ def _progress(plan: BuildPlan, total: int, done: int):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=done, unit="img", desc=f"data build -> {plan.out}",
-                disable=not plan.progress, file=sys.stderr, smoothing=0.1)
+                disable=None if plan.progress else True, file=sys.stderr, smoothing=0.1)  # None: TTY only
