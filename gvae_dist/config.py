@@ -330,6 +330,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def build_typed(cls: type, data: Any, prefix: str) -> Any:
+    """A dataclass ``cls`` from a mapping read from YAML, typed as the config is (its field
+    hints: Literal, lists, numbers, nested dataclasses); a ConfigError names ``prefix.key`` for an
+    unknown key (with the closest known one) or a value of the wrong type. The one reader of
+    every spec: the run config, study files (:mod:`gvae_dist.study`)."""
+    return _build(cls, data, prefix)
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a :class:`Config` from a nested dict (missing keys take defaults)."""
     cfg = _build(Config, data, "")

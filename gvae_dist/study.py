@@ -39,6 +39,7 @@ objective and variant are read from its ``objective.name`` and ``gate.enabled``)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
 import json
 import math
@@ -47,10 +48,10 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gvae_dist.compare import compare, format_comparison
-from gvae_dist.config import Config, ConfigError, load_config, read_yaml_mapping
+from gvae_dist.config import Config, ConfigError, build_typed, load_config, read_yaml_mapping
 from gvae_dist.fingerprint import MOOT, RUN_LOCAL, differing_keys, fingerprint  # noqa: F401 (re-exported)
 from gvae_dist.fingerprint import fingerprinted as _fingerprinted
 
@@ -72,7 +73,7 @@ class StudySpec:
     """parent of the study's run directories and result files"""
     objectives: list[str] = field(default_factory=list)
     """objective names filled into ``preset`` (ignored with ``presets``)"""
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[Literal["gated", "ungated"]] = field(default_factory=lambda: list(VARIANTS))
     """'gated' and/or 'ungated', filled into ``preset``"""
     preset: str = "faces_{objective}_{variant}.yaml"
     """template of the preset file per objective and variant, relative to the study file"""
@@ -89,10 +90,13 @@ class StudySpec:
     such as ``pairing.identity=0.75`` that would change what the un-gated baseline computes)"""
     parallel: int = 1
     """cells run at a time: 1 = in sequence in this process, N > 1 = N at once (see executor)"""
-    executor: str = "auto"
+    executor: Literal["auto", "local", "ray"] = "auto"
     """where parallel cells run: 'ray' tasks, 'local' processes, 'auto' = ray if installed"""
     base_dir: Path = Path(".")
     """directory the preset paths are relative to (the study file's; not a file key)"""
+
+
+FILE_KEYS = [f.name for f in dataclasses.fields(StudySpec) if f.name != "base_dir"]
 
 
 @dataclass
@@ -109,11 +113,6 @@ class Cell:
         return fingerprint(self.cfg)
 
 
-_TYPES = {"output_dir": str, "objectives": list, "variants": list, "preset": str, "presets": list,
-          "seeds": list, "label_flip_probs": list, "overrides": list, "gated_overrides": list,
-          "parallel": int, "executor": str}
-
-
 def load_study(path: str | Path, extra_overrides: list[str] | None = None,
                extra_gated: list[str] | None = None) -> StudySpec:
     """Read and validate a study file (top-level ``study:`` mapping); ConfigError names the key.
@@ -124,26 +123,14 @@ def load_study(path: str | Path, extra_overrides: list[str] | None = None,
     if set(data) != {"study"} or not isinstance(data["study"], dict):
         raise ConfigError(f"{path}: expected one top-level key 'study' holding a mapping")
     body = data["study"]
-    for key, val in body.items():
-        if key not in _TYPES:
-            raise ConfigError(f"study.{key}: unknown key; known keys are {sorted(_TYPES)}")
-        if not isinstance(val, _TYPES[key]):
-            raise ConfigError(f"study.{key}: expected a {_TYPES[key].__name__}, got {val!r}")
-    spec = StudySpec(**body, base_dir=path.parent)
-    for key, values, kind in [("seeds", spec.seeds, int), ("label_flip_probs", spec.label_flip_probs, (int, float)),
-                              ("objectives", spec.objectives, str), ("presets", spec.presets, str),
-                              ("overrides", spec.overrides, str), ("gated_overrides", spec.gated_overrides, str),
-                              ("variants", spec.variants, str)]:
-        bad = [v for v in values if not isinstance(v, kind) or isinstance(v, bool)]
-        if bad:
-            raise ConfigError(f"study.{key}: {bad[0]!r} has the wrong type")
+    if "base_dir" in body:  # set from where the file is, never read from it
+        raise ConfigError(f"study.base_dir: unknown key; allowed keys: {', '.join(FILE_KEYS)}")
+    spec = build_typed(StudySpec, body, "study")  # unknown keys and wrong types, named
+    spec.base_dir = path.parent
+    for key in ("seeds", "label_flip_probs", "objectives", "presets", "overrides", "gated_overrides", "variants"):
+        values = getattr(spec, key)
         if len(set(values)) != len(values):
             raise ConfigError(f"study.{key}: duplicate entries in {values}")
-    if spec.executor not in EXECUTORS:
-        raise ConfigError(f"study.executor: {spec.executor!r} is not one of {list(EXECUTORS)}")
-    for v in spec.variants:
-        if v not in VARIANTS:
-            raise ConfigError(f"study.variants: {v!r} is not one of {list(VARIANTS)}")
     for p in spec.label_flip_probs:
         if not 0.0 <= p <= 1.0:
             raise ConfigError(f"study.label_flip_probs: {p} is outside [0, 1]")
