@@ -243,6 +243,30 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def replace(self, values: dict[str, Any]) -> Config:
+        """A validated copy with ``values`` set: dotted keys to Python values, e.g.
+        ``{"run.name": "trial_3", "partitions.2.size": 8}``; this config is left as it is.
+        ConfigError names a key that does not exist or a value the config refuses."""
+        data = self.to_dict()
+        for key, value in values.items():
+            parts, node = key.split("."), data
+            for depth, part in enumerate(parts):
+                if isinstance(node, list):
+                    found = part.isdigit() and int(part) < len(node)
+                    part = int(part) if found else part
+                else:
+                    found = isinstance(node, dict) and part in node
+                if not found:
+                    close = difflib.get_close_matches(str(part), [str(k) for k in node], n=1) \
+                        if isinstance(node, dict) else []
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ConfigError(f"{key}: unknown key{hint}")
+                if depth == len(parts) - 1:
+                    node[part] = value
+                else:
+                    node = node[part]
+        return config_from_dict(data)
+
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
 

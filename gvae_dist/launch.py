@@ -48,7 +48,7 @@ from typing import Any
 
 from gvae_dist import orphan_guard
 from gvae_dist.checkpoint import Candidate, local_candidates
-from gvae_dist.config import ClusterUnreachable, Config, ConfigError, config_from_dict, redact_uri
+from gvae_dist.config import ClusterUnreachable, Config, ConfigError, redact_uri
 from gvae_dist.rundir import METRICS_FILE, RESTORE_DIR, clear_leftovers
 from gvae_dist.train import (
     Interrupted,
@@ -200,23 +200,24 @@ def resolve_config(cfg: Config) -> Config:
     """The config the workers get: absolute output/storage/data paths, explicit tracking URI."""
     from gvae_dist.tracking import default_tracking_uri
 
-    data = cfg.to_dict()
     out = Path(cfg.run.output_dir).expanduser().resolve()
-    data["run"]["output_dir"] = str(out)
     storage = cfg.distributed.storage_path or str(out / "ray")
-    data["distributed"]["storage_path"] = storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
+    changes: dict[str, Any] = {
+        "run.output_dir": str(out),
+        "distributed.storage_path": storage if _is_uri(storage) else str(Path(storage).expanduser().resolve()),
+    }
     if cfg.data.path and not _is_uri(cfg.data.path):
-        data["data"]["path"] = str(Path(cfg.data.path).expanduser().resolve())
+        changes["data.path"] = str(Path(cfg.data.path).expanduser().resolve())
     if cfg.data.eval_path and not _is_uri(cfg.data.eval_path):
-        data["data"]["eval_path"] = str(Path(cfg.data.eval_path).expanduser().resolve())
+        changes["data.eval_path"] = str(Path(cfg.data.eval_path).expanduser().resolve())
     if cfg.run.stop_file:
-        data["run"]["stop_file"] = str(Path(cfg.run.stop_file).expanduser().resolve())
+        changes["run.stop_file"] = str(Path(cfg.run.stop_file).expanduser().resolve())
     if cfg.tracking.enabled:
         uri = cfg.tracking.uri or default_tracking_uri(out)
         # a URI with credentials stays out of the config (which is shipped, saved and logged):
         # the driver reads it where it came from, the workers from their environment (worker_env)
-        data["tracking"]["uri"] = uri if redact_uri(uri) == uri else cfg.tracking.uri
-    return config_from_dict(data)
+        changes["tracking.uri"] = uri if redact_uri(uri) == uri else cfg.tracking.uri
+    return cfg.replace(changes)
 
 
 def _secret_tracking_uri(cfg: Config) -> str | None:
@@ -233,10 +234,7 @@ def _secret_tracking_uri(cfg: Config) -> str | None:
 def _shipped_config(cfg: Config) -> dict[str, Any]:
     """The config dict the workers get: no credentials (they find the tracking URI in
     ``$MLFLOW_TRACKING_URI``, set by :func:`worker_env`)."""
-    data = cfg.to_dict()
-    if _secret_tracking_uri(cfg):
-        data["tracking"]["uri"] = None
-    return data
+    return (cfg.replace({"tracking.uri": None}) if _secret_tracking_uri(cfg) else cfg).to_dict()
 
 
 def local_cpus() -> int:

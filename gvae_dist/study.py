@@ -408,8 +408,7 @@ def _pool_cells(todo: list[Cell], parallel: int, threads: int, ctx, log) -> dict
     with ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
         pending = {}
         for cell in todo:
-            data = cell.cfg.to_dict()
-            data["run"]["threads"] = data["run"]["threads"] or threads
+            data = cell.cfg.replace({"run.threads": cell.cfg.run.threads or threads}).to_dict()
             pending[pool.submit(_train_cell, data)] = cell
         while pending:
             ready, _ = wait(list(pending), return_when=FIRST_COMPLETED)
@@ -445,8 +444,7 @@ def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
         while queue or pending:
             while queue and len(pending) < parallel:
                 cell = queue.pop(0)
-                data = cell.cfg.to_dict()
-                data["run"]["threads"] = data["run"]["threads"] or 1  # one core per task
+                data = cell.cfg.replace({"run.threads": cell.cfg.run.threads or 1}).to_dict()  # one core per task
                 pending[task.remote(data)] = cell
                 log(f"[gvae-dist study] {cell.name}: started")
             ready, _ = ray.wait(list(pending), num_returns=1)

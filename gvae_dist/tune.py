@@ -26,13 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gvae_dist.config import (
     Config,
     ConfigError,
     apply_overrides,
-    config_from_dict,
     load_config,
     read_yaml_mapping,
 )
@@ -98,12 +95,7 @@ def _corners(params: dict[str, dict[str, list]]) -> list[dict[str, Any]]:
 
 
 def _build(space: Space, extra: list[str], point: dict[str, Any]) -> Config:
-    base = load_config(space.base, [*space.overrides, *extra]).to_dict()
-    return config_from_dict(apply_overrides(base, [f"{k}={_yaml(v)}" for k, v in point.items()]))
-
-
-def _yaml(v: Any) -> str:
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+    return load_config(space.base, [*space.overrides, *extra]).replace(point)
 
 
 def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
@@ -238,10 +230,7 @@ def trial_config(space: Space, extra: list[str], point: dict[str, Any], name: st
     """The run config of one trial: base + overrides + the sampled point, named ``name``, on
     at least one Ray worker."""
     cfg = _build(space, extra, point)
-    data = cfg.to_dict()
-    data["run"]["name"] = name
-    data["distributed"]["workers"] = max(1, cfg.distributed.workers)
-    return config_from_dict(data)
+    return cfg.replace({"run.name": name, "distributed.workers": max(1, cfg.distributed.workers)})
 
 
 def _trial(config: dict[str, Any], space: Space, sweep: str, extra: list[str], parent_run_id: str | None) -> None:
@@ -313,7 +302,7 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
         fits = max(1, int(cpus // per_trial))
         concurrent = min(fits, space.max_concurrent) if space.max_concurrent else fits
         restoring = tune.Tuner.can_restore(exp_path)
-        parent_cfg = config_from_dict({**base.to_dict(), "run": {**base.to_dict()["run"], "name": sweep}})
+        parent_cfg = base.replace({"run.name": sweep})
         parent = open_run(parent_cfg, f"tune:{exp_path}", reuse=restoring)
         # the sweep's fixed arguments stay out of the param space (and of Tune's trial table)
         trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep=sweep, extra=extra,

@@ -197,3 +197,18 @@ def test_partitions_are_checked_against_the_shard_manifest(tmp_path, capsys):
     assert main(["config", *sets, "--set", good]) == 0
     with pytest.raises(ConfigError, match=r"'pich' is not a factor of data.source='faces'; available: yaw, pitch"):
         load_config(None, ["partitions=[{name: a, size: 4, factors: [pich]}, {name: rest, size: 6}]"])
+
+
+def test_replace_returns_a_validated_copy_and_names_a_bad_key():
+    from gvae_dist.config import Config, ConfigError
+
+    cfg = Config()
+    new = cfg.replace({"run.name": "trial_3", "partitions.2.size": 6, "model.latent_dim": 14})
+    assert (new.run.name, new.partitions[2].size, new.model.latent_dim) == ("trial_3", 6, 14)
+    assert (cfg.run.name, cfg.partitions[2].size) != ("trial_3", 6)  # the original is left as it is
+    with pytest.raises(ConfigError, match=r"objective.betaa: unknown key \(did you mean 'beta'\?\)"):
+        cfg.replace({"objective.betaa": 2.0})
+    with pytest.raises(ConfigError, match=r"partitions.7.size: unknown key"):
+        cfg.replace({"partitions.7.size": 2})
+    with pytest.raises(ConfigError, match="partitions: sizes add up to"):  # validated, not just set
+        cfg.replace({"partitions.2.size": 5})
