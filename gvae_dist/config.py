@@ -297,6 +297,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not allowed; choose {_type_name(tp)}")
         return value
+    if tp is Any:  # checked by the spec's own rules (e.g. a search space's distributions)
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, value_tp = args
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -358,7 +365,8 @@ def build_typed(cls: type, data: Any, prefix: str) -> Any:
     """A dataclass ``cls`` from a mapping read from YAML, typed as the config is (its field
     hints: Literal, lists, numbers, nested dataclasses); a ConfigError names ``prefix.key`` for an
     unknown key (with the closest known one) or a value of the wrong type. The one reader of
-    every spec: the run config, study files (:mod:`gvae_dist.study`)."""
+    every spec: the run config, study files (:mod:`gvae_dist.study`), search spaces
+    (:mod:`gvae_dist.tune`)."""
     return _build(cls, data, prefix)
 
 

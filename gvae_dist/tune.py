@@ -19,17 +19,19 @@ and tag ``gvae_dist.best_trial``; the child of the best trial is tagged ``gvae_d
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gvae_dist.config import (
     Config,
     ConfigError,
     apply_overrides,
+    build_typed,
     load_config,
     read_yaml_mapping,
 )
@@ -37,7 +39,6 @@ from gvae_dist.config import (
 __all__ = ["Space", "load_space", "run_sweep", "trial_config"]
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
-SEARCHERS = ("random", "optuna")
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_DRIVER_CPUS = 1
 
@@ -60,6 +61,32 @@ class Space:
     def num_trials(self) -> int:
         """num_samples x the size of every grid dimension (what Tune will run)."""
         return self.num_samples * math.prod(len(d["grid"]) for d in self.params.values() if "grid" in d)
+
+
+@dataclass
+class SchedulerFile:
+    """``scheduler:`` of a search space file (``scheduler: asha`` is short for ``{name: asha}``)."""
+
+    name: Literal["asha", "none"] = "none"
+    grace_period: int | None = None
+    reduction_factor: float | None = None
+    max_t: int | None = None
+
+
+@dataclass
+class SpaceFile:
+    """The keys of a search space file, read by the config's typed builder; :func:`load_space`
+    then checks what types cannot say (distributions, the metric, ASHA's counts)."""
+
+    base: str | None = None
+    set: list[str] = field(default_factory=list)
+    metric: str = "loss"
+    mode: Literal["min", "max"] = "min"
+    params: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 1
+    scheduler: SchedulerFile = field(default_factory=SchedulerFile)
+    search: Literal["random", "optuna"] = "random"
+    max_concurrent: int = 0
 
 
 def _err(path: Path, key: str, msg: str) -> ConfigError:
@@ -106,44 +133,28 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
     cfg_sets = [o for o in overrides or [] if not o.startswith("tune.")]
     tune_sets = [o.removeprefix("tune.") for o in overrides or [] if o.startswith("tune.")]
     raw = apply_overrides(raw, tune_sets)
-    allowed = ("base", "set", "metric", "mode", "params", "num_samples", "scheduler", "search", "max_concurrent")
-    for key in raw:
-        if key not in allowed:
-            raise _err(path, str(key), f"unknown key; allowed keys: {', '.join(allowed)}")
-    base = (path.parent / raw["base"]).resolve() if raw.get("base") else None
+    if isinstance(raw.get("scheduler"), str):  # `scheduler: asha` is short for {name: asha}
+        raw["scheduler"] = {"name": raw["scheduler"]}
+    try:  # unknown keys, types and choices: the config's typed builder
+        file = build_typed(SpaceFile, {k: v for k, v in raw.items() if v is not None}, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    base = (path.parent / file.base).resolve() if file.base else None
     if base is not None and not base.is_file():
         raise _err(path, "base", f"config preset {base} does not exist")
-    sets = raw.get("set") or []
-    if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
-        raise _err(path, "set", f"expected a list of 'key=value' strings, got {sets!r}")
-    mode = raw.get("mode", "min")
-    if mode not in ("min", "max"):
-        raise _err(path, "mode", f"'min' or 'max', got {mode!r}")
-    params = raw.get("params") or {}
-    if not isinstance(params, dict) or not params:
+    sets, mode, search, mc = file.set, file.mode, file.search, file.max_concurrent
+    if not file.params:
         raise _err(path, "params", "need at least one `dotted.config.key: {distribution: [...]}`")
-    params = {str(k): _check_dist(path, str(k), v) for k, v in params.items()}
-    n = raw.get("num_samples", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    params = {k: _check_dist(path, k, v) for k, v in file.params.items()}
+    n = file.num_samples
+    if n < 1:
         raise _err(path, "num_samples", f"a positive integer, got {n!r}")
-    sched = raw.get("scheduler") or {"name": "none"}
-    if isinstance(sched, str):
-        sched = {"name": sched}
-    if sched.get("name") not in ("asha", "none"):
-        raise _err(path, "scheduler.name", f"'asha' or 'none', got {sched.get('name')!r}")
-    for key in sched:
-        if key not in ("name", "grace_period", "reduction_factor", "max_t"):
-            raise _err(path, f"scheduler.{key}", "unknown key; allowed: name, grace_period, reduction_factor, max_t")
-    search = raw.get("search", "random")
-    if search not in SEARCHERS:
-        raise _err(path, "search", f"one of {', '.join(SEARCHERS)}, got {search!r}")
+    sched = {k: v for k, v in dataclasses.asdict(file.scheduler).items() if v is not None}
     if search == "optuna" and any("grid" in d for d in params.values()):
         raise _err(path, "search", "optuna cannot sample 'grid' dimensions; use choice, or search: random")
-    mc = raw.get("max_concurrent", 0)
-    if not isinstance(mc, int) or mc < 0:
+    if mc < 0:
         raise _err(path, "max_concurrent", f"an integer >= 0 (0 = as many as the cluster fits), got {mc!r}")
-    space = Space(path, base, [*sets, *cfg_sets], str(raw.get("metric", "loss")), mode, params, n,
-                  sched, search, mc)
+    space = Space(path, base, [*sets, *cfg_sets], file.metric, mode, params, n, sched, search, mc)
     try:
         cfg = load_config(base, space.overrides)
     except ConfigError as exc:
