@@ -1,2 +1,3 @@
 """gvae-dist: distributed Gated-VAE training."""
+
 __version__ = "0.1.0"

@@ -23,8 +23,19 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "prune_checkpoints",
-           "CheckpointError", "Candidate", "load_newest", "set_aside", "step_of", "local_candidates"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "prune_checkpoints",
+    "CheckpointError",
+    "Candidate",
+    "load_newest",
+    "set_aside",
+    "step_of",
+    "local_candidates",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +60,14 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(ckpt_root: str | Path, step: int, state: dict[str, Any], config_yaml: str,
-                    keep: int = 2, meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    ckpt_root: str | Path,
+    step: int,
+    state: dict[str, Any],
+    config_yaml: str,
+    keep: int = 2,
+    meta: dict[str, Any] | None = None,
+) -> Path:
     """Write ``state`` for ``step`` atomically and keep only the ``keep`` newest checkpoints."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -119,8 +136,10 @@ def local_candidates(ckpt_root: str | Path) -> list[Candidate]:
     return [Candidate(_step_of(p), p, str(p / STATE_FILE)) for p in list_checkpoints(ckpt_root)]
 
 
-def load_newest(candidates: list[Candidate], map_location: str | torch.device = "cpu",
-                ) -> tuple[Candidate, dict[str, Any], list[Candidate]] | None:
+def load_newest(
+    candidates: list[Candidate],
+    map_location: str | torch.device = "cpu",
+) -> tuple[Candidate, dict[str, Any], list[Candidate]] | None:
     """Load the newest candidate that reads back whole: ``(candidate, state, skipped)``.
 
     Newest step first (at equal steps, the order given); a candidate that fails to load, or
@@ -136,16 +155,20 @@ def load_newest(candidates: list[Candidate], map_location: str | torch.device = 
         except (CheckpointError, ValueError, TypeError) as exc:
             cause = exc.__cause__ or exc  # load_checkpoint's message names the (maybe copied) file
             reason = f"{type(cause).__name__}: {cause}" if cause is not exc else str(exc)
-            log.warning("checkpoint %s is damaged and is skipped (%s); trying the previous one",
-                        cand.origin, reason[:300])
+            log.warning(
+                "checkpoint %s is damaged and is skipped (%s); trying the previous one", cand.origin, reason[:300]
+            )
             skipped.append(cand)
             errors.append(f"{cand.origin}: {reason[:200]}")
             continue
         return cand, state, skipped
     if errors:
-        raise CheckpointError("no checkpoint of this run can be loaded; tried, newest first:\n  "
-                              + "\n  ".join(errors) + "\nMove the run directory away (or pick another "
-                              "run.name) to start over")
+        raise CheckpointError(
+            "no checkpoint of this run can be loaded; tried, newest first:\n  "
+            + "\n  ".join(errors)
+            + "\nMove the run directory away (or pick another "
+            "run.name) to start over"
+        )
     return None
 
 

@@ -44,8 +44,14 @@ __all__ = ["main", "build_parser"]
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--config", "-c", required=required, help="YAML preset (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set objective.beta=8 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set objective.beta=8 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,17 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join (sets distributed.address)")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: DCI, partition purity, MIG, SAP")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (runs/<name>/checkpoints/step_N), "
-                                                       "or a run directory (runs/<name>: its newest checkpoint)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint directory (runs/<name>/checkpoints/step_N), "
+        "or a run directory (runs/<name>: its newest checkpoint)",
+    )
     p.add_argument("--out", help="output directory (default: <run dir>/eval)")
     p.add_argument("--json", action="store_true", help="print the headline numbers as JSON instead of a summary")
     _add_config_args(p)
 
     p = sub.add_parser("encode", help="encode images with a checkpoint: posterior means split by named partition")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (runs/<name>/checkpoints/step_N), "
-                                                       "or a run directory (runs/<name>: its newest checkpoint)")
-    p.add_argument("--images", required=True, help=".npz with an 'images' array [N, H, W, C] (uint8, or float "
-                                                   "in [0, 1]), or a folder of PNG/JPG files")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint directory (runs/<name>/checkpoints/step_N), "
+        "or a run directory (runs/<name>: its newest checkpoint)",
+    )
+    p.add_argument(
+        "--images",
+        required=True,
+        help=".npz with an 'images' array [N, H, W, C] (uint8, or float in [0, 1]), or a folder of PNG/JPG files",
+    )
     p.add_argument("--out", help="write the codes to this .npz: one array per partition, mu, logvar, names")
     p.add_argument("--json", action="store_true", help="print the codes as JSON instead of a summary")
 
@@ -78,19 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tracking", help="MLflow bookkeeping of a run directory")
     t_sub = p.add_subparsers(dest="tracking_command", required=True)
-    t = t_sub.add_parser("sync", help="send what a tracking outage left owed (tracking_pending.json: the "
-                                      "end status, metrics from metrics.jsonl) without training")
+    t = t_sub.add_parser(
+        "sync",
+        help="send what a tracking outage left owed (tracking_pending.json: the "
+        "end status, metrics from metrics.jsonl) without training",
+    )
     t.add_argument("run_dir", help="run directory (runs/<name>)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the run's config.yaml, e.g. --set tracking.uri=http://127.0.0.1:5000")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the run's config.yaml, e.g. --set tracking.uri=http://127.0.0.1:5000",
+    )
 
     p = sub.add_parser("data", help="build WebDataset shards (+ DALI indexes, manifest) or check them")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    b = data_sub.add_parser("build", help="write shards from a generator or an imported dataset; "
-                                          "resumable; labels etc. from the data.* config keys")
-    b.add_argument("--source", required=True, choices=["faces", "shapes", "arrays", "dsprites", "3dshapes", "folder"],
-                   help="arrays: any labelled .npz/.h5 (dsprites and 3dshapes are its presets); "
-                        "folder: images + a labels CSV")
+    b = data_sub.add_parser(
+        "build",
+        help="write shards from a generator or an imported dataset; resumable; labels etc. from the data.* config keys",
+    )
+    b.add_argument(
+        "--source",
+        required=True,
+        choices=["faces", "shapes", "arrays", "dsprites", "3dshapes", "folder"],
+        help="arrays: any labelled .npz/.h5 (dsprites and 3dshapes are its presets); folder: images + a labels CSV",
+    )
     b.add_argument("--out", required=True, help="shard directory to write")
     b.add_argument("--num", type=int, help="samples (default: data.num_train generated, or all imported)")
     b.add_argument("--format", choices=["png", "jpg"], help="image encoding (sets data.image_format)")
@@ -98,65 +129,129 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel writer processes")
     b.add_argument("--input", help="the .npz / .h5 file (arrays, dsprites, 3dshapes) or the image folder")
     b.add_argument("--labels-csv", help="per-image labels for --source folder (default <input>/labels.csv)")
-    b.add_argument("--keys", help="arrays: which array holds what, e.g. images=imgs,factors=latents_values,"
-                                  "classes=latents_classes,weak_labels=my_labels (default: found by name)")
-    b.add_argument("--factor-names", help="arrays: comma-separated factor names, one per column "
-                                          "(default: the file's factor_names, else latent0..)")
-    b.add_argument("--discrete", help="arrays: comma-separated discrete factors, scored by accuracy "
-                                      "(default: columns of class ids)")
-    b.add_argument("--groups", help="arrays: factor groups that become partitions, "
-                                    "e.g. 'pose=yaw,pitch,roll;expression=smile' (default: the file's factor_groups)")
+    b.add_argument(
+        "--keys",
+        help="arrays: which array holds what, e.g. images=imgs,factors=latents_values,"
+        "classes=latents_classes,weak_labels=my_labels (default: found by name)",
+    )
+    b.add_argument(
+        "--factor-names",
+        help="arrays: comma-separated factor names, one per column (default: the file's factor_names, else latent0..)",
+    )
+    b.add_argument(
+        "--discrete",
+        help="arrays: comma-separated discrete factors, scored by accuracy (default: columns of class ids)",
+    )
+    b.add_argument(
+        "--groups",
+        help="arrays: factor groups that become partitions, "
+        "e.g. 'pose=yaw,pitch,roll;expression=smile' (default: the file's factor_groups)",
+    )
     _add_config_args(b)
     v = data_sub.add_parser("verify", help="check shards against manifest.json and list bad samples")
     v.add_argument("path", help="shard directory")
     v.add_argument("--full", action="store_true", help="decode-check every sample, not only changed shards")
-    e = data_sub.add_parser("factor-effect", help="nats of reconstruction loss each factor is worth: "
-                                                  "one factor resampled (synthetic) or matched pairs (shards)")
+    e = data_sub.add_parser(
+        "factor-effect",
+        help="nats of reconstruction loss each factor is worth: "
+        "one factor resampled (synthetic) or matched pairs (shards)",
+    )
     e.add_argument("--source", required=True, choices=["faces", "shapes", "shards"])
     e.add_argument("--path", help="shard directory (--source shards)")
-    e.add_argument("--image-size", type=int, choices=[32, 64, 128],
-                   help="pixels (default 32 for faces/shapes, the shards' own size for shards)")
+    e.add_argument(
+        "--image-size",
+        type=int,
+        choices=[32, 64, 128],
+        help="pixels (default 32 for faces/shapes, the shards' own size for shards)",
+    )
     e.add_argument("--num", type=int, default=256, help="base images, or matched pairs per factor (default 256)")
     e.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
     e.add_argument("--sigma", type=float, default=0.1, help="Gaussian observation std (default 0.1)")
-    e.add_argument("--feature-scale", type=float, default=1.0,
-                   help="faces: size of eyes, brows and mouth (as data.feature_scale; default 1.0)")
+    e.add_argument(
+        "--feature-scale",
+        type=float,
+        default=1.0,
+        help="faces: size of eyes, brows and mouth (as data.feature_scale; default 1.0)",
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the bases and the resampled values (default 0)")
 
-    p = sub.add_parser("bench", help="performance benchmarks (gate, train step, vs a plain loop, "
-                                     "end to end, scaling): table + JSON")
+    p = sub.add_parser(
+        "bench", help="performance benchmarks (gate, train step, vs a plain loop, end to end, scaling): table + JSON"
+    )
     from gvae_dist.bench import add_arguments as add_bench_arguments
 
     add_bench_arguments(p)
 
-    p = sub.add_parser("tune", help="hyperparameter sweep (Ray Tune over Ray Train runs, MLflow parent + "
-                                    "child runs); re-run the same command to resume an interrupted sweep")
+    p = sub.add_parser(
+        "tune",
+        help="hyperparameter sweep (Ray Tune over Ray Train runs, MLflow parent + "
+        "child runs); re-run the same command to resume an interrupted sweep",
+    )
     p.add_argument("--space", required=True, help="search space file (see tune_spaces/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base config key, or a space field as tune.FIELD=VALUE (repeatable)")
-    p.add_argument("--address", default=None, help="Ray cluster to run the trials on (default RAY_ADDRESS, "
-                                                   "else a private local cluster)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base config key, or a space field as tune.FIELD=VALUE (repeatable)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to run the trials on (default RAY_ADDRESS, else a private local cluster)",
+    )
 
-    p = sub.add_parser("study", help="gated vs un-gated x objectives x seeds x label noise, run in sequence "
-                                     "into results.csv/.md/.png; re-run the same command to resume; "
-                                     "finished cells copied in from another machine are picked up")
+    p = sub.add_parser(
+        "study",
+        help="gated vs un-gated x objectives x seeds x label noise, run in sequence "
+        "into results.csv/.md/.png; re-run the same command to resume; "
+        "finished cells copied in from another machine are picked up",
+    )
     p.add_argument("--config", "-c", required=True, help="study file (see configs/study_faces.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key in every cell, after study.overrides (repeatable)")
-    p.add_argument("--set-gated", dest="gated_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key in the gated cells only, after study.gated_overrides "
-                        "(repeatable): an ablation arm that the un-gated baseline must not get")
-    p.add_argument("--parallel", type=int, default=None, metavar="N",
-                   help="cells at a time (default study.parallel): 1 = in sequence here, N > 1 = N Ray tasks "
-                        "or N local processes (--executor)")
-    p.add_argument("--executor", choices=["auto", "local", "ray"], default=None,
-                   help="where parallel cells run (default study.executor): ray, local processes on this "
-                        "machine, or auto = ray if it is installed, else local")
-    p.add_argument("--cells", action="append", default=[], metavar="GLOB",
-                   help="run only the cells whose names match (repeatable); finished cells are all collected")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every cell, after study.overrides (repeatable)",
+    )
+    p.add_argument(
+        "--set-gated",
+        dest="gated_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in the gated cells only, after study.gated_overrides "
+        "(repeatable): an ablation arm that the un-gated baseline must not get",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cells at a time (default study.parallel): 1 = in sequence here, N > 1 = N Ray tasks "
+        "or N local processes (--executor)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["auto", "local", "ray"],
+        default=None,
+        help="where parallel cells run (default study.executor): ray, local processes on this "
+        "machine, or auto = ray if it is installed, else local",
+    )
+    p.add_argument(
+        "--cells",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="run only the cells whose names match (repeatable); finished cells are all collected",
+    )
     p.add_argument("--out", default=None, help="study output directory (sets study.output_dir)")
-    p.add_argument("--address", default=None, help="Ray cluster for --parallel (default RAY_ADDRESS, else a "
-                                                   "private local cluster)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster for --parallel (default RAY_ADDRESS, else a private local cluster)"
+    )
     return parser
 
 
@@ -210,8 +305,10 @@ def _print_data_summary(cfg, run_dir: Path) -> None:
     """Which data path, backend and split the run used, and where the shards are."""
     d = cfg.data
     if d.source != "shards":
-        print(f"[gvae-dist] data: built-in synthetic {d.source!r} generated in memory ({d.num_train} train, "
-              f"{d.num_eval} held-out eval images from another seed); no shards")
+        print(
+            f"[gvae-dist] data: built-in synthetic {d.source!r} generated in memory ({d.num_train} train, "
+            f"{d.num_eval} held-out eval images from another seed); no shards"
+        )
         return
     from gvae_dist.data.shards import read_manifest
 
@@ -219,24 +316,38 @@ def _print_data_summary(cfg, run_dir: Path) -> None:
         split = read_manifest(d.path).get("split", False)
     except ValueError:  # e.g. shards on the workers' file system only: the run itself went fine
         split = None
-    held_out = (f"data.eval_path {d.eval_path} (all of it)" if d.eval_path else
-                f"the eval split ({split['eval']} samples)" if split else
-                "its eval split" if split is None else "no eval split (a manifest from before splits)")
+    held_out = (
+        f"data.eval_path {d.eval_path} (all of it)"
+        if d.eval_path
+        else f"the eval split ({split['eval']} samples)"
+        if split
+        else "its eval split"
+        if split is None
+        else "no eval split (a manifest from before splits)"
+    )
     reads = [json.loads(p.read_text()) for p in sorted((run_dir / "data").glob("rank-*.json"))]
     if reads:
         backends = sorted({f"{r['backend']} ({r['decode_device']} decode)" for r in reads})
         once = all(r["first_epoch_keys"] is not None for r in reads)
         keys = [k for r in reads for k in (r["first_epoch_keys"] or [])]
-        epoch = (f"; first epoch: {len(set(keys))} distinct of {reads[0]['samples']} samples, "
-                 f"{len(keys) - len(set(keys))} repeats (padding)" if once else "")
-        print(f"[gvae-dist] data: {', '.join(backends)} backend on {len(reads)} rank(s), "
-              f"{reads[0]['split']} split: {reads[0]['samples']} samples in {len(reads[0]['shards'])} shards"
-              f"{epoch}")
+        epoch = (
+            f"; first epoch: {len(set(keys))} distinct of {reads[0]['samples']} samples, "
+            f"{len(keys) - len(set(keys))} repeats (padding)"
+            if once
+            else ""
+        )
+        print(
+            f"[gvae-dist] data: {', '.join(backends)} backend on {len(reads)} rank(s), "
+            f"{reads[0]['split']} split: {reads[0]['samples']} samples in {len(reads[0]['shards'])} shards"
+            f"{epoch}"
+        )
     else:
         from gvae_dist.data.stream import choose_backend
 
-        print(f"[gvae-dist] data: {choose_backend(cfg)} backend (chosen here; set data.record_reads=true "
-              "for what each rank read), train split")
+        print(
+            f"[gvae-dist] data: {choose_backend(cfg)} backend (chosen here; set data.record_reads=true "
+            "for what each rank read), train split"
+        )
     print(f"[gvae-dist] data: shards in {Path(d.path).resolve()}; evaluation read {held_out}")
 
 
@@ -255,8 +366,10 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if isinstance(v, int | float | str)}, indent=2))
         return 0
-    print(f"[gvae-dist] evaluated {ckpt} on {cfg.eval.num_train} + {cfg.eval.num_test} held-out codes "
-          f"(fit + score, eval.num_train / eval.num_test)")
+    print(
+        f"[gvae-dist] evaluated {ckpt} on {cfg.eval.num_train} + {cfg.eval.num_test} held-out codes "
+        f"(fit + score, eval.num_train / eval.num_test)"
+    )
     for line in format_summary(result):
         print(f"  {line}")
     files = sorted(p.name for p in out.iterdir() if p.is_file())
@@ -270,16 +383,30 @@ def cmd_encode(args) -> int:
     result = encode_checkpoint(args.checkpoint, args.images)
     out = save_codes(result, args.out) if args.out else None
     if args.json:
-        print(json.dumps({"checkpoint": str(result["checkpoint"]), "partitions": result["partitions"],
-                          "names": result["names"], "codes": {k: v.tolist() for k, v in result["codes"].items()},
-                          "mu": result["mu"].tolist(), "logvar": result["logvar"].tolist()}))
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(result["checkpoint"]),
+                    "partitions": result["partitions"],
+                    "names": result["names"],
+                    "codes": {k: v.tolist() for k, v in result["codes"].items()},
+                    "mu": result["mu"].tolist(),
+                    "logvar": result["logvar"].tolist(),
+                }
+            )
+        )
         return 0
-    print(f"[gvae-dist] encoded {len(result['names'])} images from {args.images} with {result['checkpoint']} "
-          "(posterior means)")
+    print(
+        f"[gvae-dist] encoded {len(result['names'])} images from {args.images} with {result['checkpoint']} "
+        "(posterior means)"
+    )
     for line in summary_lines(result):
         print(f"  {line}")
-    print(f"[gvae-dist] wrote {out}: " + ", ".join([*result["codes"], "mu", "logvar", "names"]) if out else
-          "[gvae-dist] --out FILE.npz saves the codes (one array per partition, mu, logvar); --json prints them")
+    print(
+        f"[gvae-dist] wrote {out}: " + ", ".join([*result["codes"], "mu", "logvar", "names"])
+        if out
+        else "[gvae-dist] --out FILE.npz saves the codes (one array per partition, mu, logvar); --json prints them"
+    )
     return 0
 
 
@@ -313,8 +440,10 @@ def cmd_tracking(args) -> int:
     if "***" in uri:  # config.yaml holds the URI redacted
         uri = os.environ.get("MLFLOW_TRACKING_URI") or ""
         if not uri:
-            raise ValueError(f"{run_dir / 'config.yaml'} holds tracking.uri with its credentials masked; give the "
-                             "real one in $MLFLOW_TRACKING_URI or with --set tracking.uri=...")
+            raise ValueError(
+                f"{run_dir / 'config.yaml'} holds tracking.uri with its credentials masked; give the "
+                "real one in $MLFLOW_TRACKING_URI or with --set tracking.uri=..."
+            )
     try:
         lock = RunLock(run_dir).acquire()  # not while a run of this directory settles or adds to it
     except RunLocked as exc:
@@ -335,8 +464,9 @@ def _cmd_factor_effect(args) -> int:
             raise ValueError("--source shards needs --path DIR (a directory built by `gvae-dist data build`)")
         if args.feature_scale != 1.0:
             raise ValueError("--feature-scale applies to --source faces only")
-        effects = shards_effect(args.path, args.image_size, args.num, args.seed, args.likelihood,
-                                args.sigma, progress=progress)
+        effects = shards_effect(
+            args.path, args.image_size, args.num, args.seed, args.likelihood, args.sigma, progress=progress
+        )
         from gvae_dist.data.shards import read_manifest
 
         size, count = args.image_size or int(read_manifest(args.path)["image_size"]), "pairs"
@@ -345,15 +475,18 @@ def _cmd_factor_effect(args) -> int:
         if args.path:
             raise ValueError(f"--path applies to --source shards only, not {args.source}")
         size, count = args.image_size or 32, "images"
-        effects = synthetic_effect(args.source, size, args.num, args.seed, args.likelihood, args.sigma,
-                                   args.feature_scale, progress=progress)
+        effects = synthetic_effect(
+            args.source, size, args.num, args.seed, args.likelihood, args.sigma, args.feature_scale, progress=progress
+        )
         what = f"{args.source}, feature_scale {args.feature_scale}, one factor resampled"
     lik = "Bernoulli" if args.likelihood == "bernoulli" else f"Gaussian sigma {args.sigma}"
     print(f"nats lost per image ({lik}; {what}; seed {args.seed})")
     print(format_table(effects, size, count))
     if args.source == "shards":
-        print("A factor's row says something only where it clearly exceeds the '(all labels equal)' "
-              "row: what the labels leave free (within-bin variation, unlabelled nuisance) is in every row.")
+        print(
+            "A factor's row says something only where it clearly exceeds the '(all labels equal)' "
+            "row: what the labels leave free (within-bin variation, unlabelled nuisance) is in every row."
+        )
     return 0
 
 
@@ -370,27 +503,43 @@ def cmd_data(args) -> int:
         issues = shards.problems + shards.bad
         for issue in issues:
             print(f"BAD {issue}")
-        print(f"{shards.num_samples} of {shards.manifest['num_samples']} samples readable in "
-              f"{len(shards.shards)} shards; {len(issues)} problems")
+        print(
+            f"{shards.num_samples} of {shards.manifest['num_samples']} samples readable in "
+            f"{len(shards.shards)} shards; {len(issues)} problems"
+        )
         return 1 if issues else 0
     from gvae_dist.data.importers import build_dataset, parse_layout_flags, partitions_hint
 
     cfg = _load(args, [f"data.image_format={args.format}"] if args.format else [])
     layout = parse_layout_flags(args.keys, args.factor_names, args.discrete, args.groups)
-    manifest = build_dataset(args.source, args.out, cfg.data, num=args.num, shard_size=args.shard_size,
-                             workers=args.workers, input_path=args.input, labels_csv=args.labels_csv,
-                             layout=layout)
+    manifest = build_dataset(
+        args.source,
+        args.out,
+        cfg.data,
+        num=args.num,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        input_path=args.input,
+        labels_csv=args.labels_csv,
+        layout=layout,
+    )
     built, split = manifest["built"], manifest["split"]
     if built.get("cached"):
-        print(f"[gvae-dist] shards at {args.out} are up to date (manifest.json matches the generator and its "
-              f"settings, fingerprint {manifest['fingerprint']}; {len(manifest['shards'])} shards match their "
-              f"sha256 ({built['verify_seconds']}s)): build skipped")
+        print(
+            f"[gvae-dist] shards at {args.out} are up to date (manifest.json matches the generator and its "
+            f"settings, fingerprint {manifest['fingerprint']}; {len(manifest['shards'])} shards match their "
+            f"sha256 ({built['verify_seconds']}s)): build skipped"
+        )
     else:
-        print(f"[gvae-dist] {manifest['num_samples']} samples in {len(manifest['shards'])} shards at {args.out} "
-              f"({built['skipped_complete_shards']} were already complete; {built['seconds']}s); weak labels: "
-              f"{', '.join(lab['name'] for lab in manifest['labels'])}")
-    print(f"[gvae-dist] split: {split['train']} train / {split['eval']} held-out eval samples "
-          f"(data.eval_fraction={split['eval_fraction']}), each split in shards of its own")
+        print(
+            f"[gvae-dist] {manifest['num_samples']} samples in {len(manifest['shards'])} shards at {args.out} "
+            f"({built['skipped_complete_shards']} were already complete; {built['seconds']}s); weak labels: "
+            f"{', '.join(lab['name'] for lab in manifest['labels'])}"
+        )
+    print(
+        f"[gvae-dist] split: {split['train']} train / {split['eval']} held-out eval samples "
+        f"(data.eval_fraction={split['eval_fraction']}), each split in shards of its own"
+    )
     for note in manifest["notes"]:
         print(f"[gvae-dist] note: {note}")
     hint = f" {partitions_hint(manifest['groups'])}" if manifest.get("groups") else ""
@@ -421,9 +570,11 @@ def cmd_tune(args) -> int:
         print("gvae-dist: sweep interrupted; run the same command again to resume it", file=sys.stderr)
         return 75
     if out["best"]:
-        print(f"[gvae-dist] best trial {out['best']['trial']}: "
-              + ", ".join(f"{k}={out['best'][k]}" for k in space.params)
-              + f"; {space.metric}={out['best'][space.metric]:.4g}")
+        print(
+            f"[gvae-dist] best trial {out['best']['trial']}: "
+            + ", ".join(f"{k}={out['best'][k]}" for k in space.params)
+            + f"; {space.metric}={out['best'][space.metric]:.4g}"
+        )
     return 0
 
 
@@ -440,14 +591,24 @@ def cmd_study(args) -> int:
         print(f"gvae-dist: {exc}", file=sys.stderr)
         return 1
     print(out["paths"]["table"].read_text(), end="")
-    print(f"[gvae-dist] study: ran {len(out['ran'])}, skipped {len(out['skipped'])} finished; "
-          + ", ".join(f"{k} {v}" for k, v in out["paths"].items()))
+    print(
+        f"[gvae-dist] study: ran {len(out['ran'])}, skipped {len(out['skipped'])} finished; "
+        + ", ".join(f"{k} {v}" for k, v in out["paths"].items())
+    )
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "config": cmd_config,
-            "tracking": cmd_tracking, "data": cmd_data,
-            "bench": cmd_bench, "tune": cmd_tune, "study": cmd_study}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "encode": cmd_encode,
+    "config": cmd_config,
+    "tracking": cmd_tracking,
+    "data": cmd_data,
+    "bench": cmd_bench,
+    "tune": cmd_tune,
+    "study": cmd_study,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

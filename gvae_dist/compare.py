@@ -84,9 +84,7 @@ def format_comparison(entries: list[dict[str, Any]], metrics: tuple[str, ...] = 
     """Markdown table of :func:`compare`: mean difference [95% CI] per metric, and whether
     mean(D, C, I) wins (interval above zero)."""
     lines = [
-        "| objective | label flip | seeds | "
-        + " | ".join(f"Δ {m}" for m in metrics)
-        + " | gated wins |",
+        "| objective | label flip | seeds | " + " | ".join(f"Δ {m}" for m in metrics) + " | gated wins |",
         "|---|---|---|" + "---|" * (len(metrics) + 1),
     ]
     for e in entries:
@@ -95,8 +93,6 @@ def format_comparison(entries: list[dict[str, Any]], metrics: tuple[str, ...] = 
         verdict = "-" if win is None else ("yes" if win.wins else "no")
         seeds = ",".join(str(s) for s in e["seeds"])
         lines.append(
-            f"| {e['objective']} | {e['label_flip_prob']:g} | {seeds} | "
-            + " | ".join(cells)
-            + f" | {verdict} |"
+            f"| {e['objective']} | {e['label_flip_prob']:g} | {seeds} | " + " | ".join(cells) + f" | {verdict} |"
         )
     return "\n".join(lines) + "\n"

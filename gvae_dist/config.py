@@ -72,31 +72,55 @@ def f(default: Any, doc: str, max: int | None = None) -> Any:  # noqa: A002 - re
 
 @dataclass
 class DataConfig:
-    source: Literal["faces", "shapes", "shards"] = f("faces", "built-in synthetic 'faces' or 'shapes', or 'shards' (WebDataset tars at data.path)")
+    source: Literal["faces", "shapes", "shards"] = f(
+        "faces", "built-in synthetic 'faces' or 'shapes', or 'shards' (WebDataset tars at data.path)"
+    )
     path: str | None = f(None, "directory holding manifest.json and the tar shards (source=shards)")
-    backend: Literal["auto", "dali", "webdataset", "memory"] = f("auto", "loader: 'auto' (DALI if importable, else WebDataset+PIL), or force one; 'memory' = synthetic in RAM")
+    backend: Literal["auto", "dali", "webdataset", "memory"] = f(
+        "auto", "loader: 'auto' (DALI if importable, else WebDataset+PIL), or force one; 'memory' = synthetic in RAM"
+    )
     num_train: int = f(20000, "training images generated for synthetic sources", max=2_000_000)
     num_eval: int = f(6000, "held-out images generated for evaluation (synthetic sources)", max=1_000_000)
     image_size: Literal[32, 64, 128] = f(64, "image height = width in pixels")
-    feature_scale: float = f(1.0, "faces: size of eyes, brows and mouth, 0.25..2.0 (1.0 cartoon, 0.5 about real-face proportions)")
+    feature_scale: float = f(
+        1.0, "faces: size of eyes, brows and mouth, 0.25..2.0 (1.0 cartoon, 0.5 about real-face proportions)"
+    )
     seed: int = f(0, "seed of the synthetic data and of its weak labels (independent of run.seed)")
     label_bins: int = f(3, "bins per continuous factor for the weak labels used by pairing", max=1000)
     label_flip_prob: float = f(0.0, "probability a weak label is replaced by a random bin (label noise)")
     label_jitter: float = f(0.0, "Gaussian jitter (fraction of the factor range) added before binning")
-    on_bad_sample: Literal["error", "skip"] = f("error", "a corrupt sample stops with an error naming it, or is skipped and counted")
+    on_bad_sample: Literal["error", "skip"] = f(
+        "error", "a corrupt sample stops with an error naming it, or is skipped and counted"
+    )
     num_workers: int = f(2, "decoding threads (DALI) or DataLoader workers (WebDataset backend)", max=256)
     image_format: Literal["png", "jpg"] = f("png", "image encoding when shards are written")
-    verify: Literal["checksum", "full", "none"] = f("checksum", "shard check at loader start: sha256 vs manifest (changed shards are scanned sample by sample), 'full' scans every sample, 'none' trusts the files")
+    verify: Literal["checksum", "full", "none"] = f(
+        "checksum",
+        "shard check at loader start: sha256 vs manifest (changed shards are scanned sample by "
+        "sample), 'full' scans every sample, 'none' trusts the files",
+    )
     shuffle_buffer: int = f(1024, "samples in the shard loaders' shuffle buffer (DALI initial_fill)", max=100_000)
-    eval_fraction: float = f(0.2, "share of the samples `data build` holds out in evaluation shards of their own; training reads only the train shards, evaluation only these")
-    eval_path: str | None = f(None, "another built shard directory to evaluate on (all its samples) instead of data.path's eval split")
-    record_reads: bool = f(False, "each shard-loader rank writes <run dir>/data/rank-R.json: backend, split, epoch layout, keys of its first epoch")
+    eval_fraction: float = f(
+        0.2,
+        "share of the samples `data build` holds out in evaluation shards of their own; training "
+        "reads only the train shards, evaluation only these",
+    )
+    eval_path: str | None = f(
+        None, "another built shard directory to evaluate on (all its samples) instead of data.path's eval split"
+    )
+    record_reads: bool = f(
+        False,
+        "each shard-loader rank writes <run dir>/data/rank-R.json: backend, split, epoch layout, "
+        "keys of its first epoch",
+    )
 
 
 @dataclass
 class ModelConfig:
     latent_dim: int = f(10, "latent dims D; must equal the sum of partition sizes", max=1024)
-    channels: list[int] = f([32, 32, 64, 64], "conv channels of the encoder (decoder mirrors them); each at most 4096", max=4096)
+    channels: list[int] = f(
+        [32, 32, 64, 64], "conv channels of the encoder (decoder mirrors them); each at most 4096", max=4096
+    )
     hidden: int = f(256, "width of the fully connected layer", max=16384)
 
 
@@ -117,25 +141,64 @@ def _default_partitions() -> list[PartitionConfig]:
 
 @dataclass
 class GateConfig:
-    enabled: bool = f(True, "gate the reconstruction gradient by pairing; false = the un-gated baseline (all-ones masks)")
+    enabled: bool = f(
+        True, "gate the reconstruction gradient by pairing; false = the un-gated baseline (all-ones masks)"
+    )
     kl: bool = f(False, "also gate the KL gradient per partition (default: regulariser un-gated)")
-    regularizer: bool = f(False, "ours: also gate the gradient of the regulariser's own term per partition, InfoVAE's MMD samples and DIP-VAE's moments, as gate.kl does the KL (default: un-gated, the paper's); no effect on beta-VAE (docs/objectives.md)")
-    decoder: bool = f(True, "paper: gated pairs update the decoder weights too; ours (false): their gradient reaches only the open partition's encoder path and the decoder learns from identity pairs only")
-    drop_high_loss: float = f(0.0, "ours, against label noise: the share of each batch's shared-factor pairs with the highest reconstruction loss whose gradient is dropped (small-loss selection, Han et al. 2018); 0 = off; about the share of wrong pairs (docs/objectives.md)")
-    closed_code: Literal["input", "target"] = f("input", "what the closed partitions' dims carry into the decoder on gated pairs: paper 'input' (the input's own code), ours 'target' (the partner's code, encoded without gradient: the target becomes explainable; costs one more encoder forward)")
+    regularizer: bool = f(
+        False,
+        "ours: also gate the gradient of the regulariser's own term per partition, InfoVAE's MMD "
+        "samples and DIP-VAE's moments, as gate.kl does the KL (default: un-gated, the paper's); "
+        "no effect on beta-VAE (docs/objectives.md)",
+    )
+    decoder: bool = f(
+        True,
+        "paper: gated pairs update the decoder weights too; ours (false): their gradient reaches "
+        "only the open partition's encoder path and the decoder learns from identity pairs only",
+    )
+    drop_high_loss: float = f(
+        0.0,
+        "ours, against label noise: the share of each batch's shared-factor pairs with the highest "
+        "reconstruction loss whose gradient is dropped (small-loss selection, Han et al. 2018); 0 "
+        "= off; about the share of wrong pairs (docs/objectives.md)",
+    )
+    closed_code: Literal["input", "target"] = f(
+        "input",
+        "what the closed partitions' dims carry into the decoder on gated pairs: paper 'input' "
+        "(the input's own code), ours 'target' (the partner's code, encoded without gradient: the "
+        "target becomes explainable; costs one more encoder forward)",
+    )
 
 
 @dataclass
 class PairingConfig:
     identity: float = f(0.2, "share of examples paired with themselves (mask: pairing.identity_partitions)")
-    shared_factor: float = f(0.8, "share paired with a partner sharing partition k's weak labels (mask: k; source: pairing.partner)")
+    shared_factor: float = f(
+        0.8, "share paired with a partner sharing partition k's weak labels (mask: k; source: pairing.partner)"
+    )
     transform: float = f(0.0, "share paired with a transform of themselves (mask: pairing.transform_partition)")
     identity_partitions: list[str] = f([], "partitions trained by identity pairs (empty = all)")
-    match: Literal["all", "one"] = f("all", "shared_factor partner must match all of k's weak labels, or one chosen at random")
-    partner: Literal["batch", "dataset", "rendered"] = f("dataset", "where shared_factor partners come from: a batch-mate (paper), an index of the whole training set (shards: a per-rank bank of decoded samples), or rendered with only the other supervised partitions' factors resampled (built-in generators; ours)")
-    match_nuisance: bool = f(False, "partners must also match the weak labels of factors no partition lists (when the data has such labels)")
-    bank_size: int = f(4096, "shard loaders with pairing.partner=dataset: samples each rank keeps (uint8, on the training device) to draw partners from", max=262_144)
-    min_found: float = f(0.5, "warn when a partition's share of shared_factor draws that find a partner falls below this")
+    match: Literal["all", "one"] = f(
+        "all", "shared_factor partner must match all of k's weak labels, or one chosen at random"
+    )
+    partner: Literal["batch", "dataset", "rendered"] = f(
+        "dataset",
+        "where shared_factor partners come from: a batch-mate (paper), an index of the whole "
+        "training set (shards: a per-rank bank of decoded samples), or rendered with only the "
+        "other supervised partitions' factors resampled (built-in generators; ours)",
+    )
+    match_nuisance: bool = f(
+        False, "partners must also match the weak labels of factors no partition lists (when the data has such labels)"
+    )
+    bank_size: int = f(
+        4096,
+        "shard loaders with pairing.partner=dataset: samples each rank keeps (uint8, on the "
+        "training device) to draw partners from",
+        max=262_144,
+    )
+    min_found: float = f(
+        0.5, "warn when a partition's share of shared_factor draws that find a partner falls below this"
+    )
     transform_kind: Literal["blur", "hflip"] = f("blur", "transform used by transform pairs")
     transform_partition: str = f("rest", "partition trained by transform pairs")
     blur_sigma: float = f(1.5, "Gaussian blur sigma in pixels (transform_kind=blur)")
@@ -143,21 +206,64 @@ class PairingConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: Literal["beta", "infovae", "dip2", "dip1", "annealed"] = f("beta", "regulariser: beta-VAE, InfoVAE (MMD), DIP-VAE-II, DIP-VAE-I or the annealed-capacity beta-VAE (weights as the papers define them: docs/objectives.md)")
-    likelihood: Literal["bernoulli", "gaussian"] = f("bernoulli", "reconstruction likelihood; either way the 'recon' metric is -log p(x|z) in nats per image (Gaussian with its normalising constant)")
+    name: Literal["beta", "infovae", "dip2", "dip1", "annealed"] = f(
+        "beta",
+        "regulariser: beta-VAE, InfoVAE (MMD), DIP-VAE-II, DIP-VAE-I or the annealed-capacity "
+        "beta-VAE (weights as the papers define them: docs/objectives.md)",
+    )
+    likelihood: Literal["bernoulli", "gaussian"] = f(
+        "bernoulli",
+        "reconstruction likelihood; either way the 'recon' metric is -log p(x|z) in nats per image "
+        "(Gaussian with its normalising constant)",
+    )
     beta: float = f(4.0, "beta-VAE KL weight (Higgins et al. 2017); beta = 1 is the plain VAE's ELBO")
-    alpha: float = f(0.0, "InfoVAE alpha (Zhao et al. 2019, eq. 6): the KL weight is 1 - alpha; alpha = 1 drops the KL, alpha < 0 strengthens it; must be <= 1")
-    mmd_lambda: float = f(500.0, "InfoVAE lambda: the MMD weight is alpha + lambda - 1 (must be > 0); alpha = 1 is the pure MMD-VAE (no KL, MMD weight lambda)")
+    alpha: float = f(
+        0.0,
+        "InfoVAE alpha (Zhao et al. 2019, eq. 6): the KL weight is 1 - alpha; alpha = 1 drops the "
+        "KL, alpha < 0 strengthens it; must be <= 1",
+    )
+    mmd_lambda: float = f(
+        500.0,
+        "InfoVAE lambda: the MMD weight is alpha + lambda - 1 (must be > 0); alpha = 1 is the pure "
+        "MMD-VAE (no KL, MMD weight lambda)",
+    )
     kernel: Literal["rbf", "imq"] = f("imq", "MMD kernel")
-    kernel_scales: list[float] = f([0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0], "MMD kernel scales s: the kernel sums k_C over C = 2*D*s (IMQ C/(C+d^2), RBF exp(-d^2/C))")
+    kernel_scales: list[float] = f(
+        [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
+        "MMD kernel scales s: the kernel sums k_C over C = 2*D*s (IMQ C/(C+d^2), RBF exp(-d^2/C))",
+    )
     lambda_od: float = f(10.0, "DIP-VAE off-diagonal covariance weight (Kumar et al. 2018)")
-    lambda_d: float | None = f(None, "DIP-VAE diagonal covariance weight; null = disentanglement_lib's lambda_d_factor x lambda_od: 1 x for dip2 (DIP-VAE-II), 10 x for dip1 (DIP-VAE-I)")
-    gaussian_std: float = f(0.1, "fixed observation std of the Gaussian likelihood on [0, 1] pixels. Not 1: the NLL scales as 1/std^2, and at std 1 a feature that changes 6 pixel values by 0.3 is worth 0.27 nats, less than the KL of encoding it, so the posterior collapses to the prior; 0.1 makes it ~100x stronger (docs/objectives.md)")
-    warmup_steps: int = f(0, "regulariser warm-up: every weight but the reconstruction's ramps linearly from 1/N to full over the first N steps (KL annealing, Bowman et al. 2016); against early posterior collapse (docs/objectives.md); 0 = off", max=100_000_000)
-    gamma: float = f(1000.0, "annealed: weight of |KL - C| (Burgess et al. 2018; disentanglement_lib's annealed_vae default)")
+    lambda_d: float | None = f(
+        None,
+        "DIP-VAE diagonal covariance weight; null = disentanglement_lib's lambda_d_factor x "
+        "lambda_od: 1 x for dip2 (DIP-VAE-II), 10 x for dip1 (DIP-VAE-I)",
+    )
+    gaussian_std: float = f(
+        0.1,
+        "fixed observation std of the Gaussian likelihood on [0, 1] pixels. Not 1: the NLL scales "
+        "as 1/std^2, and at std 1 a feature that changes 6 pixel values by 0.3 is worth 0.27 nats, "
+        "less than the KL of encoding it, so the posterior collapses to the prior; 0.1 makes it "
+        "~100x stronger (docs/objectives.md)",
+    )
+    warmup_steps: int = f(
+        0,
+        "regulariser warm-up: every weight but the reconstruction's ramps linearly from 1/N to "
+        "full over the first N steps (KL annealing, Bowman et al. 2016); against early posterior "
+        "collapse (docs/objectives.md); 0 = off",
+        max=100_000_000,
+    )
+    gamma: float = f(
+        1000.0, "annealed: weight of |KL - C| (Burgess et al. 2018; disentanglement_lib's annealed_vae default)"
+    )
     capacity_max: float = f(25.0, "annealed: the KL target C (nats) reached after objective.capacity_steps")
-    capacity_steps: int = f(100_000, "annealed: steps over which C rises linearly from 0 to objective.capacity_max", max=100_000_000)
-    gaussian_calibrated: bool = f(False, "Gaussian likelihood: use the batch RMSE of the decoder mean as the std (sigma-VAE, Rybkin et al. 2021; detached) instead of objective.gaussian_std")
+    capacity_steps: int = f(
+        100_000, "annealed: steps over which C rises linearly from 0 to objective.capacity_max", max=100_000_000
+    )
+    gaussian_calibrated: bool = f(
+        False,
+        "Gaussian likelihood: use the batch RMSE of the decoder mean as the std (sigma-VAE, Rybkin "
+        "et al. 2021; detached) instead of objective.gaussian_std",
+    )
 
 
 @dataclass
@@ -168,10 +274,18 @@ class OptimConfig:
     batch_size: int = f(64, "global batch size (split across workers)", max=65_536)
     steps: int = f(3000, "optimizer steps")
     grad_accum: int = f(1, "micro-batches accumulated per optimizer step", max=65_536)
-    schedule: Literal["constant", "cosine"] = f("constant", "learning-rate schedule over optim.steps: constant, or cosine decay from optim.lr to optim.min_lr (Loshchilov & Hutter 2017); a function of the step, so resuming continues it")
+    schedule: Literal["constant", "cosine"] = f(
+        "constant",
+        "learning-rate schedule over optim.steps: constant, or cosine decay from optim.lr to "
+        "optim.min_lr (Loshchilov & Hutter 2017); a function of the step, so resuming continues it",
+    )
     min_lr: float = f(0.0, "final learning rate of the cosine schedule")
     lr_warmup_steps: int = f(0, "linear learning-rate warm-up over the first N steps, before the schedule (0 = none)")
-    lr_warmup_fraction: float = f(0.0, "warm-up over this share of optim.steps (rounded; shrinks with a shortened run); used when optim.lr_warmup_steps is 0")
+    lr_warmup_fraction: float = f(
+        0.0,
+        "warm-up over this share of optim.steps (rounded; shrinks with a shortened run); used when "
+        "optim.lr_warmup_steps is 0",
+    )
     grad_clip: float = f(0.0, "clip gradient norm to this value (0 = off)")
     mixed_precision: Literal["no", "bf16", "fp16"] = f("no", "autocast dtype; fp16 (GPU only) uses a GradScaler")
     compile: bool = f(False, "torch.compile the model")
@@ -183,21 +297,46 @@ class EvalConfig:
     num_train: int = f(4000, "codes used to fit the DCI regressors", max=200_000)
     num_test: int = f(2000, "codes used to score them", max=200_000)
     method: Literal["gbt", "lasso", "forest"] = f("gbt", "DCI importance model")
-    every: int = f(0, "evaluate every N steps (0 = at eval.points steps); overrides eval.points; Tune reports carry eval/* only where this matches run.checkpoint_every")
-    points: int = f(4, "evaluations spread evenly over the run (moved to run.log_every steps) besides the full one at the end, so the tracker shows curves; 0 = none; needs eval.at_end")
-    during_codes: int = f(1500, "held-out codes of an evaluation during training (2/3 fit, 1/3 score; no pictures); 0 = eval.num_train + eval.num_test", max=400_000)
+    every: int = f(
+        0,
+        "evaluate every N steps (0 = at eval.points steps); overrides eval.points; Tune reports "
+        "carry eval/* only where this matches run.checkpoint_every",
+    )
+    points: int = f(
+        4,
+        "evaluations spread evenly over the run (moved to run.log_every steps) besides the full "
+        "one at the end, so the tracker shows curves; 0 = none; needs eval.at_end",
+    )
+    during_codes: int = f(
+        1500,
+        "held-out codes of an evaluation during training (2/3 fit, 1/3 score; no pictures); 0 = "
+        "eval.num_train + eval.num_test",
+        max=400_000,
+    )
     at_end: bool = f(True, "evaluate DCI when training ends (on eval.num_train + eval.num_test codes, with pictures)")
     batch_size: int = f(256, "encoding batch size", max=65_536)
-    jobs: int = f(2, "processes fitting the DCI regressors (joblib, one factor each; the numbers do not depend on it); 1 = in this process, e.g. for study cells that already fill the cores", max=256)
+    jobs: int = f(
+        2,
+        "processes fitting the DCI regressors (joblib, one factor each; the numbers do not depend "
+        "on it); 1 = in this process, e.g. for study cells that already fill the cores",
+        max=256,
+    )
 
 
 @dataclass
 class TrackingConfig:
     enabled: bool = f(True, "log to MLflow (rank 0 only)")
-    uri: str | None = f(None, "MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<run.output_dir>/mlflow.db")
+    uri: str | None = f(
+        None, "MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<run.output_dir>/mlflow.db"
+    )
     experiment: str = f("gvae-dist", "MLflow experiment name")
     image_every: int = f(0, "log reconstruction/traversal grids every N steps (0 = at the end only)")
-    registry_name: str | None = f(None, "register the logged 'encoder' pyfunc in the MLflow Model Registry under this name when training ends, its version tagged with the run's final eval/* metrics; unset = no registration")
+    registry_name: str | None = f(
+        None,
+        "register the logged 'encoder' pyfunc in the MLflow Model Registry under this name when "
+        "training ends, its version tagged with the run's final eval/* metrics; unset = no "
+        "registration",
+    )
 
 
 @dataclass
@@ -212,18 +351,39 @@ class DistributedConfig:
 
 @dataclass
 class RunConfig:
-    name: str = f("gvae", "run name: the run directory is <output_dir>/<name>; relative, no '..', must stay inside run.output_dir")
+    name: str = f(
+        "gvae", "run name: the run directory is <output_dir>/<name>; relative, no '..', must stay inside run.output_dir"
+    )
     output_dir: str = f("runs", "parent directory of run directories")
     seed: int = f(0, "seed for weights, noise and pairing")
     log_every: int = f(50, "print/log metrics every N steps")
     checkpoint_every: int = f(500, "save a checkpoint every N steps (and at the end)")
     keep_checkpoints: int = f(2, "checkpoints kept on disk")
-    resume: Literal[True, False, "force"] = f(True, "true: resume from the newest checkpoint that loads (damaged ones skipped), refusing one made with a config that computes something else (the differing keys are listed; run.*/tracking.*/distributed.* locality and a longer optim.steps may change); false: refuse a run directory that holds checkpoints; 'force': resume despite a different config")
+    resume: Literal[True, False, "force"] = f(
+        True,
+        "true: resume from the newest checkpoint that loads (damaged ones skipped), refusing one "
+        "made with a config that computes something else (the differing keys are listed; "
+        "run.*/tracking.*/distributed.* locality and a longer optim.steps may change); false: "
+        "refuse a run directory that holds checkpoints; 'force': resume despite a different config",
+    )
     device: Literal["auto", "cpu", "cuda"] = f("auto", "training device; auto = cuda when available")
     threads: int = f(0, "torch CPU threads per process (0 = torch default)", max=1024)
-    retain_freed_memory: bool = f(True, "CPU runs: keep freed heap memory in the process (glibc mallopt) instead of page-faulting it back every step: ~1.3x images/s on CPU; holds the peak heap (docs/performance.md)")
-    checkpoint_signal: Literal["none", "USR1", "USR2", "TERM", "INT", "HUP"] = f("USR1", "on this signal the loop checkpoints at the next step boundary (log step when multi-process) and stops with exit code 75 so a SLURM job can requeue itself; 'none' = default signal action")
-    stop_file: str | None = f(None, "a file whose appearance (checked at log steps) acts like run.checkpoint_signal: for training processes no signal reaches (Ray workers)")
+    retain_freed_memory: bool = f(
+        True,
+        "CPU runs: keep freed heap memory in the process (glibc mallopt) instead of page-faulting "
+        "it back every step: ~1.3x images/s on CPU; holds the peak heap (docs/performance.md)",
+    )
+    checkpoint_signal: Literal["none", "USR1", "USR2", "TERM", "INT", "HUP"] = f(
+        "USR1",
+        "on this signal the loop checkpoints at the next step boundary (log step when "
+        "multi-process) and stops with exit code 75 so a SLURM job can requeue itself; 'none' = "
+        "default signal action",
+    )
+    stop_file: str | None = f(
+        None,
+        "a file whose appearance (checked at log steps) acts like run.checkpoint_signal: for "
+        "training processes no signal reaches (Ray workers)",
+    )
 
 
 @dataclass
@@ -257,8 +417,11 @@ class Config:
                 else:
                     found = isinstance(node, dict) and part in node
                 if not found:
-                    close = difflib.get_close_matches(str(part), [str(k) for k in node], n=1) \
-                        if isinstance(node, dict) else []
+                    close = (
+                        difflib.get_close_matches(str(part), [str(k) for k in node], n=1)
+                        if isinstance(node, dict)
+                        else []
+                    )
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     raise ConfigError(f"{key}: unknown key{hint}")
                 if depth == len(parts) - 1:
@@ -395,8 +558,10 @@ def _check_bounds(node: Any, prefix: str = "") -> None:
                 elif "max" in fl.metadata and isinstance(item, int | float) and item > fl.metadata["max"]:
                     raise ConfigError(f"{key}.{i}: at most {fl.metadata['max']:_}, got {item:_}")
         elif "max" in fl.metadata and isinstance(value, int | float) and value > fl.metadata["max"]:
-            raise ConfigError(f"{key}: at most {fl.metadata['max']:_} (a bound against exhausting memory; "
-                              f"see `gvae-dist config --explain`), got {value:_}")
+            raise ConfigError(
+                f"{key}: at most {fl.metadata['max']:_} (a bound against exhausting memory; "
+                f"see `gvae-dist config --explain`), got {value:_}"
+            )
 
 
 def _check_run_name(run: RunConfig) -> None:
@@ -405,17 +570,22 @@ def _check_run_name(run: RunConfig) -> None:
     name = run.name
     where = f"run.name: {name!r}"
     if not name.strip() or Path(name).is_absolute() or name.startswith("~"):
-        raise ConfigError(f"{where} must be a relative name inside run.output_dir ({run.output_dir}), "
-                          "e.g. 'beta4-seed0'; set the parent directory with run.output_dir")
+        raise ConfigError(
+            f"{where} must be a relative name inside run.output_dir ({run.output_dir}), "
+            "e.g. 'beta4-seed0'; set the parent directory with run.output_dir"
+        )
     parts = Path(name).parts
     if ".." in parts or not parts or parts == (".",):
-        raise ConfigError(f"{where} may not contain '..' (or be '.'): the run directory must stay inside "
-                          f"run.output_dir ({run.output_dir}); set the parent directory with run.output_dir")
+        raise ConfigError(
+            f"{where} may not contain '..' (or be '.'): the run directory must stay inside "
+            f"run.output_dir ({run.output_dir}); set the parent directory with run.output_dir"
+        )
     out = Path(run.output_dir).expanduser().resolve()
     target = (out / name).resolve()  # follows symlinks already on disk
     if target == out or out not in target.parents:
-        raise ConfigError(f"{where} resolves to {target}, outside run.output_dir ({out}) (a symlink?); "
-                          "pick another run.name")
+        raise ConfigError(
+            f"{where} resolves to {target}, outside run.output_dir ({out}) (a symlink?); pick another run.name"
+        )
 
 
 def validate(cfg: Config) -> None:
@@ -423,37 +593,60 @@ def validate(cfg: Config) -> None:
     _check_bounds(cfg)
     _check_run_name(cfg.run)
     d, o, p = cfg.data, cfg.optim, cfg.pairing
-    for key, val in [("data.num_train", d.num_train), ("data.num_eval", d.num_eval),
-                     ("data.shuffle_buffer", d.shuffle_buffer),
-                     ("optim.batch_size", o.batch_size), ("optim.steps", o.steps),
-                     ("optim.grad_accum", o.grad_accum), ("optim.lr", o.lr),
-                     ("model.latent_dim", cfg.model.latent_dim), ("model.hidden", cfg.model.hidden),
-                     ("run.log_every", cfg.run.log_every), ("run.checkpoint_every", cfg.run.checkpoint_every),
-                     ("run.keep_checkpoints", cfg.run.keep_checkpoints), ("eval.batch_size", cfg.eval.batch_size),
-                     ("eval.jobs", cfg.eval.jobs),
-                     ("pairing.bank_size", p.bank_size)]:
+    for key, val in [
+        ("data.num_train", d.num_train),
+        ("data.num_eval", d.num_eval),
+        ("data.shuffle_buffer", d.shuffle_buffer),
+        ("optim.batch_size", o.batch_size),
+        ("optim.steps", o.steps),
+        ("optim.grad_accum", o.grad_accum),
+        ("optim.lr", o.lr),
+        ("model.latent_dim", cfg.model.latent_dim),
+        ("model.hidden", cfg.model.hidden),
+        ("run.log_every", cfg.run.log_every),
+        ("run.checkpoint_every", cfg.run.checkpoint_every),
+        ("run.keep_checkpoints", cfg.run.keep_checkpoints),
+        ("eval.batch_size", cfg.eval.batch_size),
+        ("eval.jobs", cfg.eval.jobs),
+        ("pairing.bank_size", p.bank_size),
+    ]:
         _positive(val, key)
-    for key, val in [("data.label_jitter", d.label_jitter), ("optim.grad_clip", o.grad_clip),
-                     ("optim.weight_decay", o.weight_decay), ("pairing.identity", p.identity),
-                     ("pairing.shared_factor", p.shared_factor), ("pairing.transform", p.transform),
-                     ("eval.every", cfg.eval.every), ("eval.points", cfg.eval.points),
-                     ("eval.during_codes", cfg.eval.during_codes), ("tracking.image_every", cfg.tracking.image_every),
-                     ("distributed.workers", cfg.distributed.workers), ("data.num_workers", d.num_workers),
-                     ("run.threads", cfg.run.threads), ("objective.warmup_steps", cfg.objective.warmup_steps),
-                     ("optim.min_lr", o.min_lr), ("optim.lr_warmup_steps", o.lr_warmup_steps)]:
+    for key, val in [
+        ("data.label_jitter", d.label_jitter),
+        ("optim.grad_clip", o.grad_clip),
+        ("optim.weight_decay", o.weight_decay),
+        ("pairing.identity", p.identity),
+        ("pairing.shared_factor", p.shared_factor),
+        ("pairing.transform", p.transform),
+        ("eval.every", cfg.eval.every),
+        ("eval.points", cfg.eval.points),
+        ("eval.during_codes", cfg.eval.during_codes),
+        ("tracking.image_every", cfg.tracking.image_every),
+        ("distributed.workers", cfg.distributed.workers),
+        ("data.num_workers", d.num_workers),
+        ("run.threads", cfg.run.threads),
+        ("objective.warmup_steps", cfg.objective.warmup_steps),
+        ("optim.min_lr", o.min_lr),
+        ("optim.lr_warmup_steps", o.lr_warmup_steps),
+    ]:
         _positive(val, key, allow_zero=True)
     if o.min_lr > o.lr:
-        raise ConfigError(f"optim.min_lr: the cosine schedule's final rate must not exceed optim.lr "
-                          f"({o.lr}), got {o.min_lr}")
+        raise ConfigError(
+            f"optim.min_lr: the cosine schedule's final rate must not exceed optim.lr ({o.lr}), got {o.min_lr}"
+        )
     if o.lr_warmup_steps >= o.steps and o.lr_warmup_steps:
         raise ConfigError(f"optim.lr_warmup_steps: must be below optim.steps ({o.steps}), got {o.lr_warmup_steps}")
     if not 0.0 <= o.lr_warmup_fraction < 1.0:
-        raise ConfigError(f"optim.lr_warmup_fraction: must be in [0, 1) (a share of optim.steps), got {o.lr_warmup_fraction}")
+        raise ConfigError(
+            f"optim.lr_warmup_fraction: must be in [0, 1) (a share of optim.steps), got {o.lr_warmup_fraction}"
+        )
     if not 0.0 <= d.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
     if not 0.0 <= cfg.gate.drop_high_loss < 1.0:
-        raise ConfigError(f"gate.drop_high_loss: must be in [0, 1) (a share of the shared-factor pairs), "
-                          f"got {cfg.gate.drop_high_loss}")
+        raise ConfigError(
+            f"gate.drop_high_loss: must be in [0, 1) (a share of the shared-factor pairs), "
+            f"got {cfg.gate.drop_high_loss}"
+        )
     if not 0.0 <= d.label_flip_prob <= 1.0:
         raise ConfigError(f"data.label_flip_prob: must be in [0, 1], got {d.label_flip_prob}")
     if d.label_bins < 2:
@@ -461,13 +654,17 @@ def validate(cfg: Config) -> None:
     from gvae_dist.data.synthetic import FEATURE_SCALE_RANGE
 
     if not FEATURE_SCALE_RANGE[0] <= d.feature_scale <= FEATURE_SCALE_RANGE[1]:
-        raise ConfigError(f"data.feature_scale: must be within {list(FEATURE_SCALE_RANGE)} (1.0 cartoon "
-                          f"features, 0.5 about real-face proportions), got {d.feature_scale}")
+        raise ConfigError(
+            f"data.feature_scale: must be within {list(FEATURE_SCALE_RANGE)} (1.0 cartoon "
+            f"features, 0.5 about real-face proportions), got {d.feature_scale}"
+        )
     if d.source == "shapes" and d.feature_scale != 1.0:
         raise ConfigError("data.feature_scale: applies to data.source=faces only; leave it at 1.0 for shapes")
     if d.source == "shards" and not d.path:
-        raise ConfigError("data.path: data.source is 'shards', so set data.path to the shard directory "
-                          "(build one with `gvae-dist data build`)")
+        raise ConfigError(
+            "data.path: data.source is 'shards', so set data.path to the shard directory "
+            "(build one with `gvae-dist data build`)"
+        )
     if not cfg.model.channels or any(c < 1 for c in cfg.model.channels):
         raise ConfigError(f"model.channels: need positive channel counts, got {cfg.model.channels}")
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
@@ -477,11 +674,14 @@ def validate(cfg: Config) -> None:
     if cfg.eval.num_train < 10 or cfg.eval.num_test < 10:
         raise ConfigError("eval.num_train / eval.num_test: need at least 10 codes each")
     if 0 < cfg.eval.during_codes < 30:
-        raise ConfigError(f"eval.during_codes: need at least 30 codes (20 to fit, 10 to score) or 0, "
-                          f"got {cfg.eval.during_codes}")
+        raise ConfigError(
+            f"eval.during_codes: need at least 30 codes (20 to fit, 10 to score) or 0, got {cfg.eval.during_codes}"
+        )
     if o.batch_size % max(1, cfg.distributed.workers) != 0:
-        raise ConfigError(f"optim.batch_size: {o.batch_size} must be divisible by distributed.workers "
-                          f"({cfg.distributed.workers}) so every worker gets the same share")
+        raise ConfigError(
+            f"optim.batch_size: {o.batch_size} must be divisible by distributed.workers "
+            f"({cfg.distributed.workers}) so every worker gets the same share"
+        )
     try:
         spec = cfg.partition_spec()
     except ValueError as exc:
@@ -492,14 +692,19 @@ def validate(cfg: Config) -> None:
             if name not in names:
                 raise ConfigError(f"{key}: unknown partition {name!r}; partitions are {names}")
     if p.transform > 0 and p.transform_partition not in names:
-        raise ConfigError(f"pairing.transform_partition: unknown partition {p.transform_partition!r}; "
-                          f"partitions are {names}")
+        raise ConfigError(
+            f"pairing.transform_partition: unknown partition {p.transform_partition!r}; partitions are {names}"
+        )
     if p.partner == "rendered" and d.source not in ("faces", "shapes"):
-        raise ConfigError(f"pairing.partner: 'rendered' renders the built-in generators but data.source is "
-                          f"{d.source!r}; use pairing.partner: dataset (or batch)")
+        raise ConfigError(
+            f"pairing.partner: 'rendered' renders the built-in generators but data.source is "
+            f"{d.source!r}; use pairing.partner: dataset (or batch)"
+        )
     if p.shared_factor > 0 and not any(part.factors for part in cfg.partitions):
-        raise ConfigError("pairing.shared_factor > 0 but no partition lists factors: give a partition "
-                          "`factors: [...]` or set pairing.shared_factor: 0")
+        raise ConfigError(
+            "pairing.shared_factor > 0 but no partition lists factors: give a partition "
+            "`factors: [...]` or set pairing.shared_factor: 0"
+        )
     _check_partition_factors(cfg)
     if o.mixed_precision == "fp16" and cfg.run.device == "cpu":
         raise ConfigError("optim.mixed_precision: fp16 needs a GPU; use 'bf16' or 'no' on CPU")
@@ -528,10 +733,15 @@ def _check_partition_factors(cfg: Config) -> None:
         if not missing:
             continue
         one = len(missing) == 1
-        what = (("a weak label" if one else "weak labels") + f" in {Path(d.path) / 'manifest.json'} (data.path)"
-                if d.source == "shards" else ("a factor" if one else "factors") + f" of data.source={d.source!r}")
-        raise ConfigError(f"partitions.{i}.factors: {', '.join(map(repr, missing))} {'is' if one else 'are'} "
-                          f"not {what}; available: {', '.join(names['labels'])}")
+        what = (
+            ("a weak label" if one else "weak labels") + f" in {Path(d.path) / 'manifest.json'} (data.path)"
+            if d.source == "shards"
+            else ("a factor" if one else "factors") + f" of data.source={d.source!r}"
+        )
+        raise ConfigError(
+            f"partitions.{i}.factors: {', '.join(map(repr, missing))} {'is' if one else 'are'} "
+            f"not {what}; available: {', '.join(names['labels'])}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,8 +756,9 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
         raise ConfigError(f"{what} {path} does not exist")
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {size:_} bytes, more than a {what} may hold ({MAX_CONFIG_BYTES:_}); "
-                          "is this the right file?")
+        raise ConfigError(
+            f"{path}: {size:_} bytes, more than a {what} may hold ({MAX_CONFIG_BYTES:_}); is this the right file?"
+        )
     data = _safe_load(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
@@ -581,8 +792,10 @@ def _safe_load(text: str, where: str) -> Any:
 def _check_expansion(data: Any, where: str) -> None:
     size = _expanded_size(data, {})
     if size > MAX_CONFIG_NODES:
-        raise ConfigError(f"{where}: its YAML aliases (*name) expand to {size:_} values, more than "
-                          f"{MAX_CONFIG_NODES:_}; write the values out or use fewer nested aliases")
+        raise ConfigError(
+            f"{where}: its YAML aliases (*name) expand to {size:_} values, more than "
+            f"{MAX_CONFIG_NODES:_}; write the values out or use fewer nested aliases"
+        )
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -623,12 +836,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for depth, part in enumerate(parts):
             if isinstance(node, list):
                 if not part.isdigit():
-                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a list; use an index "
-                                      f"0..{len(node) - 1} for {part!r}")
+                    raise ConfigError(
+                        f"--set {key}: {'.'.join(parts[:depth])} is a list; use an index "
+                        f"0..{len(node) - 1} for {part!r}"
+                    )
                 if int(part) >= len(node):
-                    raise ConfigError(f"--set {key}: index {part} is out of range: "
-                                      f"{'.'.join(parts[:depth])} has {len(node)} entries (0..{len(node) - 1}); "
-                                      "set the whole list to add entries, e.g. --set 'partitions=[...]'")
+                    raise ConfigError(
+                        f"--set {key}: index {part} is out of range: "
+                        f"{'.'.join(parts[:depth])} has {len(node)} entries (0..{len(node) - 1}); "
+                        "set the whole list to add entries, e.g. --set 'partitions=[...]'"
+                    )
                 if depth == len(parts) - 1:
                     node[int(part)] = value
                 else:
@@ -654,8 +871,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # userinfo of any scheme://user:password@host (also a token alone as user), and query values
 # whose names say they are secrets (?token=..., &X-Amz-Signature=..., &password=...)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/@:?#]*)(?::(?P<pw>[^\s/@?#]*))?@")
-_SECRET_QUERY = re.compile(r"(?P<name>[?&;][^=&\s#]*(?:token|passw|secret|signature|sig|key|credential|auth)"
-                           r"[^=&\s#]*=)(?P<value>[^&\s#]+)", re.IGNORECASE)
+_SECRET_QUERY = re.compile(
+    r"(?P<name>[?&;][^=&\s#]*(?:token|passw|secret|signature|sig|key|credential|auth)"
+    r"[^=&\s#]*=)(?P<value>[^&\s#]+)",
+    re.IGNORECASE,
+)
 
 
 def redact_uri(text: str) -> str:
@@ -663,6 +883,7 @@ def redact_uri(text: str) -> str:
     ``http://user:***@host``, ``https://TOKEN@host`` -> ``https://***@host``, secret-named query
     values -> ``***``. Idempotent; text without credentials comes back unchanged. Use it wherever
     a URI (or an error message that may quote one) is logged, saved or printed."""
+
     def userinfo(m: re.Match) -> str:
         if m["pw"] is not None:
             return f"{m['scheme']}{m['user']}:***@"
@@ -712,6 +933,8 @@ def explain(cls: type = Config, prefix: str = "") -> list[str]:
             lines += explain(PartitionConfig, key + ".N.")
         else:
             bound = f", max {fl.metadata['max']:_}" if "max" in fl.metadata else ""
-            lines.append(f"{key}  ({_type_name(tp)}, default {getattr(defaults, fl.name)!r}{bound})  "
-                         f"{fl.metadata.get('doc', '')}")
+            lines.append(
+                f"{key}  ({_type_name(tp)}, default {getattr(defaults, fl.name)!r}{bound})  "
+                f"{fl.metadata.get('doc', '')}"
+            )
     return lines

@@ -17,8 +17,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "check_fits", "encode_checkpoint", "load_model", "read_images", "save_codes",
-           "split_codes", "summary_lines"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "check_fits",
+    "encode_checkpoint",
+    "load_model",
+    "read_images",
+    "save_codes",
+    "split_codes",
+    "summary_lines",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -62,8 +70,10 @@ def read_images(path: str | Path) -> tuple[np.ndarray, list[str]]:
     elif p.is_file() and p.suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:
             if "images" not in z.files:
-                raise ValueError(f"{p}: no 'images' array (found {', '.join(z.files) or 'none'}); save the images "
-                                 "as np.savez(FILE, images=array_NHWC)")
+                raise ValueError(
+                    f"{p}: no 'images' array (found {', '.join(z.files) or 'none'}); save the images "
+                    "as np.savez(FILE, images=array_NHWC)"
+                )
             images = z["images"]
         names = [f"images[{i}]" for i in range(len(images))]
     elif p.exists():
@@ -102,8 +112,10 @@ def _read_folder(root: Path) -> tuple[np.ndarray, list[str]]:
             raise ValueError(f"{f}: cannot read the image ({exc})") from None
     for f, a in zip(files, arrays):
         if a.shape != arrays[0].shape:
-            raise ValueError(f"{f}: image shape {a.shape} differs from {files[0].name}'s {arrays[0].shape}; "
-                             "give the folder's images one size and one colour mode")
+            raise ValueError(
+                f"{f}: image shape {a.shape} differs from {files[0].name}'s {arrays[0].shape}; "
+                "give the folder's images one size and one colour mode"
+            )
     return np.stack(arrays), [f.name for f in files]
 
 
@@ -112,13 +124,16 @@ def check_fits(images_NHWC: np.ndarray, cfg, channels: int, where: str) -> None:
     size = cfg.data.image_size
     if images_NHWC.shape[1:] != (size, size, channels):
         _, h, w, c = images_NHWC.shape
-        raise ValueError(f"{where}: images are {h}x{w} with {c} channel(s), the model expects "
-                         f"[N, {size}, {size}, {channels}] (data.image_size={size}, {channels} channel(s)); "
-                         "resize/convert them first")
+        raise ValueError(
+            f"{where}: images are {h}x{w} with {c} channel(s), the model expects "
+            f"[N, {size}, {size}, {channels}] (data.image_size={size}, {channels} channel(s)); "
+            "resize/convert them first"
+        )
 
 
-def encode_checkpoint(checkpoint: str | Path, images: str | Path, batch_size: int | None = None,
-                      device: str = "cpu") -> dict[str, Any]:
+def encode_checkpoint(
+    checkpoint: str | Path, images: str | Path, batch_size: int | None = None, device: str = "cpu"
+) -> dict[str, Any]:
     """Encode the images at ``images`` with the checkpoint's model (eval mode, no grad, batched by
     ``eval.batch_size`` unless given). Returns ``checkpoint``, ``partitions`` (``PartitionSpec.table()``),
     ``names`` (one per image), ``mu`` and ``logvar`` ``[N, D]`` and ``codes`` (:func:`split_codes`)."""
@@ -129,16 +144,24 @@ def encode_checkpoint(checkpoint: str | Path, images: str | Path, batch_size: in
     check_fits(x_NHWC, cfg, model.encoder.trunk[0].in_channels, str(images))
     mu, logvar = encode(model, x_NHWC, batch_size or cfg.eval.batch_size, device, with_logvar=True)
     parts = cfg.partition_spec().table()
-    return {"checkpoint": ckpt, "partitions": parts, "names": names, "mu": mu, "logvar": logvar,
-            "codes": split_codes(mu, parts)}
+    return {
+        "checkpoint": ckpt,
+        "partitions": parts,
+        "names": names,
+        "mu": mu,
+        "logvar": logvar,
+        "codes": split_codes(mu, parts),
+    }
 
 
 def save_codes(result: dict[str, Any], out: str | Path) -> Path:
     """An ``.npz`` with one array per partition, ``mu``, ``logvar`` and ``names``."""
     clash = {"mu", "logvar", "names"} & set(result["codes"])
     if clash:  # partition names are identifiers, so only these three can collide
-        raise ValueError(f"partition name(s) {sorted(clash)} clash with the npz's own arrays; "
-                         "--json prints the codes under 'codes' instead")
+        raise ValueError(
+            f"partition name(s) {sorted(clash)} clash with the npz's own arrays; "
+            "--json prints the codes under 'codes' instead"
+        )
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"--out {out}: the codes are written as .npz; name the file <something>.npz")
@@ -155,7 +178,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     for p in result["partitions"]:
         s = slice(p["start"], p["start"] + p["size"])
-        lines.append(f"{p['name']:<12} dims {p['start']}-{s.stop - 1} ({p['size']}): code std over images "
-                     f"{mu[:, s].std(0).mean():.3f}, posterior sigma {np.exp(0.5 * logvar[:, s]).mean():.3f}, "
-                     f"KL {kl_ND[:, s].sum(1).mean():.2f} nats/image")
+        lines.append(
+            f"{p['name']:<12} dims {p['start']}-{s.stop - 1} ({p['size']}): code std over images "
+            f"{mu[:, s].std(0).mean():.3f}, posterior sigma {np.exp(0.5 * logvar[:, s]).mean():.3f}, "
+            f"KL {kl_ND[:, s].sum(1).mean():.2f} nats/image"
+        )
     return lines

@@ -17,8 +17,18 @@ import torch
 from gvae_dist.config import Config
 from gvae_dist.data.loader import load_eval_arrays
 
-__all__ = ["default_out_dir", "encode", "eval_steps", "evaluate_model", "evaluate_checkpoint", "format_summary",
-           "heldout_elbo", "metric_names", "resolve_checkpoint", "summarize"]
+__all__ = [
+    "default_out_dir",
+    "encode",
+    "eval_steps",
+    "evaluate_model",
+    "evaluate_checkpoint",
+    "format_summary",
+    "heldout_elbo",
+    "metric_names",
+    "resolve_checkpoint",
+    "summarize",
+]
 
 
 @torch.no_grad()
@@ -60,8 +70,13 @@ def heldout_elbo(cfg: Config, model, images_NHWC: np.ndarray, device, seed: int 
         mu, logvar = (t.float() for t in model.encode(x))
         eps = torch.randn(mu.shape, generator=gen).to(device)
         logits = model.decode(mu + eps * torch.exp(0.5 * logvar)).float()
-        recon += reconstruction_loss(logits, x, cfg.objective.likelihood, cfg.objective.gaussian_std,
-                                     cfg.objective.gaussian_calibrated).sum().item()
+        recon += (
+            reconstruction_loss(
+                logits, x, cfg.objective.likelihood, cfg.objective.gaussian_std, cfg.objective.gaussian_calibrated
+            )
+            .sum()
+            .item()
+        )
         kl += (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum().item()
     model.train(was_training)
     n = max(1, len(images_NHWC))
@@ -83,8 +98,9 @@ def eval_steps(cfg: Config) -> set[int]:
     return {s for s in points if 0 < s < steps}
 
 
-def evaluate_model(cfg: Config, model, device, out_dir: str | Path | None = None,
-                   during: bool = False) -> dict[str, Any]:
+def evaluate_model(
+    cfg: Config, model, device, out_dir: str | Path | None = None, during: bool = False
+) -> dict[str, Any]:
     """DCI (+ per-partition view, MIG, SAP) of ``model`` on held-out data; writes metrics.json
     and the pictures of :func:`gvae_dist.plots.write_eval_plots` into ``out_dir``.
 
@@ -101,13 +117,23 @@ def evaluate_model(cfg: Config, model, device, out_dir: str | Path | None = None
     codes, logvars = encode(model, images, e.batch_size, device, with_logvar=True)
     spec = cfg.partition_spec()
     result = evaluate_codes(
-        codes[:n_train], factors[:n_train], codes[n_train:], factors[n_train:],
-        factor_names=info.factor_names, discrete=info.factor_discrete,
-        partitions=spec.sizes(), intended={p.name: list(p.factors) for p in spec if p.factors},
-        method=e.method, seed=cfg.run.seed, n_jobs=e.jobs,
+        codes[:n_train],
+        factors[:n_train],
+        codes[n_train:],
+        factors[n_train:],
+        factor_names=info.factor_names,
+        discrete=info.factor_discrete,
+        partitions=spec.sizes(),
+        intended={p.name: list(p.factors) for p in spec if p.factors},
+        method=e.method,
+        seed=cfg.run.seed,
+        n_jobs=e.jobs,
     )
-    result = {**summarize(result), **heldout_elbo(cfg, model, images[n_train:], device, cfg.run.seed),
-              "details": result}
+    result = {
+        **summarize(result),
+        **heldout_elbo(cfg, model, images[n_train:], device, cfg.run.seed),
+        "details": result,
+    }
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -159,8 +185,15 @@ def metric_names(cfg: Config, factor_names: list[str]) -> list[str]:
     """The numeric keys of an evaluation result (:func:`summarize` + :func:`heldout_elbo`), which
     a training run logs as ``eval/<name>``, for ``cfg`` on data whose factors are ``factor_names``."""
     spec = cfg.partition_spec()
-    names = [*HEADLINE, *(f"all/{k}" for k in HEADLINE), *(f"informativeness/{f}" for f in factor_names),
-             "mig", "sap", "partition_disentanglement", "partition_completeness"]
+    names = [
+        *HEADLINE,
+        *(f"all/{k}" for k in HEADLINE),
+        *(f"informativeness/{f}" for f in factor_names),
+        "mig",
+        "sap",
+        "partition_disentanglement",
+        "partition_completeness",
+    ]
     owned = [p.name for p in spec if any(f in factor_names for f in p.factors)]
     if owned:
         names += ["partition_purity", *(f"purity/{name}" for name in owned), "purity_mean"]
@@ -186,13 +219,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
             listed = list_checkpoints(root)
             if listed:
                 what = "does not exist" if not p.exists() else "is not a checkpoint (no config.yaml + state.pt)"
-                raise FileNotFoundError(f"{p} {what}; checkpoints under {root}: "
-                                        f"{', '.join(c.name for c in listed)}")
+                raise FileNotFoundError(f"{p} {what}; checkpoints under {root}: {', '.join(c.name for c in listed)}")
     if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist; give a checkpoint directory "
-                                "(runs/<name>/checkpoints/step_N) or a run directory (runs/<name>)")
-    raise FileNotFoundError(f"{p} holds no checkpoint: neither config.yaml + state.pt nor "
-                            "checkpoints/step_* with meta.json; give runs/<name> or runs/<name>/checkpoints/step_N")
+        raise FileNotFoundError(
+            f"{p} does not exist; give a checkpoint directory "
+            "(runs/<name>/checkpoints/step_N) or a run directory (runs/<name>)"
+        )
+    raise FileNotFoundError(
+        f"{p} holds no checkpoint: neither config.yaml + state.pt nor "
+        "checkpoints/step_* with meta.json; give runs/<name> or runs/<name>/checkpoints/step_N"
+    )
 
 
 def default_out_dir(checkpoint: Path) -> Path:
@@ -203,8 +239,9 @@ def default_out_dir(checkpoint: Path) -> Path:
     return run_dir / "eval"
 
 
-def evaluate_checkpoint(checkpoint: str | Path, cfg: Config | None = None, out_dir: str | Path | None = None,
-                        device: str = "cpu") -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path, cfg: Config | None = None, out_dir: str | Path | None = None, device: str = "cpu"
+) -> dict[str, Any]:
     """Load a checkpoint directory (its own config unless ``cfg`` is given) and evaluate it;
     writes into ``out_dir`` (default :func:`default_out_dir`)."""
     from gvae_dist.checkpoint import load_checkpoint
@@ -223,22 +260,32 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: Config | None = None, out_d
 def format_summary(result: dict[str, Any]) -> list[str]:
     """Readable lines of an evaluation result: DCI headline (targeted, all factors), partition
     purity, MIG/SAP, held-out -ELBO, informativeness per factor."""
+
     def dci(prefix: str) -> str:
         g = lambda k: result[f"{prefix}{k}"]  # noqa: E731
-        return (f"disentanglement {g('disentanglement'):.3f}  completeness {g('completeness'):.3f}  "
-                f"informativeness {g('informativeness'):.3f} (error {g('informativeness_error'):.3f})  "
-                f"mean {g('dci_mean'):.3f}")
+        return (
+            f"disentanglement {g('disentanglement'):.3f}  completeness {g('completeness'):.3f}  "
+            f"informativeness {g('informativeness'):.3f} (error {g('informativeness_error'):.3f})  "
+            f"mean {g('dci_mean'):.3f}"
+        )
 
-    lines = [f"DCI over targeted factors ({', '.join(result['targeted_factors'])}): {dci('')}",
-             f"DCI over all factors: {dci('all/')}"]
+    lines = [
+        f"DCI over targeted factors ({', '.join(result['targeted_factors'])}): {dci('')}",
+        f"DCI over all factors: {dci('all/')}",
+    ]
     if "partition_purity" in result:
         parts = ", ".join(f"{k.removeprefix('purity/')} {v:.3f}" for k, v in result.items() if k.startswith("purity/"))
         lines.append(f"partition purity {result['partition_purity']:.3f} (factor-wise); by partition: {parts}")
-    lines.append(f"MIG {result['mig']:.3f}  SAP {result['sap']:.3f}  held-out -ELBO {result['neg_elbo']:.1f} nats "
-                 f"(recon {result['recon']:.1f} + KL {result['kl']:.1f})")
+    lines.append(
+        f"MIG {result['mig']:.3f}  SAP {result['sap']:.3f}  held-out -ELBO {result['neg_elbo']:.1f} nats "
+        f"(recon {result['recon']:.1f} + KL {result['kl']:.1f})"
+    )
     measures = result.get("informativeness_measures", {})
-    per = ", ".join(f"{name} {result[f'informativeness/{name}']:.3f} ({measures.get(name, '?')})"
-                    for name in measures if f"informativeness/{name}" in result)
+    per = ", ".join(
+        f"{name} {result[f'informativeness/{name}']:.3f} ({measures.get(name, '?')})"
+        for name in measures
+        if f"informativeness/{name}" in result
+    )
     if per:
         lines.append(f"informativeness per factor: {per}")
     return lines

@@ -97,9 +97,7 @@ def _as_matrix(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _check_split(
-    codes: Any, factors: Any, discrete: list[bool], suffix: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_split(codes: Any, factors: Any, discrete: list[bool], suffix: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate one (codes [N, C], factors [N, F]) pair, named ``codes{suffix}`` in messages."""
     cname, fname = f"codes{suffix}", f"factors{suffix}"
     codes_NC = _as_matrix(codes, cname)
@@ -161,13 +159,9 @@ def _check_method(method: str) -> None:
 def _check_importance(importance_CF: Any) -> np.ndarray:
     imp_CF = np.asarray(importance_CF, dtype=np.float64)
     if imp_CF.ndim != 2 or imp_CF.size == 0:
-        raise ValueError(
-            f"importance_CF must be a non-empty 2-D array [codes, factors], got shape {imp_CF.shape}"
-        )
+        raise ValueError(f"importance_CF must be a non-empty 2-D array [codes, factors], got shape {imp_CF.shape}")
     if not np.isfinite(imp_CF).all() or (imp_CF < 0).any():
-        raise ValueError(
-            "importance_CF must be finite and non-negative; take np.abs of signed weights"
-        )
+        raise ValueError("importance_CF must be finite and non-negative; take np.abs of signed weights")
     return imp_CF
 
 
@@ -185,9 +179,7 @@ def _standardise(train_N: np.ndarray, test_N: np.ndarray) -> tuple[np.ndarray, n
 def _make_model(method: str, discrete: bool, seed: int, n_train: int) -> Any:
     if method == "gbt":
         # sklearn defaults (100 trees of depth 3) are disentanglement_lib's settings.
-        return (GradientBoostingClassifier if discrete else GradientBoostingRegressor)(
-            random_state=seed
-        )
+        return (GradientBoostingClassifier if discrete else GradientBoostingRegressor)(random_state=seed)
     if method == "forest":
         cls = RandomForestClassifier if discrete else RandomForestRegressor
         return cls(n_estimators=100, min_samples_leaf=5, random_state=seed, n_jobs=1)
@@ -299,21 +291,21 @@ def importance_matrix(
     cost_F = [np.unique(ytr_NF[:, j]).size if discrete[j] else 1 for j in range(n_factors)]
     order = sorted(range(n_factors), key=lambda j: -cost_F[j])
     jobs = (
-        delayed(_fit_factor)(
-            xtr_NC, ytr_NF[:, j], xte_NC, yte_NF[:, j], bool(discrete[j]), method, seed
-        )
-        for j in order
+        delayed(_fit_factor)(xtr_NC, ytr_NF[:, j], xte_NC, yte_NF[:, j], bool(discrete[j]), method, seed) for j in order
     )
     # In order as they finish (joblib's generator); a bar on an interactive terminal only
     # (tqdm's disable=None: quiet in logs, pytest, Ray workers), gone when the fits are done.
-    done = list(_progress(Parallel(n_jobs=max(1, min(n_jobs, n_factors)), return_as="generator")(jobs),
-                          n_factors, "eval: factor predictors"))
+    done = list(
+        _progress(
+            Parallel(n_jobs=max(1, min(n_jobs, n_factors)), return_as="generator")(jobs),
+            n_factors,
+            "eval: factor predictors",
+        )
+    )
     results = [done[order.index(j)] for j in range(n_factors)]
     importance_CF = np.stack([imp_C for imp_C, _ in results], axis=1)
     totals_F = importance_CF.sum(axis=0, keepdims=True)
-    importance_CF = np.divide(
-        importance_CF, totals_F, out=np.zeros_like(importance_CF), where=totals_F > 0
-    )
+    importance_CF = np.divide(importance_CF, totals_F, out=np.zeros_like(importance_CF), where=totals_F > 0)
     return importance_CF, [info for _, info in results]
 
 
@@ -391,8 +383,13 @@ def dci_over(
     sub_CF = imp_CF[:, cols]
     d, c = disentanglement(sub_CF), completeness(sub_CF)
     i = float(np.mean([informativeness_F[j] for j in cols]))
-    return {"disentanglement": d, "completeness": c, "informativeness": i,
-            "informativeness_error": 1.0 - i, "dci_mean": (d + c + i) / 3.0}
+    return {
+        "disentanglement": d,
+        "completeness": c,
+        "informativeness": i,
+        "informativeness_error": 1.0 - i,
+        "dci_mean": (d + c + i) / 3.0,
+    }
 
 
 def dci(
@@ -457,9 +454,7 @@ def _factor_names(factor_names: list[str] | None, n_factors: int) -> list[str]:
         return [f"factor_{j}" for j in range(n_factors)]
     names = list(factor_names)
     if len(names) != n_factors or len(set(names)) != n_factors:
-        raise ValueError(
-            f"factor_names must be {n_factors} distinct names (one per factor column), got {names}"
-        )
+        raise ValueError(f"factor_names must be {n_factors} distinct names (one per factor column), got {names}")
     return names
 
 
@@ -484,9 +479,7 @@ def _check_partitions(partitions: list[tuple[str, int]], n_codes: int) -> list[t
     return [(n, int(s)) for n, s in parts]
 
 
-def partition_importance(
-    importance_CF: np.ndarray, partitions: list[tuple[str, int]]
-) -> np.ndarray:
+def partition_importance(importance_CF: np.ndarray, partitions: list[tuple[str, int]]) -> np.ndarray:
     """Sum the importance rows of each contiguous partition, in order: [C, F] -> [P, F].
 
     partitions: ``[(name, size), ...]`` covering the C code dims left to right.
@@ -497,9 +490,7 @@ def partition_importance(
     return np.stack([block.sum(axis=0) for block in np.split(imp_CF, stops[:-1])], axis=0)
 
 
-def _owners(
-    intended: dict[str, list[str]], part_names: list[str], names: list[str]
-) -> dict[str, str]:
+def _owners(intended: dict[str, list[str]], part_names: list[str], names: list[str]) -> dict[str, str]:
     """Factor name -> the partition meant to hold it; validates ``intended``."""
     owner: dict[str, str] = {}
     for part, factors in intended.items():
@@ -599,9 +590,7 @@ def _factor_labels(factors_NF: np.ndarray, discrete: list[bool], num_bins: int) 
     return binned_NF
 
 
-def mig(
-    codes_NC: np.ndarray, factors_NF: np.ndarray, discrete: list[bool], num_bins: int = 20
-) -> dict[str, Any]:
+def mig(codes_NC: np.ndarray, factors_NF: np.ndarray, discrete: list[bool], num_bins: int = 20) -> dict[str, Any]:
     """Mutual Information Gap: per factor, (top-1 minus top-2 MI over codes) / H(factor).
 
     Codes are discretised into ``num_bins`` equal-width bins, continuous factors too; MI and
@@ -617,14 +606,9 @@ def mig(
     labels_NF = _factor_labels(factors_NF, discrete, num_bins)
     n_codes, n_factors = codes_NC.shape[1], factors_NF.shape[1]
     mi_CF = np.array(
-        [
-            [mutual_info_score(labels_NF[:, j], codes_bin_NC[:, i]) for j in range(n_factors)]
-            for i in range(n_codes)
-        ]
+        [[mutual_info_score(labels_NF[:, j], codes_bin_NC[:, i]) for j in range(n_factors)] for i in range(n_codes)]
     )
-    entropy_F = np.array(
-        [mutual_info_score(labels_NF[:, j], labels_NF[:, j]) for j in range(n_factors)]
-    )
+    entropy_F = np.array([mutual_info_score(labels_NF[:, j], labels_NF[:, j]) for j in range(n_factors)])
     sorted_CF = np.sort(mi_CF, axis=0)
     gap_F = (sorted_CF[-1] - sorted_CF[-2]) / entropy_F
     return {
@@ -707,9 +691,7 @@ def evaluate_codes(
     ``purity_by_partition`` (:func:`purity_by_partition`), both None when ``intended`` names no
     factor.
     """
-    xtr_NC, ytr_NF, xte_NC, yte_NF = _check_train_test(
-        codes_train, factors_train, codes_test, factors_test, discrete
-    )
+    xtr_NC, ytr_NF, xte_NC, yte_NF = _check_train_test(codes_train, factors_train, codes_test, factors_test, discrete)
     names = _factor_names(factor_names, ytr_NF.shape[1])
     if partitions is not None:
         _check_partitions(partitions, xtr_NC.shape[1])
@@ -753,11 +735,7 @@ def evaluate_codes(
             "importance": imp_PF.tolist(),
             "disentanglement": disentanglement(imp_PF),
             "completeness": completeness(imp_PF),
-            "purity": partition_purity(imp_CF, partitions, intended, names)
-            if has_intended
-            else None,
-            "purity_by_partition": purity_by_partition(imp_CF, partitions, intended, names)
-            if has_intended
-            else None,
+            "purity": partition_purity(imp_CF, partitions, intended, names) if has_intended else None,
+            "purity_by_partition": purity_by_partition(imp_CF, partitions, intended, names) if has_intended else None,
         }
     return out

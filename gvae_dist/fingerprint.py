@@ -15,14 +15,35 @@ import hashlib
 import json
 from typing import Any
 
-__all__ = ["ADDED", "RUN_LOCAL", "MOOT", "RESUME_SAFE", "fingerprinted", "fingerprint", "flat", "differing_keys",
-           "resume_fingerprint"]
+__all__ = [
+    "ADDED",
+    "RUN_LOCAL",
+    "MOOT",
+    "RESUME_SAFE",
+    "fingerprinted",
+    "fingerprint",
+    "flat",
+    "differing_keys",
+    "resume_fingerprint",
+]
 
 # Config keys that say where and how a run executes, not what it computes.
 RUN_LOCAL: dict[str, Any] = {
-    "run": {"name", "output_dir", "resume", "keep_checkpoints", "checkpoint_every", "log_every",
-            "threads", "retain_freed_memory", "checkpoint_signal", "stop_file", "device"},
-    "tracking": "*", "distributed": "*",
+    "run": {
+        "name",
+        "output_dir",
+        "resume",
+        "keep_checkpoints",
+        "checkpoint_every",
+        "log_every",
+        "threads",
+        "retain_freed_memory",
+        "checkpoint_signal",
+        "stop_file",
+        "device",
+    },
+    "tracking": "*",
+    "distributed": "*",
     "data": {"path", "num_workers", "verify", "backend"},
     "eval": {"batch_size", "jobs"},
     "optim": {"compile", "channels_last"},
@@ -41,11 +62,18 @@ MOOT = [
 # Keys added after fingerprints were first stored (study result.json files, checkpoints), with
 # the default that reproduces what runs computed before the key existed. A key at that value is
 # dropped before hashing, so run directories made before it was added are still recognised.
-ADDED: dict[tuple[str, str], Any] = {("objective", "warmup_steps"): 0, ("gate", "drop_high_loss"): 0.0,
-                                     ("gate", "regularizer"): False, ("optim", "schedule"): "constant",
-                                     ("optim", "min_lr"): 0.0, ("optim", "lr_warmup_steps"): 0,
-                                     ("optim", "lr_warmup_fraction"): 0.0, ("objective", "gamma"): 1000.0,
-                                     ("objective", "capacity_max"): 25.0, ("objective", "capacity_steps"): 100_000}
+ADDED: dict[tuple[str, str], Any] = {
+    ("objective", "warmup_steps"): 0,
+    ("gate", "drop_high_loss"): 0.0,
+    ("gate", "regularizer"): False,
+    ("optim", "schedule"): "constant",
+    ("optim", "min_lr"): 0.0,
+    ("optim", "lr_warmup_steps"): 0,
+    ("optim", "lr_warmup_fraction"): 0.0,
+    ("objective", "gamma"): 1000.0,
+    ("objective", "capacity_max"): 25.0,
+    ("objective", "capacity_steps"): 100_000,
+}
 
 # Keys that may change when a run is resumed without changing what the steps so far computed.
 RESUME_SAFE: dict[str, Any] = {"optim": {"steps"}}
@@ -103,10 +131,12 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def differing_keys(theirs: dict[str, Any], mine: dict[str, Any], resume: bool = False) -> list[str]:
     """``"key: <theirs> there, <mine> here"`` for every fingerprinted key (and, with ``resume``,
     not a :data:`RESUME_SAFE` key) in which two ``Config.to_dict()`` differ."""
+
     def view(c: dict[str, Any]) -> dict[str, Any]:
         out = fingerprinted(c)
         return flat(_drop(out, RESUME_SAFE) if resume else out)
 
     a, b = view(theirs), view(mine)
-    return [f"{k}: {a.get(k, '?')!r} there, {b.get(k, '?')!r} here"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [
+        f"{k}: {a.get(k, '?')!r} there, {b.get(k, '?')!r} here" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+    ]

@@ -80,8 +80,7 @@ class PartitionSpec:
         if start != latent_dim:
             sizes = " + ".join(f"{p.name}:{p.size}" for p in parts)
             raise ValueError(
-                f"partitions: sizes add up to {start} ({sizes}) but model.latent_dim is {latent_dim}; "
-                "make them equal"
+                f"partitions: sizes add up to {start} ({sizes}) but model.latent_dim is {latent_dim}; make them equal"
             )
         self.partitions: tuple[Partition, ...] = tuple(parts)
         self.latent_dim = latent_dim

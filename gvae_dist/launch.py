@@ -60,8 +60,20 @@ from gvae_dist.train import (
     train_loop,
 )
 
-__all__ = ["launch", "RayHooks", "resolve_config", "check_resources", "check_address", "ClusterUnreachable",
-           "local_cpus", "free_port", "connect", "disconnect", "run_exists", "build_trainer"]
+__all__ = [
+    "launch",
+    "RayHooks",
+    "resolve_config",
+    "check_resources",
+    "check_address",
+    "ClusterUnreachable",
+    "local_cpus",
+    "free_port",
+    "connect",
+    "disconnect",
+    "run_exists",
+    "build_trainer",
+]
 
 
 def _candidates_on_disk(cfg: Config) -> list[Candidate]:
@@ -107,8 +119,9 @@ class RayHooks(RunHooks):
             self._copy.parent.mkdir(parents=True, exist_ok=True)
             name = Path(ckpt.path).name
             local = Path(ckpt.to_directory(str(self._copy)))
-            found.append(Candidate(int(name.split("_")[1]), local,
-                                   f"{storage.rstrip('/')}/{cfg.run.name}/{name}/state.pt"))
+            found.append(
+                Candidate(int(name.split("_")[1]), local, f"{storage.rstrip('/')}/{cfg.run.name}/{name}/state.pt")
+            )
         return found
 
     def restored(self, cfg: Config) -> None:
@@ -120,8 +133,12 @@ class RayHooks(RunHooks):
         import ray.train
 
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step_{int(metrics['step']):08d}",
-                         delete_local_checkpoint_after_upload=False)
+        ray.train.report(
+            metrics,
+            checkpoint=ckpt,
+            checkpoint_dir_name=f"step_{int(metrics['step']):08d}",
+            delete_local_checkpoint_after_upload=False,
+        )
 
 
 def _quiet_report_log() -> None:
@@ -143,9 +160,13 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
         # a worker that raises makes Ray Train drop the checkpoint it just reported and restart
         # the group; returning keeps it, and the driver re-raises (exit 75: requeue and resume)
         return {"preempted": {"step": stop.step, "reason": stop.reason}}
-    return {"step": result.step, "metrics": result.metrics, "eval_metrics": result.eval_metrics,
-            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-            "tracking_run_id": result.tracking_run_id}
+    return {
+        "step": result.step,
+        "metrics": result.metrics,
+        "eval_metrics": result.eval_metrics,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "tracking_run_id": result.tracking_run_id,
+    }
 
 
 def free_port() -> int:
@@ -172,9 +193,11 @@ def check_address(address: str, source: str, timeout: float = ADDRESS_TIMEOUT_S)
         return
     scheme, sep, rest = address.partition("://")
     if sep and scheme in ("http", "https"):
-        raise ConfigError(f"{source}: {address!r} is a dashboard / job-submission URL; training joins the "
-                          "cluster's GCS address host:port (the head's --port, 6379 by default); or submit "
-                          f"the run there: ray job submit --address {address} -- gvae-dist train ...")
+        raise ConfigError(
+            f"{source}: {address!r} is a dashboard / job-submission URL; training joins the "
+            "cluster's GCS address host:port (the head's --port, 6379 by default); or submit "
+            f"the run there: ray job submit --address {address} -- gvae-dist train ..."
+        )
     if sep and scheme != "ray":
         raise ConfigError(f"{source}: {address!r} has an unknown scheme {scheme!r}; use host:port or ray://host:port")
     target = rest if sep else address
@@ -189,7 +212,8 @@ def check_address(address: str, source: str, timeout: float = ADDRESS_TIMEOUT_S)
         raise ClusterUnreachable(
             f"{source}={address}: no Ray cluster accepts connections there ({why}, waited at most "
             f"{timeout:.0f} s). Start one (ops/ray_head.sh start prints its address), fix the address, "
-            "or leave it unset to train on a private local cluster") from None
+            "or leave it unset to train on a private local cluster"
+        ) from None
 
 
 def _is_uri(path: str) -> bool:
@@ -261,19 +285,23 @@ def check_resources(cfg: Config, nodes: list[dict[str, float]]) -> None:
             + (" (+1 GPU each, distributed.use_gpu)" if d.use_gpu else "")
             + f" cannot be placed: the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs on "
             f"{len(nodes)} node(s), room for {fits} such worker(s). Lower distributed.workers or "
-            "distributed.cpus_per_worker, or add nodes")
+            "distributed.cpus_per_worker, or add nodes"
+        )
 
 
 def _validate(cfg: Config) -> None:
     d = cfg.distributed
     if d.workers < 1:
-        raise ConfigError("distributed.workers: launch() needs at least 1 Ray worker "
-                          "(0 means: run train_loop in this process)")
+        raise ConfigError(
+            "distributed.workers: launch() needs at least 1 Ray worker (0 means: run train_loop in this process)"
+        )
     if d.cpus_per_worker < 1:
         raise ConfigError(f"distributed.cpus_per_worker: must be >= 1, got {d.cpus_per_worker}")
     if cfg.optim.mixed_precision == "fp16" and not d.use_gpu:
-        raise ConfigError("optim.mixed_precision: fp16 runs only on GPU workers (set "
-                          "distributed.use_gpu=true), use 'bf16' or 'no' on CPU workers")
+        raise ConfigError(
+            "optim.mixed_precision: fp16 runs only on GPU workers (set "
+            "distributed.use_gpu=true), use 'bf16' or 'no' on CPU workers"
+        )
     if d.use_gpu and cfg.run.device == "cpu":
         raise ConfigError("run.device: 'cpu' contradicts distributed.use_gpu=true")
 
@@ -291,8 +319,14 @@ def run_exists(storage: str, name: str) -> bool:
 
 
 # Environment of a private local cluster (see _private_session); restored by disconnect.
-_SESSION_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS",
-                "RAY_enable_metrics_collection", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+_SESSION_ENV = (
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_enable_metrics_collection",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+)
 _saved_env: dict[str, str | None] = {}
 _saved_cluster_flag: list[bool] = []
 _guards: dict[str, Any] = {}  # session dir -> its orphan guard process (gvae_dist.orphan_guard)
@@ -345,9 +379,13 @@ def _private_session(dashboard_port: int) -> Path:
     # (without it, it warns every second). The cleaner finds the API by auto-detection, which
     # picks the newest of *all* Ray clusters on the machine and can then declare our controller
     # dead and remove our workers' placement group: pin it to ours.
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
-                      RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dashboard_port}",
-                      RAY_enable_metrics_collection="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    os.environ.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+        RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dashboard_port}",
+        RAY_enable_metrics_collection="0",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+    )
     _single_node_loopback(True)
     _reload_ray_auth()
     return session
@@ -382,9 +420,16 @@ def connect(cfg: Config) -> str | None:
     _guards[str(session)] = orphan_guard.start(session)
     temp_dir = session / "r"
     try:
-        ctx = ray.init(address="local", num_cpus=local_cpus(), include_dashboard=True,
-                       dashboard_host="127.0.0.1", dashboard_port=port, _temp_dir=str(temp_dir),
-                       _node_ip_address="127.0.0.1", log_to_driver=True)
+        ctx = ray.init(
+            address="local",
+            num_cpus=local_cpus(),
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            _temp_dir=str(temp_dir),
+            _node_ip_address="127.0.0.1",
+            log_to_driver=True,
+        )
     except BaseException:
         disconnect(str(session), keep_logs=True)
         raise
@@ -393,11 +438,13 @@ def connect(cfg: Config) -> str | None:
     # not last: the 0700 session dir around them is what keeps other users out.
     node_ip = ctx.address_info.get("node_ip_address")
     if node_ip != "127.0.0.1":  # a Ray version that ignores the single-node flag
-        warnings.warn(f"the private Ray cluster runs on node IP {node_ip}, not 127.0.0.1: its services "
-                      "may be reachable from the network (token authentication is on)", RuntimeWarning,
-                      stacklevel=2)
-    print(f"[gvae-dist] local Ray cluster (temp dir {temp_dir}); dashboard http://{ctx.dashboard_url}",
-          flush=True)
+        warnings.warn(
+            f"the private Ray cluster runs on node IP {node_ip}, not 127.0.0.1: its services "
+            "may be reachable from the network (token authentication is on)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    print(f"[gvae-dist] local Ray cluster (temp dir {temp_dir}); dashboard http://{ctx.dashboard_url}", flush=True)
     return str(session)
 
 
@@ -464,11 +511,15 @@ def build_trainer(cfg: Config, run_id: str | None, callbacks: list | None = None
         _train_worker,
         train_loop_config={"config": _shipped_config(cfg), "tracking_run_id": run_id},
         scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=d.use_gpu, resources_per_worker=_per_worker(cfg)),
-        run_config=RunConfig(name=cfg.run.name, storage_path=d.storage_path, callbacks=callbacks,
-                             failure_config=FailureConfig(max_failures=d.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-                             logging_config=LoggingConfig(log_level="WARNING"),
-                             worker_runtime_env={"env_vars": worker_env(cfg)}),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=d.storage_path,
+            callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=d.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            worker_runtime_env={"env_vars": worker_env(cfg)},
+        ),
     )
 
 
@@ -534,12 +585,16 @@ def _launch(cfg: Config, ray) -> TrainResult:
     d, storage, name = cfg.distributed, cfg.distributed.storage_path, cfg.run.name
     exists = run_exists(storage, name)
     if exists and not cfg.run.resume:
-        raise ConfigError(f"run.resume: false, but Ray Train run {storage}/{name} exists and would be "
-                          "resumed; delete it, pick another run.name, or set run.resume=true")
+        raise ConfigError(
+            f"run.resume: false, but Ray Train run {storage}/{name} exists and would be "
+            "resumed; delete it, pick another run.name, or set run.resume=true"
+        )
     on_disk = _candidates_on_disk(cfg)
     if on_disk and not cfg.run.resume:
-        raise ConfigError(f"run.resume: false, but {cfg.run_dir()} holds checkpoints; pick another "
-                          "run.name, move that directory away, or set run.resume=true")
+        raise ConfigError(
+            f"run.resume: false, but {cfg.run_dir()} holds checkpoints; pick another "
+            "run.name, move that directory away, or set run.resume=true"
+        )
     if on_disk:  # refuse a different config here, not after Ray has retried every worker
         newest = max(on_disk, key=lambda c: c.step)
         check_resume_config(cfg, newest.path)
@@ -549,16 +604,21 @@ def _launch(cfg: Config, ray) -> TrainResult:
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         check_resources(cfg, nodes)
         if len(nodes) > 1 and cfg.tracking.enabled and tracking_uri(cfg).startswith("sqlite:"):
-            warnings.warn(f"tracking.uri={cfg.tracking.uri} is a file on this machine, but rank 0 may "
-                          "run on another node (then the run is not tracked): use a tracking server "
-                          "(ops/mlflow_server.sh) or a path on a shared filesystem", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"tracking.uri={cfg.tracking.uri} is a file on this machine, but rank 0 may "
+                "run on another node (then the run is not tracked): use a tracking server "
+                "(ops/mlflow_server.sh) or a path on a shared filesystem",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         run_key = redact_uri(f"{storage}/{name}")  # an MLflow tag and printed
         run_id = open_run(cfg, run_key, reuse=exists)
-        print(f"[gvae-dist] Ray Train: {d.workers} worker(s) x {_per_worker(cfg)} on "
-              f"{ray.get_runtime_context().gcs_address}; {'resuming' if exists else 'new'} run "
-              f"{run_key}; MLflow run {run_id} at {redact_uri(tracking_uri(cfg)) if cfg.tracking.enabled else '-'}",
-              flush=True)
+        print(
+            f"[gvae-dist] Ray Train: {d.workers} worker(s) x {_per_worker(cfg)} on "
+            f"{ray.get_runtime_context().gcs_address}; {'resuming' if exists else 'new'} run "
+            f"{run_key}; MLflow run {run_id} at {redact_uri(tracking_uri(cfg)) if cfg.tracking.enabled else '-'}",
+            flush=True,
+        )
         trainer = build_trainer(cfg, run_id)
         try:
             result = _fit_interruptibly(trainer, ray)
@@ -575,14 +635,14 @@ def _launch(cfg: Config, ray) -> TrainResult:
     back = result.return_value or {}
     ckpt = result.checkpoint
     if "preempted" in back:
-        raise Preempted(back["preempted"]["step"], Path(ckpt.path) if ckpt else None,
-                        back["preempted"]["reason"])
+        raise Preempted(back["preempted"]["step"], Path(ckpt.path) if ckpt else None, back["preempted"]["reason"])
     return TrainResult(
         step=int(back.get("step") or (result.metrics or {}).get("step", 0)),
         metrics=back.get("metrics") or result.metrics or {},
         eval_metrics=back.get("eval_metrics"),
         run_dir=cfg.run_dir(),
-        checkpoint=Path(ckpt.path) if ckpt is not None and not _is_uri(storage) else
-        (Path(back["checkpoint"]) if back.get("checkpoint") else None),
+        checkpoint=Path(ckpt.path)
+        if ckpt is not None and not _is_uri(storage)
+        else (Path(back["checkpoint"]) if back.get("checkpoint") else None),
         tracking_run_id=back.get("tracking_run_id") or run_id,
     )

@@ -63,14 +63,10 @@ def layer_channels(image_size: int, channels: Sequence[int]) -> list[int]:
             non-positive entry.
     """
     if image_size not in SUPPORTED_IMAGE_SIZES:
-        raise ValueError(
-            f"image_size must be one of {sorted(SUPPORTED_IMAGE_SIZES)}, got {image_size!r}"
-        )
+        raise ValueError(f"image_size must be one of {sorted(SUPPORTED_IMAGE_SIZES)}, got {image_size!r}")
     channels = list(channels)
     if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-        raise ValueError(
-            f"channels must be a non-empty list of positive integers, got {channels!r}"
-        )
+        raise ValueError(f"channels must be a non-empty list of positive integers, got {channels!r}")
     n_layers = SUPPORTED_IMAGE_SIZES[image_size]
     return (channels + [channels[-1]] * n_layers)[:n_layers]
 
@@ -234,5 +230,10 @@ def build_model(cfg: Config, channels: int) -> GatedVAE:
     """The :class:`GatedVAE` that ``cfg.model`` and ``cfg.data.image_size`` describe, for images
     with ``channels`` channels (training, evaluation and every tool that loads a checkpoint)."""
     m = cfg.model
-    return GatedVAE(in_channels=channels, image_size=cfg.data.image_size, latent_dim=m.latent_dim,
-                    channels=tuple(m.channels), hidden=m.hidden)
+    return GatedVAE(
+        in_channels=channels,
+        image_size=cfg.data.image_size,
+        latent_dim=m.latent_dim,
+        channels=tuple(m.channels),
+        hidden=m.hidden,
+    )

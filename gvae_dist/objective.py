@@ -123,9 +123,7 @@ def reconstruction_loss(
         ``loss_B``.
     """
     if logits_BCHW.shape != target_BCHW.shape:
-        raise ValueError(
-            f"logits shape {tuple(logits_BCHW.shape)} != target shape {tuple(target_BCHW.shape)}"
-        )
+        raise ValueError(f"logits shape {tuple(logits_BCHW.shape)} != target shape {tuple(target_BCHW.shape)}")
     logits_BCHW, target_BCHW = _fp32(logits_BCHW), _fp32(target_BCHW)
     if likelihood == "bernoulli":
         nll_BCHW = F.binary_cross_entropy_with_logits(logits_BCHW, target_BCHW, reduction="none")
@@ -140,9 +138,7 @@ def reconstruction_loss(
             std, log_std = gaussian_std, math.log(gaussian_std)
         nll_BCHW = err_BCHW.square() / (2.0 * std**2) + (log_std + 0.5 * math.log(2.0 * math.pi))
     else:
-        raise ValueError(
-            f"objective.likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}"
-        )
+        raise ValueError(f"objective.likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
     return nll_BCHW.flatten(1).sum(1)
 
 
@@ -179,8 +175,7 @@ def mmd(
         raise ValueError(f"objective.kernel_scales must be non-empty and positive, got {scales!r}")
     if z_BD.ndim != 2 or z_BD.shape != prior_BD.shape:
         raise ValueError(
-            f"z and prior must both be [B, D] of the same shape, got {tuple(z_BD.shape)} "
-            f"and {tuple(prior_BD.shape)}"
+            f"z and prior must both be [B, D] of the same shape, got {tuple(z_BD.shape)} and {tuple(prior_BD.shape)}"
         )
     n, dim = z_BD.shape
     if n < 2:
@@ -270,9 +265,7 @@ def _infovae(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD, capacity):
     if prior_BD is None:
         prior_BD = torch.randn_like(z_reg_BD)
     mmd_value = mmd(z_reg_BD, prior_BD, cfg.kernel, cfg.kernel_scales)
-    return (1.0 - cfg.alpha) * kl + (cfg.alpha + cfg.mmd_lambda - 1.0) * mmd_value, {
-        "mmd": mmd_value
-    }
+    return (1.0 - cfg.alpha) * kl + (cfg.alpha + cfg.mmd_lambda - 1.0) * mmd_value, {"mmd": mmd_value}
 
 
 # disentanglement_lib's ``lambda_d_factor`` (its dip_vae_i / dip_vae_ii configs): the diagonal
@@ -291,8 +284,9 @@ def dip_lambda_d(cfg: ObjectiveConfigLike) -> float:
 
 def kl_weight(cfg: ObjectiveConfigLike) -> float:
     """The weight of the KL term in the objective: ``beta`` (beta-VAE), ``1 - alpha`` (InfoVAE),
-    ``gamma`` (annealed: the size of the gradient of ``gamma |KL - C|``) or 1 (DIP-VAE). Divided by a partition's gate open share it is that partition's effective
-    beta when the KL is not gated (docs/objectives.md)."""
+    ``gamma`` (annealed: the size of the gradient of ``gamma |KL - C|``) or 1 (DIP-VAE). Divided
+    by a partition's gate open share it is that partition's effective beta when the KL is not
+    gated (docs/objectives.md)."""
     if cfg.name == "beta":
         return float(cfg.beta)
     if cfg.name == "infovae":
@@ -314,9 +308,7 @@ def warmup_weight(warmup_steps: int, step: int) -> float:
 
 def _dip(variant: str) -> Regularizer:
     def regularizer(cfg, kl, mu_BD, logvar_BD, z_reg_BD, prior_BD, capacity):
-        penalty = dip_penalty(
-            dip_covariance(mu_BD, logvar_BD, variant), cfg.lambda_od, dip_lambda_d(cfg)
-        )
+        penalty = dip_penalty(dip_covariance(mu_BD, logvar_BD, variant), cfg.lambda_od, dip_lambda_d(cfg))
         return kl + penalty, {"dip": penalty}
 
     return regularizer
@@ -338,9 +330,7 @@ def validate_objective(cfg: ObjectiveConfigLike) -> None:
     if cfg.name not in REGULARIZERS:
         raise ValueError(f"objective.name must be one of {list(REGULARIZERS)}, got {cfg.name!r}")
     if cfg.likelihood not in LIKELIHOODS:
-        raise ValueError(
-            f"objective.likelihood must be one of {list(LIKELIHOODS)}, got {cfg.likelihood!r}"
-        )
+        raise ValueError(f"objective.likelihood must be one of {list(LIKELIHOODS)}, got {cfg.likelihood!r}")
     if not cfg.gaussian_std > 0:
         raise ValueError(f"objective.gaussian_std must be > 0, got {cfg.gaussian_std!r}")
     if not cfg.warmup_steps >= 0:
@@ -368,9 +358,7 @@ def validate_objective(cfg: ObjectiveConfigLike) -> None:
                 f"got alpha={cfg.alpha!r}, mmd_lambda={cfg.mmd_lambda!r}"
             )
         if not cfg.alpha <= 1.0:
-            raise ValueError(
-                f"objective.alpha must be <= 1 (1 - alpha is the KL weight), got {cfg.alpha!r}"
-            )
+            raise ValueError(f"objective.alpha must be <= 1 (1 - alpha is the KL weight), got {cfg.alpha!r}")
 
 
 def objective(

@@ -67,5 +67,6 @@ def require(module: str, feature: str, extra: str | None = None) -> ModuleType:
         dist, default_extra = EXTRAS.get(_root(module), (module.split(".")[0], None))
         extra = extra or default_extra
         how = f"pip install 'gvae-dist[{extra}]'" if extra else f"pip install {dist}"
-        raise MissingDependency(f"{feature} needs {dist}, which is not installed here "
-                                f"({type(exc).__name__}: {exc}); install it with: {how}") from exc
+        raise MissingDependency(
+            f"{feature} needs {dist}, which is not installed here ({type(exc).__name__}: {exc}); install it with: {how}"
+        ) from exc

@@ -3,7 +3,8 @@
 Ray ties the processes a driver starts (GCS, raylet, dashboard, monitors) to it with
 ``PR_SET_PDEATHSIG``, but not what the raylet starts in turn: a killed driver left its
 dashboard agent and runtime-env agent running for about 60 s here (they wait out their GCS
-reconnect timeout), and its token on disk. :func:`start` runs this module as a small guard process next to the private cluster
+reconnect timeout), and its token on disk. :func:`start` runs this module as a small guard process next to
+the private cluster
 (``gvae_dist.launch.connect``); :func:`disarm` stands it down when the driver shuts the cluster
 down itself (``disconnect``), so a normal exit, or a Ctrl-C the driver handles, goes the usual way.
 
@@ -47,8 +48,12 @@ def start(session: str | Path) -> subprocess.Popen | None:
         return None
     # stdin is a pipe only this process writes to (Python makes its end non-inheritable). The
     # file runs on its own (-I: no script dir, no PYTHON* variables), whatever sys.path the driver has.
-    return subprocess.Popen([sys.executable, "-I", __file__, str(os.getpid()), str(session)],
-                            stdin=subprocess.PIPE, start_new_session=True, close_fds=True)
+    return subprocess.Popen(
+        [sys.executable, "-I", __file__, str(os.getpid()), str(session)],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 def disarm(guard: subprocess.Popen | None, timeout: float = 5.0) -> None:
@@ -82,7 +87,7 @@ def _table() -> dict[int, tuple[int, int]]:
         if not name.isdigit():
             continue
         stat = _proc_text(int(name), "stat")
-        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
         if len(fields) > 19 and fields[0] not in (b"Z", b"X"):
             table[int(name)] = (int(fields[1]), int(fields[19]))
     return table
@@ -108,8 +113,9 @@ class Members:
     def _names_session(self, pid: int, start: int) -> bool:
         key = (pid, start)
         if key not in self._looked:
-            self._looked[key] = (self._token in _proc_text(pid, "environ").split(b"\0")
-                                 or self._dir in _proc_text(pid, "cmdline"))
+            self._looked[key] = self._token in _proc_text(pid, "environ").split(b"\0") or self._dir in _proc_text(
+                pid, "cmdline"
+            )
         return self._looked[key]
 
     def find(self) -> list[int]:
@@ -118,8 +124,9 @@ class Members:
         children: dict[int, list[int]] = {}
         for pid, (ppid, _) in table.items():
             children.setdefault(ppid, []).append(pid)
-        todo = [pid for pid, (_, start) in table.items()
-                if (pid, start) in self._known or self._names_session(pid, start)]
+        todo = [
+            pid for pid, (_, start) in table.items() if (pid, start) in self._known or self._names_session(pid, start)
+        ]
         found: set[int] = set()
         while todo:
             pid = todo.pop()
@@ -127,7 +134,9 @@ class Members:
                 found.add(pid)
                 todo.extend(children.get(pid, ()))
         found.discard(os.getpid())
-        self._known = {(pid, table[pid][1]) for pid in found} | {k for k in self._known if table.get(k[0], (0, -1))[1] == k[1]}
+        self._known = {(pid, table[pid][1]) for pid in found} | {
+            k for k in self._known if table.get(k[0], (0, -1))[1] == k[1]
+        }
         self._looked = {k: v for k, v in self._looked.items() if k[0] in table}
         return sorted(found)
 
@@ -197,8 +206,11 @@ def main(argv: list[str]) -> int:
     count = stop_cluster(found)
     (session / "auth_token").unlink(missing_ok=True)
     logs = f"; Ray logs kept in {session}" if session.exists() else ""
-    print(f"[gvae-dist] the driver (pid {driver}) is gone: stopped {count} process(es) of its private "
-          f"Ray cluster{logs}", file=sys.stderr, flush=True)
+    print(
+        f"[gvae-dist] the driver (pid {driver}) is gone: stopped {count} process(es) of its private Ray cluster{logs}",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0
 
 

@@ -19,9 +19,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["kl_per_dim", "traversal_figsize", "plot_traversals", "heatmap_figure", "plot_heatmap", "plot_kl",
-           "plot_bars", "plot_side_by_side", "write_eval_plots", "tile_images", "decode_traversals",
-           "image_grids", "log_image_grids"]
+__all__ = [
+    "kl_per_dim",
+    "traversal_figsize",
+    "plot_traversals",
+    "heatmap_figure",
+    "plot_heatmap",
+    "plot_kl",
+    "plot_bars",
+    "plot_side_by_side",
+    "write_eval_plots",
+    "tile_images",
+    "decode_traversals",
+    "image_grids",
+    "log_image_grids",
+]
 
 DPI = 100
 
@@ -66,7 +78,6 @@ def plot_traversals(model, x_KCHW, spec, path: str | Path, span: float = 3.0, st
     """
     import torch
 
-
     plt = _pyplot()
     was_training = model.training
     model.eval()
@@ -94,8 +105,7 @@ def plot_traversals(model, x_KCHW, spec, path: str | Path, span: float = 3.0, st
     return _save(fig, path)
 
 
-def plot_heatmap(matrix_RF: Any, row_labels: list[str], col_labels: list[str], title: str,
-                 path: str | Path) -> Path:
+def plot_heatmap(matrix_RF: Any, row_labels: list[str], col_labels: list[str], title: str, path: str | Path) -> Path:
     """Annotated heatmap of a non-negative ``[rows, factors]`` matrix (e.g. DCI importance)."""
     return _save(heatmap_figure(matrix_RF, row_labels, col_labels, title), path)
 
@@ -107,8 +117,7 @@ def heatmap_figure(matrix_RF: Any, row_labels: list[str], col_labels: list[str],
     plt = _pyplot()
     m_RF = np.asarray(matrix_RF, dtype=np.float64)
     if m_RF.shape != (len(row_labels), len(col_labels)):
-        raise ValueError(f"matrix is {m_RF.shape} but got {len(row_labels)} row and "
-                         f"{len(col_labels)} column labels")
+        raise ValueError(f"matrix is {m_RF.shape} but got {len(row_labels)} row and {len(col_labels)} column labels")
     R, F = m_RF.shape
     fig, ax = plt.subplots(figsize=(0.7 * F + 2.5, 0.4 * R + 1.5), dpi=DPI, layout="constrained")
     im = ax.imshow(m_RF, cmap="viridis", vmin=0.0, vmax=max(float(m_RF.max()), 1e-12), aspect="auto")
@@ -118,8 +127,15 @@ def heatmap_figure(matrix_RF: Any, row_labels: list[str], col_labels: list[str],
     ax.set_yticklabels(row_labels, fontsize=7)
     for r in range(R):
         for j in range(F):
-            ax.text(j, r, f"{m_RF[r, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if m_RF[r, j] < 0.5 * m_RF.max() else "black")
+            ax.text(
+                j,
+                r,
+                f"{m_RF[r, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if m_RF[r, j] < 0.5 * m_RF.max() else "black",
+            )
     fig.colorbar(im, ax=ax)
     ax.set_title(title, fontsize=9)
     return fig
@@ -132,7 +148,7 @@ def plot_kl(kl_D: np.ndarray, spec, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(0.4 * len(kl_D) + 2.0, 3.0), dpi=DPI)
     cmap = plt.get_cmap("tab10")
     for i, (name, start, size) in enumerate(_partition_rows(spec)):
-        ax.bar(range(start, start + size), kl_D[start:start + size], color=cmap(i % 10), label=name)
+        ax.bar(range(start, start + size), kl_D[start : start + size], color=cmap(i % 10), label=name)
     ax.set_xticks(range(len(kl_D)))
     ax.set_xlabel("latent dim")
     ax.set_ylabel("KL (nats)")
@@ -141,13 +157,22 @@ def plot_kl(kl_D: np.ndarray, spec, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_bars(labels: list[str], means: list[float], stds: list[float], colors: list[str], ylabel: str,
-              title: str, path: str | Path) -> Path:
+def plot_bars(
+    labels: list[str],
+    means: list[float],
+    stds: list[float],
+    colors: list[str],
+    ylabel: str,
+    title: str,
+    path: str | Path,
+) -> Path:
     """One bar per label at its mean with its std as an error bar (e.g. the study's DCI mean per
     objective, variant and label noise); ``1.0 * len(labels) + 2.0`` by 3.5 inches."""
     if not len(labels) == len(means) == len(stds) == len(colors):
-        raise ValueError(f"plot_bars: got {len(labels)} labels, {len(means)} means, {len(stds)} stds and "
-                         f"{len(colors)} colors; give one of each per bar")
+        raise ValueError(
+            f"plot_bars: got {len(labels)} labels, {len(means)} means, {len(stds)} stds and "
+            f"{len(colors)} colors; give one of each per bar"
+        )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2.0, 3.5), dpi=DPI)
     ax.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=3)
@@ -168,8 +193,14 @@ def plot_side_by_side(panels: dict[str, str | Path], title: str, path: str | Pat
         raise ValueError("plot_side_by_side: no panels")
     h = max(im.shape[0] for im in images.values())
     w = sum(im.shape[1] for im in images.values())
-    fig, axes = plt.subplots(1, len(images), figsize=(w / DPI, h / DPI + 0.5), dpi=DPI, squeeze=False,
-                             gridspec_kw={"width_ratios": [im.shape[1] for im in images.values()]})
+    fig, axes = plt.subplots(
+        1,
+        len(images),
+        figsize=(w / DPI, h / DPI + 0.5),
+        dpi=DPI,
+        squeeze=False,
+        gridspec_kw={"width_ratios": [im.shape[1] for im in images.values()]},
+    )
     for ax, (label, im) in zip(axes[0], images.items()):
         ax.imshow(im, interpolation="nearest")
         ax.set_title(label, fontsize=11)
@@ -189,8 +220,17 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def write_eval_plots(model, images_NHWC: np.ndarray, mu_ND: np.ndarray, logvar_ND: np.ndarray,
-                     result: dict[str, Any], spec, out_dir: str | Path, device, seeds: int = 3) -> list[Path]:
+def write_eval_plots(
+    model,
+    images_NHWC: np.ndarray,
+    mu_ND: np.ndarray,
+    logvar_ND: np.ndarray,
+    result: dict[str, Any],
+    spec,
+    out_dir: str | Path,
+    device,
+    seeds: int = 3,
+) -> list[Path]:
     """All evaluation pictures for one model into ``out_dir``; returns the PNG paths.
 
     ``result`` is an ``evaluate_codes`` result (its ``dci.importance`` and ``partitions``).
@@ -200,19 +240,27 @@ def write_eval_plots(model, images_NHWC: np.ndarray, mu_ND: np.ndarray, logvar_N
     out = Path(out_dir)
     x_KCHW = torch.from_numpy(images_NHWC[:seeds]).to(device).permute(0, 3, 1, 2).float().div(255.0)
     names = result["factor_names"]
-    code_labels = [f"{name}:{d - start}" for name, start, size in _partition_rows(spec)
-                   for d in range(start, start + size)]
+    code_labels = [
+        f"{name}:{d - start}" for name, start, size in _partition_rows(spec) for d in range(start, start + size)
+    ]
     paths = [
         plot_traversals(model, x_KCHW, spec, out / "traversals.png"),
-        plot_heatmap(result["dci"]["importance"], code_labels, names, "DCI importance (codes x factors)",
-                     out / "importance.png"),
+        plot_heatmap(
+            result["dci"]["importance"], code_labels, names, "DCI importance (codes x factors)", out / "importance.png"
+        ),
         plot_kl(kl_per_dim(mu_ND, logvar_ND), spec, out / "kl_per_dim.png"),
     ]
     if result.get("partitions"):
         parts = result["partitions"]
-        paths.append(plot_heatmap(parts["importance"], parts["names"], names,
-                                  "importance summed per partition (partitions x factors)",
-                                  out / "partition_importance.png"))
+        paths.append(
+            plot_heatmap(
+                parts["importance"],
+                parts["names"],
+                names,
+                "importance summed per partition (partitions x factors)",
+                out / "partition_importance.png",
+            )
+        )
     return paths
 
 
@@ -228,7 +276,8 @@ def tile_images(images_RSCHW) -> np.ndarray:
         for s in range(S):
             img = np.moveaxis(images_RSCHW[r, s], 0, -1)
             grid[1 + r * (H + 1) : 1 + r * (H + 1) + H, 1 + s * (W + 1) : 1 + s * (W + 1) + W] = (
-                img if C == 3 else np.repeat(img, 3, axis=-1))
+                img if C == 3 else np.repeat(img, 3, axis=-1)
+            )
     return (grid.clip(0, 1) * 255).round().astype(np.uint8)
 
 

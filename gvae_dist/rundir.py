@@ -59,8 +59,7 @@ class RunLock:
             os.close(fd)
             raise
         os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
         return self
@@ -71,9 +70,11 @@ class RunLock:
             who = f"pid {info['pid']} on host {info['host']} (since {info['since']})"
         except (ValueError, KeyError, TypeError):
             who = "another process (no holder recorded yet)"
-        return (f"run directory {self.run_dir} is in use by {who}: two runs must not share a "
-                f"run directory. Wait for that run to finish (or stop it), or pick another "
-                f"run.name. The lock is {self.path}; it is released when its holder exits")
+        return (
+            f"run directory {self.run_dir} is in use by {who}: two runs must not share a "
+            f"run directory. Wait for that run to finish (or stop it), or pick another "
+            f"run.name. The lock is {self.path}; it is released when its holder exits"
+        )
 
     def release(self) -> None:
         if self._fd is not None:

@@ -95,18 +95,29 @@ def train_step(parts: StepParts, batch, reg_weight: float = 1.0, capacity: float
         closed_BD = None
         if g.enabled and g.closed_code == "target":
             closed_BD = parts.raw_model.sample_code(pairs.target_BCHW)  # one more encoder forward
-        out = parts.model(x_BCHW, mask=pairs.mask_BD if g.enabled else None, closed_BD=closed_BD,
-                          decoder_update_B=None if g.decoder or not g.enabled
-                          else pairs.kind_B == IDENTITY)
-        recon_B = reconstruction_loss(out.logits.float(), pairs.target_BCHW, oc.likelihood,
-                                      oc.gaussian_std, oc.gaussian_calibrated)
+        out = parts.model(
+            x_BCHW,
+            mask=pairs.mask_BD if g.enabled else None,
+            closed_BD=closed_BD,
+            decoder_update_B=None if g.decoder or not g.enabled else pairs.kind_B == IDENTITY,
+        )
+        recon_B = reconstruction_loss(
+            out.logits.float(), pairs.target_BCHW, oc.likelihood, oc.gaussian_std, oc.gaussian_calibrated
+        )
         dropped_B = None
         if g.enabled and g.drop_high_loss > 0:
             recon_B, dropped_B = drop_high_loss(recon_B, pairs.kind_B == SHARED, g.drop_high_loss)
-        loss, terms = objective(oc, recon_B, out.mu.float(), out.logvar.float(), out.z_reg.float(),
-                                kl_mask=pairs.mask_BD if g.kl and g.enabled else None,
-                                reg_weight=reg_weight, capacity=capacity,
-                                reg_mask=pairs.mask_BD if g.regularizer and g.enabled else None)
+        loss, terms = objective(
+            oc,
+            recon_B,
+            out.mu.float(),
+            out.logvar.float(),
+            out.z_reg.float(),
+            kl_mask=pairs.mask_BD if g.kl and g.enabled else None,
+            reg_weight=reg_weight,
+            capacity=capacity,
+            reg_mask=pairs.mask_BD if g.regularizer and g.enabled else None,
+        )
         parts.backward(loss)
         if parts.clip_grad is not None:
             parts.clip_grad()
@@ -155,8 +166,11 @@ class StepMetrics:
         kl_D = terms.pop("kl_per_dim").detach().float()
         self.kl_sum_D += kl_D
         kl_P = self.masks_PD @ kl_D
-        open_P = (pairs.mask_BD.float().mean(0) @ self.share_PD.T if self.plan.gate
-                  else torch.ones(len(self.names), device=kl_D.device))
+        open_P = (
+            pairs.mask_BD.float().mean(0) @ self.share_PD.T
+            if self.plan.gate
+            else torch.ones(len(self.names), device=kl_D.device)
+        )
         for p, name in enumerate(self.names):
             terms[f"kl/{name}"] = kl_P[p]
             terms[f"gate/open_share/{name}"] = open_P[p]
@@ -176,8 +190,16 @@ class StepMetrics:
         of the last of them when the objective warms up.
         """
         keys, K, S, n = list(self.sums), len(KIND_NAMES), self.plan.num_shared, self.count
-        values = torch.cat([torch.stack([self.sums[k] for k in keys]), self.kind_sum_K, self.kind_cnt_K,
-                            self.kl_sum_D, self.found_sum_S, self.drawn_sum_S]).tolist()  # one sync
+        values = torch.cat(
+            [
+                torch.stack([self.sums[k] for k in keys]),
+                self.kind_sum_K,
+                self.kind_cnt_K,
+                self.kl_sum_D,
+                self.found_sum_S,
+                self.drawn_sum_S,
+            ]
+        ).tolist()  # one sync
         found_S, drawn_S = values[len(values) - 2 * S : len(values) - S], values[len(values) - S :]
         values = values[: len(values) - 2 * S]
         metrics = {k: v / n for k, v in zip(keys, values[: len(keys)])}
@@ -192,8 +214,7 @@ class StepMetrics:
         for name in self.names:  # KL weight over the share of reconstruction gradient (docs/objectives.md)
             share = metrics[f"gate/open_share/{name}"]
             if share > 0:
-                metrics[f"gate/effective_beta/{name}"] = kl_weight(self.objective) / (
-                    1.0 if self.gate_kl else share)
+                metrics[f"gate/effective_beta/{name}"] = kl_weight(self.objective) / (1.0 if self.gate_kl else share)
         for name, fd, dr in zip(self.plan.shared_names, found_S, drawn_S):
             if dr > 0:
                 metrics[f"pairing/found/{name}"] = fd / dr

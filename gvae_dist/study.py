@@ -55,11 +55,28 @@ from gvae_dist.config import Config, ConfigError, build_typed, load_config, read
 from gvae_dist.fingerprint import MOOT, RUN_LOCAL, differing_keys, fingerprint  # noqa: F401 (re-exported)
 from gvae_dist.fingerprint import fingerprinted as _fingerprinted
 
-__all__ = ["StudySpec", "StudyError", "Cell", "load_study", "plan_cells", "run_study", "collect", "format_table",
-           "fingerprint", "RESULT_FILE", "RUN_LOCAL"]
+__all__ = [
+    "StudySpec",
+    "StudyError",
+    "Cell",
+    "load_study",
+    "plan_cells",
+    "run_study",
+    "collect",
+    "format_table",
+    "fingerprint",
+    "RESULT_FILE",
+    "RUN_LOCAL",
+]
 
-METRICS = {"D": "disentanglement", "C": "completeness", "I": "informativeness",
-           "purity": "partition_purity", "MIG": "mig", "SAP": "sap"}
+METRICS = {
+    "D": "disentanglement",
+    "C": "completeness",
+    "I": "informativeness",
+    "purity": "partition_purity",
+    "MIG": "mig",
+    "SAP": "sap",
+}
 VARIANTS = ("gated", "ungated")
 EXECUTORS = ("auto", "local", "ray")
 RESULT_FILE = "result.json"
@@ -113,8 +130,9 @@ class Cell:
         return fingerprint(self.cfg)
 
 
-def load_study(path: str | Path, extra_overrides: list[str] | None = None,
-               extra_gated: list[str] | None = None) -> StudySpec:
+def load_study(
+    path: str | Path, extra_overrides: list[str] | None = None, extra_gated: list[str] | None = None
+) -> StudySpec:
     """Read and validate a study file (top-level ``study:`` mapping); ConfigError names the key.
     ``extra_overrides`` / ``extra_gated`` (the CLI's ``--set`` / ``--set-gated``) come after the
     file's ``overrides`` / ``gated_overrides``."""
@@ -153,8 +171,9 @@ def _presets(spec: StudySpec) -> list[Path]:
     if spec.presets:
         return [spec.base_dir / p for p in spec.presets]
     try:
-        return [spec.base_dir / spec.preset.format(objective=o, variant=v)
-                for o in spec.objectives for v in spec.variants]
+        return [
+            spec.base_dir / spec.preset.format(objective=o, variant=v) for o in spec.objectives for v in spec.variants
+        ]
     except (KeyError, IndexError) as exc:
         raise ConfigError(f"study.preset: {spec.preset!r} may use only {{objective}} and {{variant}}: {exc}") from None
 
@@ -172,16 +191,26 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
         if variant == "gated" and spec.gated_overrides:
             base = load_config(preset, overrides)
             if not base.gate.enabled:
-                raise ConfigError(f"study.gated_overrides: they turn the gate of {preset.name} off; "
-                                  "an un-gated arm belongs in study.overrides or its own preset")
+                raise ConfigError(
+                    f"study.gated_overrides: they turn the gate of {preset.name} off; "
+                    "an un-gated arm belongs in study.overrides or its own preset"
+                )
         # A model that never reads the weak labels gives the same run at every noise level:
         # it runs once per seed and serves as the baseline of every label-flip level.
         reads_labels = base.gate.enabled or base.pairing.shared_factor > 0
         for p in spec.label_flip_probs if reads_labels else spec.label_flip_probs[:1]:
             for seed in spec.seeds:
                 name = f"{preset.stem}__noise{p:g}__seed{seed}"
-                cfg = load_config(preset, [*overrides, f"run.seed={seed}", f"data.label_flip_prob={p}",
-                                           f"run.output_dir={runs}", f"run.name={name}"])
+                cfg = load_config(
+                    preset,
+                    [
+                        *overrides,
+                        f"run.seed={seed}",
+                        f"data.label_flip_prob={p}",
+                        f"run.output_dir={runs}",
+                        f"run.name={name}",
+                    ],
+                )
                 cells.append(Cell(name, objective, variant, seed, float(p), cfg))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
@@ -196,7 +225,8 @@ def _refuse(cell: Cell, source: Path, theirs: dict[str, Any] | None, fp: str) ->
         f"study's cell is {cell.fingerprint}"
         + (f"; differing keys: {'; '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}" if diff else "")
         + f"). Move {source.parent} away to run the cell again, or restore the study settings it was "
-        "made with")
+        "made with"
+    )
 
 
 def _finished(cell: Cell) -> dict[str, Any] | None:
@@ -249,13 +279,23 @@ def _record(cfg: Config, seconds: float | None) -> dict[str, Any]:
     steps, train_s = _train_speed(run_dir, cfg.optim.batch_size)
     device = cfg.run.device if cfg.run.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     result = {
-        "fingerprint": fingerprint(cfg), "name": cfg.run.name, "eval": metrics["eval"],
-        "train": metrics["train"], "seconds": seconds, "train_seconds": train_s, "steps": steps,
+        "fingerprint": fingerprint(cfg),
+        "name": cfg.run.name,
+        "eval": metrics["eval"],
+        "train": metrics["train"],
+        "seconds": seconds,
+        "train_seconds": train_s,
+        "steps": steps,
         "steps_per_s": steps / train_s if train_s else None,
-        "device": ("unknown" if seconds is None  # recorded after the fact, maybe elsewhere
-                   else torch.cuda.get_device_name() if device == "cuda"
-                   else f"cpu ({platform.processor() or platform.machine()})"),
-        "host": platform.node() if seconds is not None else "unknown", "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": (
+            "unknown"
+            if seconds is None  # recorded after the fact, maybe elsewhere
+            else torch.cuda.get_device_name()
+            if device == "cuda"
+            else f"cpu ({platform.processor() or platform.machine()})"
+        ),
+        "host": platform.node() if seconds is not None else "unknown",
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": _fingerprinted(cfg.to_dict()),
     }
     tmp = run_dir / (RESULT_FILE + ".tmp")
@@ -276,8 +316,9 @@ def _resolve_executor(executor: str) -> str:
     return executor
 
 
-def run_study(spec: StudySpec, log=print, parallel: int | None = None, executor: str | None = None,
-              only: list[str] | None = None) -> dict[str, Any]:
+def run_study(
+    spec: StudySpec, log=print, parallel: int | None = None, executor: str | None = None, only: list[str] | None = None
+) -> dict[str, Any]:
     """Run the unfinished cells, then write results.csv / .md / .png.
 
     ``parallel`` (default ``study.parallel``) = 1 runs the cells one after another in this
@@ -298,15 +339,19 @@ def run_study(spec: StudySpec, log=print, parallel: int | None = None, executor:
         raise ConfigError(f"study.executor: {executor!r} is not one of {list(EXECUTORS)}")
     selected = {c.name for c in cells if not only or any(fnmatch.fnmatchcase(c.name, g) for g in only)}
     if only and not selected:
-        raise ConfigError(f"--cells {' '.join(only)}: matches none of the {len(cells)} cells "
-                          f"(names look like {cells[0].name})")
+        raise ConfigError(
+            f"--cells {' '.join(only)}: matches none of the {len(cells)} cells (names look like {cells[0].name})"
+        )
     todo, skipped, results = [], [], {}
     for i, cell in enumerate(cells, 1):
         if (result := _finished(cell)) is not None:
             results[cell.name] = result
             skipped.append(cell.name)
-            log(f"[gvae-dist study] {i}/{len(cells)} {cell.name}: done already"
-                + (f" on {result.get('host')}" if result.get("host") else "") + ", skipped")
+            log(
+                f"[gvae-dist study] {i}/{len(cells)} {cell.name}: done already"
+                + (f" on {result.get('host')}" if result.get("host") else "")
+                + ", skipped"
+            )
         elif cell.name not in selected:
             continue
         elif not cell.cfg.eval.at_end:
@@ -329,9 +374,11 @@ def run_study(spec: StudySpec, log=print, parallel: int | None = None, executor:
     rows = [_row(c, results[c.name]) for c in cells if c.name in results]
     paths = collect(rows, Path(spec.output_dir)) if rows else {}
     if failed:
-        raise StudyError(f"{len(failed)} of {len(cells)} study cells failed (the rest are in "
-                         f"{spec.output_dir}); rerun the same command to retry them:\n"
-                         + "\n".join(f"  {name}: {err}" for name, err in failed.items()))
+        raise StudyError(
+            f"{len(failed)} of {len(cells)} study cells failed (the rest are in "
+            f"{spec.output_dir}); rerun the same command to retry them:\n"
+            + "\n".join(f"  {name}: {err}" for name, err in failed.items())
+        )
     return {"ran": ran, "skipped": skipped, "rows": rows, "paths": paths}
 
 
@@ -352,9 +399,11 @@ def _run_here(todo: list[Cell], log) -> dict[str, str]:
             log(f"[gvae-dist study] {i}/{len(todo)} {cell.name}: FAILED: {exc}")
             continue
         result = _record(cell.cfg, time.perf_counter() - t0)
-        log(f"[gvae-dist study] {i}/{len(todo)} {cell.name}: done in {result['seconds']:.0f}s"
+        log(
+            f"[gvae-dist study] {i}/{len(todo)} {cell.name}: done in {result['seconds']:.0f}s"
             + (f", {result['steps_per_s']:.1f} steps/s" if result["steps_per_s"] else "")
-            + f" on {result['device']}")
+            + f" on {result['device']}"
+        )
     return failed
 
 
@@ -370,8 +419,11 @@ def _train_cell(config: dict[str, Any]) -> float:
     cfg = config_from_dict(config)
     cfg.run_dir().mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(cfg.run_dir() / "train.log", "a") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
+    with (
+        open(cfg.run_dir() / "train.log", "a") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
         train_loop(cfg)
     return _record(cfg, time.perf_counter() - t0)["seconds"]
 
@@ -384,8 +436,7 @@ def _run_local(todo: list[Cell], parallel: int, log) -> dict[str, str]:
     from gvae_dist.launch import local_cpus
 
     threads = max(1, local_cpus() // parallel)
-    log(f"[gvae-dist study] {len(todo)} cell(s), {parallel} at a time in local processes "
-        f"({threads} thread(s) each)")
+    log(f"[gvae-dist study] {len(todo)} cell(s), {parallel} at a time in local processes ({threads} thread(s) each)")
     ctx = multiprocessing.get_context("spawn")
     # Each cell's DCI runs its factors in-process: the cells already fill the cores, and a
     # joblib/loky pool left in a pool worker kept that worker (and so the study) from exiting.
@@ -438,8 +489,10 @@ def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_train_cell)
         queue, pending, n = list(todo), {}, len(todo)
-        log(f"[gvae-dist study] {n} cell(s), {parallel} at a time on Ray "
-            f"({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+        log(
+            f"[gvae-dist study] {n} cell(s), {parallel} at a time on Ray "
+            f"({ray.cluster_resources().get('CPU', 0):g} CPUs)"
+        )
         done_count = 0
         while queue or pending:
             while queue and len(pending) < parallel:
@@ -466,8 +519,13 @@ def _run_on_ray(todo: list[Cell], parallel: int, log) -> dict[str, str]:
 def _row(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
     ev = result["eval"]
     assert ev, f"{cell.name} finished without eval metrics"
-    row = {"run": cell.name, "objective": cell.objective, "variant": cell.variant, "seed": cell.seed,
-           "label_flip_prob": cell.label_flip_prob}
+    row = {
+        "run": cell.name,
+        "objective": cell.objective,
+        "variant": cell.variant,
+        "seed": cell.seed,
+        "label_flip_prob": cell.label_flip_prob,
+    }
     row.update({k: ev.get(src, math.nan) for k, src in METRICS.items()})
     row["DCI_mean"] = (row["D"] + row["C"] + row["I"]) / 3
     row["neg_elbo"] = ev.get("neg_elbo", math.nan)
@@ -492,8 +550,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: mean ± std over seeds per objective, variant and noise level."""
     cols = ["D", "C", "I", "DCI_mean", "purity"]
-    lines = ["| objective | variant | label flip | seeds | " + " | ".join(cols) + " |",
-             "|---|---|---|---|" + "---|" * len(cols)]
+    lines = [
+        "| objective | variant | label flip | seeds | " + " | ".join(cols) + " |",
+        "|---|---|---|---|" + "---|" * len(cols),
+    ]
     for (obj, var, p), group in sorted(_group(rows).items()):
         cells = []
         for c in cols:
@@ -510,8 +570,15 @@ def _bar_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     labels = [f"{o}\n{v}\nflip {p:g}" for (o, v, p), _ in groups]
     stats = [_mean_std([g["DCI_mean"] for g in grp]) for _, grp in groups]
     colors = ["tab:blue" if v == "gated" else "tab:orange" for (_, v, _), _ in groups]
-    return plot_bars(labels, [m for m, _ in stats], [s for _, s in stats], colors,
-                     "mean of D, C, I (± std over seeds)", "Gated (blue) vs un-gated (orange)", path)
+    return plot_bars(
+        labels,
+        [m for m, _ in stats],
+        [s for _, s in stats],
+        colors,
+        "mean of D, C, I (± std over seeds)",
+        "Gated (blue) vs un-gated (orange)",
+        path,
+    )
 
 
 def collect(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
@@ -526,8 +593,12 @@ def collect(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     md_path.write_text(format_table(rows))
     comparison = out_dir / "comparison.md"
     comparison.write_text(format_comparison(compare(rows)))
-    paths = {"csv": csv_path, "table": md_path, "comparison": comparison,
-             "plot": _bar_plot(rows, out_dir / "results.png")}
+    paths = {
+        "csv": csv_path,
+        "table": md_path,
+        "comparison": comparison,
+        "plot": _bar_plot(rows, out_dir / "results.png"),
+    }
     paths.update(_traversal_pairs(rows, out_dir))
     return paths
 
@@ -546,11 +617,15 @@ def _traversal_pairs(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Pat
             twin = baseline.get(seed)
             if variant != "gated" or twin is None:
                 continue
-            panels = {f"{v} ({row['run']})": runs / row["run"] / "eval" / "traversals.png"
-                      for v, row in (("gated", r), ("un-gated", twin))}
+            panels = {
+                f"{v} ({row['run']})": runs / row["run"] / "eval" / "traversals.png"
+                for v, row in (("gated", r), ("un-gated", twin))
+            }
             if all(path.is_file() for path in panels.values()):
                 out[f"traversals_{obj}"] = plot_side_by_side(
-                    panels, f"{obj}: gated vs un-gated latent traversals (seed {seed}, label flip {p:g})",
-                    out_dir / f"traversals_{obj}.png")
+                    panels,
+                    f"{obj}: gated vs un-gated latent traversals (seed {seed}, label flip {p:g})",
+                    out_dir / f"traversals_{obj}.png",
+                )
                 break
     return out

@@ -51,14 +51,29 @@ from gvae_dist.config import redact, redact_uri
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NullTracker", "MLflowTracker", "make_tracker", "open_run", "close_run", "default_tracking_uri", "tracking_uri",
-           "mlflow_missing", "mlflow_client", "settle_pending", "posterior_mean", "RUN_KEY_TAG"]
+__all__ = [
+    "NullTracker",
+    "MLflowTracker",
+    "make_tracker",
+    "open_run",
+    "close_run",
+    "default_tracking_uri",
+    "tracking_uri",
+    "mlflow_missing",
+    "mlflow_client",
+    "settle_pending",
+    "posterior_mean",
+    "RUN_KEY_TAG",
+]
 
 RUN_KEY_TAG = "gvae_dist.run_key"
 
 # Bounded HTTP behaviour unless the user set these: one retry, ~1 s back-off, 10 s timeout.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 class NullTracker:
@@ -69,9 +84,16 @@ class NullTracker:
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_model(self, model, input_example: np.ndarray, partitions, work_dir: Path,
-                  name: str = "encoder", registry_name: str | None = None,
-                  version_tags: dict[str, Any] | None = None) -> str | None: ...
+    def log_model(
+        self,
+        model,
+        input_example: np.ndarray,
+        partitions,
+        work_dir: Path,
+        name: str = "encoder",
+        registry_name: str | None = None,
+        version_tags: dict[str, Any] | None = None,
+    ) -> str | None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -92,7 +114,7 @@ def _artifact_location(uri: str) -> str | None:
     """Artifacts of a SQLite store live next to its database file; a server decides its own."""
     if not uri.startswith("sqlite:///"):
         return None
-    db = Path(uri[len("sqlite:///"):]).resolve()
+    db = Path(uri[len("sqlite:///") :]).resolve()
     return (db.parent / "mlartifacts").as_uri()
 
 
@@ -108,8 +130,10 @@ def mlflow_missing() -> bool:
         return False
     if not _warned_missing:
         _warned_missing = True
-        log.warning("[gvae-dist] warning: tracking.enabled=true but MLflow is not installed: training runs untracked "
-                    "(pip install 'gvae-dist[mlflow]', or set tracking.enabled=false)")
+        log.warning(
+            "[gvae-dist] warning: tracking.enabled=true but MLflow is not installed: training runs untracked "
+            "(pip install 'gvae-dist[mlflow]', or set tracking.enabled=false)"
+        )
     return True
 
 
@@ -123,7 +147,7 @@ def mlflow_client(uri: str):
     if redact_uri(uri) != uri:  # MLflow prints "View run at <URI>" on every run end, credentials included
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).resolve().parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).resolve().parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -150,8 +174,11 @@ def _experiment_id(client, uri: str, experiment: str) -> str:
 
 def _warn(what: str, exc: Exception) -> None:
     # MLflow's errors quote the request URL, credentials included
-    warnings.warn(f"MLflow {what} failed ({type(exc).__name__}: {redact_uri(str(exc))}); training continues "
-                  "without tracking", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"MLflow {what} failed ({type(exc).__name__}: {redact_uri(str(exc))}); training continues without tracking",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -194,8 +221,12 @@ def open_run(cfg, run_key: str, reuse: bool) -> str | None:
         exp_id = _experiment_id(client, uri, cfg.tracking.experiment)
         if reuse:
             key = run_key.replace("'", "\\'")
-            found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
-                                       order_by=["attributes.start_time DESC"], max_results=1)
+            found = client.search_runs(
+                [exp_id],
+                filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
             if found:
                 return found[0].info.run_id
         return client.create_run(exp_id, run_name=cfg.run.name, tags={RUN_KEY_TAG: run_key}).info.run_id
@@ -220,9 +251,14 @@ def close_run(cfg, run_id: str | None, status: str) -> None:
             path = owe(cfg.run_dir(), run_id, uri, status=status)
         except OSError:  # nowhere to record it: the warning above is all there is
             return
-        log.warning("[gvae-dist] warning: MLflow run %s could not be marked %s; recorded in %s for the next "
-                    "`gvae-dist train` of this run directory or `gvae-dist tracking sync %s`", run_id, status,
-                    path, cfg.run_dir())
+        log.warning(
+            "[gvae-dist] warning: MLflow run %s could not be marked %s; recorded in %s for the next "
+            "`gvae-dist train` of this run directory or `gvae-dist tracking sync %s`",
+            run_id,
+            status,
+            path,
+            cfg.run_dir(),
+        )
 
 
 def settle_pending(cfg) -> bool:
@@ -242,8 +278,16 @@ def settle_pending(cfg) -> bool:
 class MLflowTracker:
     """MLflow run (created, or continued by ``run_id``) with warn-once failure handling."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None,
-                 tags: dict[str, str] | None = None, dedupe: bool = False, run_dir: str | Path | None = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        dedupe: bool = False,
+        run_dir: str | Path | None = None,
+    ):
         # a continued run keeps its id when the store is out of reach: its checkpoints name it, and
         # what it misses is owed to it
         self.uri, self.run_id = uri, run_id
@@ -314,9 +358,16 @@ class MLflowTracker:
             return
         self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
-    def log_model(self, model, input_example: np.ndarray, partitions, work_dir: Path,
-                  name: str = "encoder", registry_name: str | None = None,
-                  version_tags: dict[str, Any] | None = None) -> str | None:
+    def log_model(
+        self,
+        model,
+        input_example: np.ndarray,
+        partitions,
+        work_dir: Path,
+        name: str = "encoder",
+        registry_name: str | None = None,
+        version_tags: dict[str, Any] | None = None,
+    ) -> str | None:
         """The pyfunc of :mod:`gvae_dist.codes_model`: images ``[N, C, H, W]`` float32 in [0, 1]
         (the signature's shape, batch dim dynamic) -> a DataFrame with one column group per
         partition (``pose_0 ..``), the posterior means ``gvae-dist encode`` gives.
@@ -329,6 +380,7 @@ class MLflowTracker:
 
         ``registry_name``: also register it in the Model Registry, the new version tagged with
         ``version_tags``; returns the version number (None when not registered or on failure)."""
+
         def _log():
             import json
 
@@ -346,19 +398,28 @@ class MLflowTracker:
             (work / f"{name}_partitions.json").write_text(json.dumps(partitions.table()))
             with torch.no_grad():
                 codes = pd.DataFrame(model(x_NCHW).numpy(), columns=partitions.code_columns())
-            reqs = [f"torch=={torch.__version__.split('+')[0]}", f"pandas=={pd.__version__}",
-                    f"numpy=={np.__version__}"]
+            reqs = [
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"pandas=={pd.__version__}",
+                f"numpy=={np.__version__}",
+            ]
             with mlflow.start_run(run_id=self.run_id):
                 logged = mlflow.pyfunc.log_model(
-                    name=name, python_model=str(Path(__file__).with_name("codes_model.py")),
-                    artifacts={"program": str(work / f"{name}.pt2"),
-                               "partitions": str(work / f"{name}_partitions.json")},
-                    signature=infer_signature(x_NCHW.numpy(), codes), input_example=x_NCHW.numpy(),
-                    pip_requirements=reqs)
+                    name=name,
+                    python_model=str(Path(__file__).with_name("codes_model.py")),
+                    artifacts={
+                        "program": str(work / f"{name}.pt2"),
+                        "partitions": str(work / f"{name}_partitions.json"),
+                    },
+                    signature=infer_signature(x_NCHW.numpy(), codes),
+                    input_example=x_NCHW.numpy(),
+                    pip_requirements=reqs,
+                )
             if registry_name is None:
                 return None
             tags = {k: str(v) for k, v in (version_tags or {}).items()}
             return mlflow.register_model(logged.model_uri, registry_name, tags=tags).version
+
         return self._call(_log)
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -385,10 +446,14 @@ class MLflowTracker:
             return
         if not self._owing:
             self._owing = True
-            log.warning("[gvae-dist] warning: MLflow run %s is out of reach; what it misses from here on "
-                        "(metrics of later steps, its end status) is recorded in %s and sent by the next "
-                        "`gvae-dist train` of this run directory, or now by `gvae-dist tracking sync %s`",
-                        self.run_id, path, self._run_dir)
+            log.warning(
+                "[gvae-dist] warning: MLflow run %s is out of reach; what it misses from here on "
+                "(metrics of later steps, its end status) is recorded in %s and sent by the next "
+                "`gvae-dist train` of this run directory, or now by `gvae-dist tracking sync %s`",
+                self.run_id,
+                path,
+                self._run_dir,
+            )
 
 
 def make_tracker(cfg, is_main: bool, run_id: str | None = None, dedupe: bool = False):
@@ -399,8 +464,15 @@ def make_tracker(cfg, is_main: bool, run_id: str | None = None, dedupe: bool = F
     if not (is_main and cfg.tracking.enabled) or mlflow_missing():
         return NullTracker()
     uri = tracking_uri(cfg)
-    tracker = MLflowTracker(uri, cfg.tracking.experiment, cfg.run.name, run_id,
-                            tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())}, dedupe=dedupe, run_dir=cfg.run_dir())
+    tracker = MLflowTracker(
+        uri,
+        cfg.tracking.experiment,
+        cfg.run.name,
+        run_id,
+        tags={RUN_KEY_TAG: str(cfg.run_dir().resolve())},
+        dedupe=dedupe,
+        run_dir=cfg.run_dir(),
+    )
     # a continued run whose store is out of reach keeps its (broken) tracker: it records what is owed
     return tracker if tracker.active or tracker.run_id is not None else NullTracker()
 

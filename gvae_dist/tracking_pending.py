@@ -33,9 +33,11 @@ log = logging.getLogger("gvae_dist.tracking")
 __all__ = ["PENDING_FILE", "owe", "read_pending", "settle", "settle_run_dir"]
 
 PENDING_FILE = "tracking_pending.json"
-_ABOUT = ("what these MLflow runs did not receive while the tracking server was out of reach; sent (then "
-          "this file removed) by the next `gvae-dist train` of this run directory or by "
-          "`gvae-dist tracking sync <run dir>`")
+_ABOUT = (
+    "what these MLflow runs did not receive while the tracking server was out of reach; sent (then "
+    "this file removed) by the next `gvae-dist train` of this run directory or by "
+    "`gvae-dist tracking sync <run dir>`"
+)
 
 
 def read_pending(run_dir: str | Path) -> dict[str, Any] | None:
@@ -127,9 +129,11 @@ def settle(client, run_dir: str | Path) -> list[str]:
         if debt["status"] is not None:
             client.set_terminated(run_id, debt["status"])
         sent = sorted({m.step for m in items})
-        done.append(f"MLflow run {run_id}: sent {len(items)} metric point(s) of {len(sent)} step(s)"
-                    + (f" ({sent[0]}..{sent[-1]})" if sent else "")
-                    + (f", status {debt['status']}" if debt["status"] else ", status left as it is"))
+        done.append(
+            f"MLflow run {run_id}: sent {len(items)} metric point(s) of {len(sent)} step(s)"
+            + (f" ({sent[0]}..{sent[-1]})" if sent else "")
+            + (f", status {debt['status']}" if debt["status"] else ", status left as it is")
+        )
         del data["runs"][run_id]
         _write(run_dir, data)
     return done
@@ -147,8 +151,13 @@ def settle_run_dir(client, uri: str, run_dir: str | Path) -> bool:
             print(f"[gvae-dist] {line} (owed since a tracking outage; {PENDING_FILE} settled)", flush=True)
         return True
     except Exception as exc:  # the server may still be down: training goes on, the debt stays
-        log.warning("[gvae-dist] warning: could not settle %s with %s (%s: %s); kept for the next "
-                    "`gvae-dist train` of this run directory or `gvae-dist tracking sync %s`",
-                    run_dir / PENDING_FILE, redact_uri(uri), type(exc).__name__,
-                    redact_uri(str(exc)).splitlines()[0][:300] if str(exc) else "", run_dir)
+        log.warning(
+            "[gvae-dist] warning: could not settle %s with %s (%s: %s); kept for the next "
+            "`gvae-dist train` of this run directory or `gvae-dist tracking sync %s`",
+            run_dir / PENDING_FILE,
+            redact_uri(uri),
+            type(exc).__name__,
+            redact_uri(str(exc)).splitlines()[0][:300] if str(exc) else "",
+            run_dir,
+        )
         return False

@@ -66,8 +66,17 @@ from gvae_dist.schedule import learning_rate, scheduled
 from gvae_dist.step import StepMetrics, StepParts, train_step
 from gvae_dist.tracking import make_tracker, posterior_mean, settle_pending
 
-__all__ = ["RunHooks", "train_loop", "TrainResult", "Preempted", "PREEMPTED_EXIT_CODE",
-           "Interrupted", "INTERRUPTED_EXIT_CODE", "claim_run_dir", "check_resume_config"]
+__all__ = [
+    "RunHooks",
+    "train_loop",
+    "TrainResult",
+    "Preempted",
+    "PREEMPTED_EXIT_CODE",
+    "Interrupted",
+    "INTERRUPTED_EXIT_CODE",
+    "claim_run_dir",
+    "check_resume_config",
+]
 
 log = logging.getLogger("gvae_dist.train")
 
@@ -91,9 +100,11 @@ class RunHooks:
     def restore_candidates(self, cfg: Config) -> list[Candidate]:
         found = local_candidates(cfg.run_dir() / "checkpoints")
         if found and not cfg.run.resume:
-            raise ConfigError(f"run.resume: false, but {cfg.run_dir()} holds checkpoints (newest "
-                              f"{found[-1].path.name}) of a run this one would mix with; pick another "
-                              "run.name, move that directory away, or set run.resume=true")
+            raise ConfigError(
+                f"run.resume: false, but {cfg.run_dir()} holds checkpoints (newest "
+                f"{found[-1].path.name}) of a run this one would mix with; pick another "
+                "run.name, move that directory away, or set run.resume=true"
+            )
         return found
 
     def restored(self, cfg: Config) -> None:
@@ -123,8 +134,7 @@ def _resolve_device(cfg: Config) -> str:
 
 
 def _rng_state(pair_gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "pairing": pair_gen.get_state(),
-             "python": list(random.getstate()[1])}
+    state = {"torch": torch.get_rng_state(), "pairing": pair_gen.get_state(), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -161,9 +171,11 @@ class Preempted(RuntimeError):
     exit_code = PREEMPTED_EXIT_CODE
 
     def __init__(self, step: int, checkpoint: Path | None, reason: str):
-        super().__init__(f"stopped at step {step} on {reason}; checkpoint "
-                         f"{checkpoint or '(written by the main process)'}; "
-                         "run the same command again to resume")
+        super().__init__(
+            f"stopped at step {step} on {reason}; checkpoint "
+            f"{checkpoint or '(written by the main process)'}; "
+            "run the same command again to resume"
+        )
         self.step, self.checkpoint, self.reason = step, checkpoint, reason
 
     def __reduce__(self):  # picklable with its arguments (Ray ships worker errors to the driver)
@@ -180,8 +192,9 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, step: int | None, checkpoint: Path | None):
         at = f"at step {step}" if step is not None else "before the first step"
-        super().__init__(f"interrupted {at}; last checkpoint {checkpoint or '(none yet)'}; "
-                         "run the same command to resume")
+        super().__init__(
+            f"interrupted {at}; last checkpoint {checkpoint or '(none yet)'}; run the same command to resume"
+        )
         self.step, self.checkpoint = step, checkpoint
 
     def __reduce__(self):
@@ -224,13 +237,15 @@ def check_resume_config(cfg: Config, ckpt_dir: Path, origin: str | None = None) 
     shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
     where = origin or str(ckpt_dir)
     if cfg.run.resume == "force":
-        warnings.warn(f"run.resume: force: resuming {where} with a different config ({shown})",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"run.resume: force: resuming {where} with a different config ({shown})", RuntimeWarning, stacklevel=2
+        )
         return
     raise ConfigError(
         f"run.resume: {cfg.run_dir()} holds a run made with a different config (checkpoint {where}); "
         f"differing keys: {shown}. To start a new run, pick another run.name (or move the "
-        "directory away); to continue that run with this config anyway, set run.resume=force")
+        "directory away); to continue that run with this config anyway, set run.resume=force"
+    )
 
 
 class _StopRequest:
@@ -269,8 +284,13 @@ class _StopRequest:
             flag = torch.tensor([float(mine)], device=accelerator.device)
             anyone = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
         if anyone:
-            self.reason = (f"SIG{self.signame}" if self.received else
-                           f"stop file {self.stop_file}" if by_file else "another rank's stop request")
+            self.reason = (
+                f"SIG{self.signame}"
+                if self.received
+                else f"stop file {self.stop_file}"
+                if by_file
+                else "another rank's stop request"
+            )
         return anyone
 
 
@@ -338,8 +358,10 @@ def _restore(cfg: Config, hooks: RunHooks, accelerator, is_main: bool) -> _Resto
         steps = gather_object([found[0].step if found else -1])
         target = min(steps)
         if target < 0 < max(steps):
-            raise CheckpointError(f"ranks found different checkpoints to resume from (steps {steps}, -1: "
-                                  "none): every rank must see the run directory or distributed.storage_path")
+            raise CheckpointError(
+                f"ranks found different checkpoints to resume from (steps {steps}, -1: "
+                "none): every rank must see the run directory or distributed.storage_path"
+            )
         if found is not None and found[0].step != target:
             found = load_newest([c for c in candidates if c.step == target])
     hooks.restored(cfg)
@@ -354,8 +376,9 @@ def _restore(cfg: Config, hooks: RunHooks, accelerator, is_main: bool) -> _Resto
     return _Restored(cand, state)
 
 
-def _load_state(state: dict[str, Any], cfg: Config, raw_model: GatedVAE, optimizer, accelerator,
-                pair_gen: torch.Generator, loader) -> int:
+def _load_state(
+    state: dict[str, Any], cfg: Config, raw_model: GatedVAE, optimizer, accelerator, pair_gen: torch.Generator, loader
+) -> int:
     """Put a checkpoint's ``state`` into this run's model, optimizer, scaler and (when the world
     size matches) this rank's RNGs and data position; returns the checkpoint's step."""
     o = cfg.optim
@@ -371,13 +394,13 @@ def _load_state(state: dict[str, Any], cfg: Config, raw_model: GatedVAE, optimiz
         _set_rng_state(rngs[rank], pair_gen)
         loader.load_state_dict(positions[rank])
     else:
-        log.warning("checkpoint has %d ranks' RNG/data state but this run has %d: reseeding",
-                    len(rngs), world)
+        log.warning("checkpoint has %d ranks' RNG/data state but this run has %d: reseeding", len(rngs), world)
     return int(state["step"])
 
 
-def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopRequest,
-                claims: contextlib.ExitStack) -> TrainResult:
+def _train_loop(
+    config: Config | dict, hooks: RunHooks | None, stop: _StopRequest, claims: contextlib.ExitStack
+) -> TrainResult:
     """The loop of :func:`train_loop`; ``stop`` carries checkpoint-and-stop requests, ``claims``
     holds the run directory's lock until the run ends."""
     cfg = config if isinstance(config, Config) else config_from_dict(config)
@@ -405,8 +428,14 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 t0 = time.perf_counter()
                 batch = next(w.loader)
                 t_data += time.perf_counter() - t0
-                step_metrics.add(train_step(parts, batch, reg_weight=warmup_weight(cfg.objective.warmup_steps, step),
-                                            capacity=capacity_at(cfg.objective, step)))
+                step_metrics.add(
+                    train_step(
+                        parts,
+                        batch,
+                        reg_weight=warmup_weight(cfg.objective.warmup_steps, step),
+                        capacity=capacity_at(cfg.objective, step),
+                    )
+                )
             step += 1
 
             at_log = step % cfg.run.log_every == 0 or step == o.steps
@@ -423,8 +452,16 @@ def _train_loop(config: Config | dict, hooks: RunHooks | None, stop: _StopReques
                 # Evaluate before the checkpoint so its report (what Ray Tune / ASHA see) carries eval/*.
                 final = step == o.steps
                 if w.is_main and not preempt and ((final and cfg.eval.at_end) or (not final and step in during)):
-                    result = _evaluate(cfg, w.raw_model, w.loader.info, w.device, tracker, step,
-                                       w.run_dir / ("eval" if final else f"eval_step_{step}"), during=not final)
+                    result = _evaluate(
+                        cfg,
+                        w.raw_model,
+                        w.loader.info,
+                        w.device,
+                        tracker,
+                        step,
+                        w.run_dir / ("eval" if final else f"eval_step_{step}"),
+                        during=not final,
+                    )
                     w.raw_model.train()
                     metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, int | float)})
                     eval_metrics = result if final else eval_metrics
@@ -479,8 +516,10 @@ def _setup(cfg: Config, hooks: RunHooks, claims: contextlib.ExitStack) -> _Worke
 
     device_kind = _resolve_device(cfg)
     if cfg.optim.mixed_precision == "fp16" and device_kind != "cuda":  # Accelerate would ignore it
-        raise ConfigError(f"optim.mixed_precision: fp16 (autocast + GradScaler) needs a CUDA device, this "
-                          f"run is on {device_kind}; use bf16 or 'no' there")
+        raise ConfigError(
+            f"optim.mixed_precision: fp16 (autocast + GradScaler) needs a CUDA device, this "
+            f"run is on {device_kind}; use bf16 or 'no' there"
+        )
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     if device_kind == "cpu" and cfg.run.retain_freed_memory:
@@ -489,17 +528,27 @@ def _setup(cfg: Config, hooks: RunHooks, claims: contextlib.ExitStack) -> _Worke
     # Accelerate keeps a process-wide singleton; a second run in the same process (tests, Tune
     # trials, studies) may ask for another precision, so start from a clean accelerator state.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(cpu=device_kind == "cpu", mixed_precision=o.mixed_precision,
-                              gradient_accumulation_steps=o.grad_accum)
-    rank, world, is_main, device = (accelerator.process_index, accelerator.num_processes,
-                                    accelerator.is_main_process, accelerator.device)
+    accelerator = Accelerator(
+        cpu=device_kind == "cpu", mixed_precision=o.mixed_precision, gradient_accumulation_steps=o.grad_accum
+    )
+    rank, world, is_main, device = (
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.is_main_process,
+        accelerator.device,
+    )
     per_rank = o.batch_size // world
     if per_rank * world != o.batch_size or per_rank % o.grad_accum:
-        raise ValueError(f"optim.batch_size={o.batch_size} must split evenly over {world} workers and "
-                         f"optim.grad_accum={o.grad_accum} micro-batches")
+        raise ValueError(
+            f"optim.batch_size={o.batch_size} must split evenly over {world} workers and "
+            f"optim.grad_accum={o.grad_accum} micro-batches"
+        )
     micro = per_rank // o.grad_accum
-    _print(is_main, f"[gvae-dist] {world} process(es) on {device}; global batch {o.batch_size} = "
-                    f"{world} x {o.grad_accum} micro-batches of {micro}; precision {o.mixed_precision}")
+    _print(
+        is_main,
+        f"[gvae-dist] {world} process(es) on {device}; global batch {o.batch_size} = "
+        f"{world} x {o.grad_accum} micro-batches of {micro}; precision {o.mixed_precision}",
+    )
     if is_main:  # before anything is written; released when train_loop returns or raises
         claims.enter_context(hooks.claim(cfg))
         settle_pending(cfg)  # what a tracking outage left owed, before this run logs anything
@@ -510,8 +559,7 @@ def _setup(cfg: Config, hooks: RunHooks, claims: contextlib.ExitStack) -> _Worke
     raw_model = build_model(cfg, loader.info.channels).to(device)
     if o.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                  weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     model = torch.compile(raw_model) if o.compile else raw_model
     # One process (a 1-worker Ray run has a process group of one): no DDP wrapper, whose
     # gradient bucketing and no-op all-reduce cost ~4% of a CPU step for nothing.
@@ -521,8 +569,22 @@ def _setup(cfg: Config, hooks: RunHooks, claims: contextlib.ExitStack) -> _Worke
     partners = build_partners(cfg, loader, plan, device)
     pair_gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
     torch.manual_seed(cfg.run.seed * 1000 + rank + 1)  # per-rank reparameterisation noise
-    return _Worker(cfg, accelerator, rank, world, is_main, device, micro, loader, raw_model, model, optimizer,
-                   plan, partners, pair_gen)
+    return _Worker(
+        cfg,
+        accelerator,
+        rank,
+        world,
+        is_main,
+        device,
+        micro,
+        loader,
+        raw_model,
+        model,
+        optimizer,
+        plan,
+        partners,
+        pair_gen,
+    )
 
 
 def _resume(w: _Worker, hooks: RunHooks) -> tuple[int, str | None, Path | None]:
@@ -541,8 +603,9 @@ def _resume(w: _Worker, hooks: RunHooks) -> tuple[int, str | None, Path | None]:
         save_config(cfg, w.run_dir / "config.yaml")
         dropped = rewind_metrics(w.run_dir, step)
         if dropped:
-            _print(w.is_main, f"[gvae-dist] metrics.jsonl: dropped {dropped} row(s) after step {step}, "
-                              "trained again now")
+            _print(
+                w.is_main, f"[gvae-dist] metrics.jsonl: dropped {dropped} row(s) after step {step}, trained again now"
+            )
     return step, run_id, restore
 
 
@@ -566,14 +629,31 @@ def _step_parts(w: _Worker) -> StepParts:
         if w.accelerator.sync_gradients:
             w.accelerator.clip_grad_norm_(w.model.parameters(), o.grad_clip)
 
-    return StepParts(w.model, w.raw_model, w.optimizer, w.plan, w.pair_gen, w.cfg.gate, w.cfg.objective,
-                     w.partners, o.channels_last,
-                     context=lambda: _both(w.accelerator.accumulate(w.model), w.accelerator.autocast()),
-                     backward=w.accelerator.backward, clip_grad=clip_grad if o.grad_clip > 0 else None)
+    return StepParts(
+        w.model,
+        w.raw_model,
+        w.optimizer,
+        w.plan,
+        w.pair_gen,
+        w.cfg.gate,
+        w.cfg.objective,
+        w.partners,
+        o.channels_last,
+        context=lambda: _both(w.accelerator.accumulate(w.model), w.accelerator.autocast()),
+        backward=w.accelerator.backward,
+        clip_grad=clip_grad if o.grad_clip > 0 else None,
+    )
 
 
-def _step_record(w: _Worker, step_metrics: StepMetrics, step: int, t_data: float, t_last: float,
-                 warned: set[str], last_ckpt: Path | None) -> dict[str, float]:
+def _step_record(
+    w: _Worker,
+    step_metrics: StepMetrics,
+    step: int,
+    t_data: float,
+    t_last: float,
+    warned: set[str],
+    last_ckpt: Path | None,
+) -> dict[str, float]:
     """The metrics of a log step: the step sums read back once, throughput and data wait since
     the last log step, skipped samples, the learning rate; non-finite values stop the run."""
     cfg = w.cfg
@@ -602,23 +682,35 @@ def _checkpoint(w: _Worker, tracker, hooks: RunHooks, at_step: int, metrics: dic
     path = None
     if w.is_main:
         if len(set(digests)) > 1:
-            log.warning("ranks hold different weights at step %d (%s): gradients are not "
-                        "synchronised", at_step, digests)
+            log.warning(
+                "ranks hold different weights at step %d (%s): gradients are not synchronised", at_step, digests
+            )
         scaler = w.accelerator.scaler
-        state = {"model": w.raw_model.state_dict(), "optimizer": w.optimizer.state_dict(),
-                 "scaler": scaler.state_dict() if scaler else None,
-                 "step": at_step, "rng": rng_all, "data": data_all,
-                 "tracking_run_id": tracker.run_id, "world_size": w.world}
-        path = save_checkpoint(w.run_dir / "checkpoints", at_step, state, config_yaml(w.cfg),
-                               keep=w.cfg.run.keep_checkpoints,
-                               meta={"metrics": metrics, "param_digests": digests,
-                                     "resume_fingerprint": resume_fingerprint(w.cfg)})
+        state = {
+            "model": w.raw_model.state_dict(),
+            "optimizer": w.optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None,
+            "step": at_step,
+            "rng": rng_all,
+            "data": data_all,
+            "tracking_run_id": tracker.run_id,
+            "world_size": w.world,
+        }
+        path = save_checkpoint(
+            w.run_dir / "checkpoints",
+            at_step,
+            state,
+            config_yaml(w.cfg),
+            keep=w.cfg.run.keep_checkpoints,
+            meta={"metrics": metrics, "param_digests": digests, "resume_fingerprint": resume_fingerprint(w.cfg)},
+        )
     hooks.report(metrics, path)
     return path
 
 
-def _finish(w: _Worker, tracker, step: int, metrics: dict[str, float], eval_metrics: dict | None,
-            grid_x: torch.Tensor | None) -> dict | None:
+def _finish(
+    w: _Worker, tracker, step: int, metrics: dict[str, float], eval_metrics: dict | None, grid_x: torch.Tensor | None
+) -> dict | None:
     """After the last step: the final evaluation if a resumed finished run lacks it,
     ``metrics.json``, the last image grids, the encoder logged (and registered), the tracker
     closed; returns the final evaluation."""
@@ -634,10 +726,17 @@ def _finish(w: _Worker, tracker, step: int, metrics: dict[str, float], eval_metr
             log_image_grids(tracker, w.raw_model, grid_x, step, w.run_dir / "images")
         registry = cfg.tracking.registry_name
         version = tracker.log_model(
-            posterior_mean(w.raw_model), grid_x[:2].cpu().numpy(), cfg.partition_spec(),
-            w.run_dir / "model", name="encoder", registry_name=registry,
-            version_tags={"gvae_dist.step": step, **{f"eval/{k}": v for k, v in (eval_metrics or {}).items()
-                                                     if isinstance(v, int | float)}})
+            posterior_mean(w.raw_model),
+            grid_x[:2].cpu().numpy(),
+            cfg.partition_spec(),
+            w.run_dir / "model",
+            name="encoder",
+            registry_name=registry,
+            version_tags={
+                "gvae_dist.step": step,
+                **{f"eval/{k}": v for k, v in (eval_metrics or {}).items() if isinstance(v, int | float)},
+            },
+        )
         if version is not None:
             print(f"[gvae-dist] registered the encoder as model {registry!r} version {version}", flush=True)
     tracker.finish()
@@ -645,8 +744,9 @@ def _finish(w: _Worker, tracker, step: int, metrics: dict[str, float], eval_metr
     return eval_metrics
 
 
-def _warn_few_partners(cfg: Config, metrics: dict[str, float], shared_names: list[str], warned: set[str],
-                       dataset_partners: bool, step: int) -> None:
+def _warn_few_partners(
+    cfg: Config, metrics: dict[str, float], shared_names: list[str], warned: set[str], dataset_partners: bool, step: int
+) -> None:
     """Warn once per supervised partition whose shared_factor draws found a partner less often
     than ``pairing.min_found`` (``pairing/found/<name>`` of this log interval), naming the knobs
     that help; ``warned`` holds the names already warned about."""
@@ -659,28 +759,38 @@ def _warn_few_partners(cfg: Config, metrics: dict[str, float], shared_names: lis
         knobs += [] if dataset_partners else ["pairing.partner: dataset"]
         knobs += ["pairing.match_nuisance: false"] if cfg.pairing.match_nuisance else []
         knobs += ["a larger pairing.bank_size"] if cfg.data.source == "shards" else []
-        log.warning("pairing: only %.0f%% of %s's shared_factor draws found a partner "
-                    "(step %d); they train as identity pairs. Try %s",
-                    100 * found, name, step, ", ".join(knobs))
+        log.warning(
+            "pairing: only %.0f%% of %s's shared_factor draws found a partner "
+            "(step %d); they train as identity pairs. Try %s",
+            100 * found,
+            name,
+            step,
+            ", ".join(knobs),
+        )
 
 
 def _check_finite(metrics: dict[str, float], step: int, last_ckpt: Path | None) -> None:
     """``FloatingPointError`` naming the non-finite metrics and the last good checkpoint."""
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
-        raise FloatingPointError(f"non-finite {bad} at step {step}; last good checkpoint: "
-                                 f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip")
+        raise FloatingPointError(
+            f"non-finite {bad} at step {step}; last good checkpoint: "
+            f"{last_ckpt}. Lower optim.lr or enable optim.grad_clip"
+        )
 
 
 def _progress_line(metrics: dict[str, float], step: int, steps: int) -> str:
-    return (f"step {step:>6}/{steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
-            f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
-            f"  {metrics['perf/images_per_s']:.0f} img/s"
-            f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%")
+    return (
+        f"step {step:>6}/{steps}  loss {metrics['loss']:.2f}  recon {metrics['recon']:.2f}"
+        f"  kl {metrics['kl']:.2f}  found {metrics['pairing/found']:.2f}"
+        f"  {metrics['perf/images_per_s']:.0f} img/s"
+        f"  data-wait {100 * metrics['perf/data_wait_fraction']:.1f}%"
+    )
 
 
-def _evaluate(cfg: Config, model: GatedVAE, info, device, tracker, step: int, out_dir: Path,
-              during: bool = False) -> dict:
+def _evaluate(
+    cfg: Config, model: GatedVAE, info, device, tracker, step: int, out_dir: Path, during: bool = False
+) -> dict:
     from gvae_dist.eval_runner import evaluate_model
 
     t0 = time.perf_counter()
@@ -689,9 +799,12 @@ def _evaluate(cfg: Config, model: GatedVAE, info, device, tracker, step: int, ou
     tracker.log_metrics(flat, step)
     for png in sorted(out_dir.glob("*.png")):
         tracker.log_artifact(png, "eval")
-    print(f"[gvae-dist] evaluation at step {step} ({time.perf_counter() - t0:.1f}s): "
-          f"DCI over targeted factors: disentanglement {result['disentanglement']:.3f}  completeness {result['completeness']:.3f}"
-          f"  informativeness {result['informativeness']:.3f}"
-          + (f"  partition purity {result['partition_purity']:.3f}" if "partition_purity" in result else ""),
-          flush=True)
+    print(
+        f"[gvae-dist] evaluation at step {step} ({time.perf_counter() - t0:.1f}s): "
+        f"DCI over targeted factors: disentanglement {result['disentanglement']:.3f}  completeness "
+        f"{result['completeness']:.3f}"
+        f"  informativeness {result['informativeness']:.3f}"
+        + (f"  partition purity {result['partition_purity']:.3f}" if "partition_purity" in result else ""),
+        flush=True,
+    )
     return result

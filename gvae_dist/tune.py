@@ -97,7 +97,7 @@ def _check_dist(path: Path, key: str, spec: Any) -> dict[str, list]:
     where = f"params.{key}"
     if not isinstance(spec, dict) or len(spec) != 1:
         raise _err(path, where, f"expected one of {{{', '.join(d + ': [...]' for d in DISTRIBUTIONS)}}}, got {spec!r}")
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     if kind not in DISTRIBUTIONS:
         raise _err(path, where, f"unknown distribution {kind!r}; choose one of {', '.join(DISTRIBUTIONS)}")
     if not isinstance(args, list) or not args:
@@ -171,8 +171,14 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> Space:
 
 TRAIN_METRICS = ("loss", "recon", "kl")
 # the direction in which each reported metric improves (the rest have none: kl, ...)
-LOWER_IS_BETTER = ("loss", "recon", "eval/informativeness_error", "eval/all/informativeness_error",
-                   "eval/neg_elbo", "eval/recon")
+LOWER_IS_BETTER = (
+    "loss",
+    "recon",
+    "eval/informativeness_error",
+    "eval/all/informativeness_error",
+    "eval/neg_elbo",
+    "eval/recon",
+)
 
 
 def reported_metrics(cfg: Config) -> list[str] | None:
@@ -190,51 +196,73 @@ def _check_metric(path: Path, metric: str, mode: str, cfg: Config) -> None:
     """The objective metric must be one a trial reports, in every Tune report (one per
     checkpoint), or Tune ends the sweep after the first trial trained; the mode must improve it."""
     valid = reported_metrics(cfg)
-    per_factor = metric.startswith("eval/informativeness/") and cfg.data.source == "shards" and \
-        not any(v.startswith("eval/informativeness/") for v in valid)  # shards not readable here
+    per_factor = (
+        metric.startswith("eval/informativeness/")
+        and cfg.data.source == "shards"
+        and not any(v.startswith("eval/informativeness/") for v in valid)
+    )  # shards not readable here
     if metric not in valid and not per_factor:
         close = difflib.get_close_matches(metric, valid, n=1)
-        raise _err(path, "metric", f"{metric!r} is not a metric a trial reports"
-                                   + (f" (did you mean {close[0]!r}?)" if close else "")
-                                   + f"; valid metrics: {', '.join(valid)}")
-    best = ("min" if metric in LOWER_IS_BETTER else
-            "max" if metric.startswith("eval/") and metric != "eval/kl" else None)
+        raise _err(
+            path,
+            "metric",
+            f"{metric!r} is not a metric a trial reports"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; valid metrics: {', '.join(valid)}",
+        )
+    best = "min" if metric in LOWER_IS_BETTER else "max" if metric.startswith("eval/") and metric != "eval/kl" else None
     if best and mode != best:
-        raise _err(path, "mode", f"{metric} is better when {'lower' if best == 'min' else 'higher'}: "
-                                 f"set mode: {best} (now {mode})")
+        raise _err(
+            path,
+            "mode",
+            f"{metric} is better when {'lower' if best == 'min' else 'higher'}: set mode: {best} (now {mode})",
+        )
     if metric in TRAIN_METRICS:
         return
     every, ckpt = cfg.eval.every, cfg.run.checkpoint_every
     if not cfg.eval.at_end or not every or ckpt % every:
-        raise _err(path, "metric", f"{metric} is reported only when an evaluation coincides with a checkpoint: "
-                                   f"set eval.every to run.checkpoint_every ({ckpt}) or a divisor of it "
-                                   f"(now {every}) and eval.at_end=true (now {cfg.eval.at_end})")
+        raise _err(
+            path,
+            "metric",
+            f"{metric} is reported only when an evaluation coincides with a checkpoint: "
+            f"set eval.every to run.checkpoint_every ({ckpt}) or a divisor of it "
+            f"(now {every}) and eval.at_end=true (now {cfg.eval.at_end})",
+        )
 
 
 def _check_scheduler(path: Path, sched: dict[str, Any], cfg: Config) -> None:
     """ASHA's numbers are counts of Tune reports (one per checkpoint)."""
     for key, kind, low in (("grace_period", int, 1), ("max_t", int, 1), ("reduction_factor", (int, float), 1)):
         v = sched.get(key)
-        if v is not None and (not isinstance(v, kind) or isinstance(v, bool) or v < low
-                              or (key == "reduction_factor" and v <= 1)):
+        if v is not None and (
+            not isinstance(v, kind) or isinstance(v, bool) or v < low or (key == "reduction_factor" and v <= 1)
+        ):
             want = "a number > 1" if key == "reduction_factor" else "an integer >= 1"
             raise _err(path, f"scheduler.{key}", f"{want}, got {v!r}")
     reports = math.ceil(cfg.optim.steps / cfg.run.checkpoint_every)
     if sched.get("name") == "asha" and int(sched.get("grace_period", 1)) > int(sched.get("max_t", 100)):
         raise _err(path, "scheduler.grace_period", f"{sched['grace_period']} is above max_t {sched.get('max_t', 100)}")
     if sched.get("name") == "asha" and int(sched.get("grace_period", 1)) > reports:
-        raise _err(path, "scheduler.grace_period", f"{sched.get('grace_period', 1)} reports, but a trial reports "
-                                                   f"only {reports} times (optim.steps {cfg.optim.steps} / "
-                                                   f"run.checkpoint_every {cfg.run.checkpoint_every}): ASHA "
-                                                   "would never decide; lower it or checkpoint more often")
+        raise _err(
+            path,
+            "scheduler.grace_period",
+            f"{sched.get('grace_period', 1)} reports, but a trial reports "
+            f"only {reports} times (optim.steps {cfg.optim.steps} / "
+            f"run.checkpoint_every {cfg.run.checkpoint_every}): ASHA "
+            "would never decide; lower it or checkpoint more often",
+        )
 
 
 def _tune_param(spec: dict[str, list]):
     from ray import tune
 
-    (kind, args), = spec.items()
-    return {"loguniform": lambda: tune.loguniform(*args), "uniform": lambda: tune.uniform(*args),
-            "choice": lambda: tune.choice(args), "grid": lambda: tune.grid_search(args)}[kind]()
+    ((kind, args),) = spec.items()
+    return {
+        "loguniform": lambda: tune.loguniform(*args),
+        "uniform": lambda: tune.uniform(*args),
+        "choice": lambda: tune.choice(args),
+        "grid": lambda: tune.grid_search(args),
+    }[kind]()
 
 
 def trial_config(space: Space, extra: list[str], point: dict[str, Any], name: str) -> Config:
@@ -291,8 +319,11 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
     tune_root = str(Path(base.run.output_dir) / "tune")
     exp_path = f"{tune_root}/{sweep}"
     # ship absolute paths to the trials; the trials' Train runs live next to launch's
-    extra = [*extra, f"run.output_dir={base.run.output_dir}",
-             f"distributed.storage_path={base.distributed.storage_path}"]
+    extra = [
+        *extra,
+        f"run.output_dir={base.run.output_dir}",
+        f"distributed.storage_path={base.distributed.storage_path}",
+    ]
     if base.tracking.enabled and base.tracking.uri:  # None: credentials, kept in the environment
         extra.append(f"tracking.uri={base.tracking.uri}")
     temp_dir = connect(base)
@@ -316,26 +347,32 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
         parent_cfg = base.replace({"run.name": sweep})
         parent = open_run(parent_cfg, f"tune:{exp_path}", reuse=restoring)
         # the sweep's fixed arguments stay out of the param space (and of Tune's trial table)
-        trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep=sweep, extra=extra,
-                                                             parent_run_id=parent), {"CPU": TRIAL_DRIVER_CPUS})
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, space=space, sweep=sweep, extra=extra, parent_run_id=parent),
+            {"CPU": TRIAL_DRIVER_CPUS},
+        )
         if restoring:
             print(f"[gvae-dist] resuming sweep {exp_path}", flush=True)
             tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            tuner = tune.Tuner(trainable, param_space={k: _tune_param(v) for k, v in space.params.items()},
-                               tune_config=_tune_config(space, concurrent),
-                               run_config=tune.RunConfig(name=sweep, storage_path=tune_root,
-                                                         callbacks=callbacks, verbose=1))
-        print(f"[gvae-dist] sweep {sweep}: {space.num_trials()} trial(s), {min(concurrent, space.num_trials())} "
-              f"at a time on {cpus:g} CPUs; each trial reserves {per_trial:g} CPUs: "
-              f"{TRIAL_DRIVER_CPUS} for its driver (idle while its run trains) + {workers}; "
-              f"MLflow parent run {parent}", flush=True)
+            tuner = tune.Tuner(
+                trainable,
+                param_space={k: _tune_param(v) for k, v in space.params.items()},
+                tune_config=_tune_config(space, concurrent),
+                run_config=tune.RunConfig(name=sweep, storage_path=tune_root, callbacks=callbacks, verbose=1),
+            )
+        print(
+            f"[gvae-dist] sweep {sweep}: {space.num_trials()} trial(s), {min(concurrent, space.num_trials())} "
+            f"at a time on {cpus:g} CPUs; each trial reserves {per_trial:g} CPUs: "
+            f"{TRIAL_DRIVER_CPUS} for its driver (idle while its run trains) + {workers}; "
+            f"MLflow parent run {parent}",
+            flush=True,
+        )
         grid = tuner.fit()
         seconds = time.perf_counter() - t0
         trials = grid._experiment_analysis.trials
         # Tune returns normally when interrupted (SIGINT/SIGUSR1): trials then are missing or unfinished
-        interrupted = len(trials) < space.num_trials() or any(t.status not in ("TERMINATED", "ERROR")
-                                                              for t in trials)
+        interrupted = len(trials) < space.num_trials() or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
         rows = _rows(space, trials)
         best = _pick(space, rows)
         if parent is not None and not interrupted:
@@ -349,12 +386,26 @@ def run_sweep(space: Space, extra: list[str] | None = None, callbacks: list | No
         raise
     finally:
         disconnect(temp_dir)
-    return {"rows": rows, "best": best, "parent_run_id": parent, "interrupted": interrupted,
-            "path": exp_path, "seconds": seconds}
+    return {
+        "rows": rows,
+        "best": best,
+        "parent_run_id": parent,
+        "interrupted": interrupted,
+        "path": exp_path,
+        "seconds": seconds,
+    }
 
 
-def _finish_parent(client, parent: str, space: Space, sweep: str, base: Config, rows: list[dict[str, Any]],
-                   best: dict[str, Any] | None, seconds: float) -> None:
+def _finish_parent(
+    client,
+    parent: str,
+    space: Space,
+    sweep: str,
+    base: Config,
+    rows: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    seconds: float,
+) -> None:
     """The parent run's best-trial params, metric and tags; FINISHED, or FAILED when no trial
     reached a finite value of the metric (every trial errored)."""
     from gvae_dist.checkpoint import latest_checkpoint
@@ -378,8 +429,11 @@ def _finish_parent(client, parent: str, space: Space, sweep: str, base: Config, 
     client.set_tag(parent, "gvae_dist.summary", format_table(space, rows))
     client.log_metric(parent, "sweep_seconds", seconds)
     if best is None:
-        client.set_tag(parent, "gvae_dist.error", f"no trial reported a finite {space.metric}; "
-                                                  f"statuses: {sorted({r['status'] for r in rows})}")
+        client.set_tag(
+            parent,
+            "gvae_dist.error",
+            f"no trial reported a finite {space.metric}; statuses: {sorted({r['status'] for r in rows})}",
+        )
     client.set_terminated(parent, "FINISHED" if best is not None else "FAILED")
 
 
@@ -390,20 +444,29 @@ def _tune_config(space: Space, concurrent: int):
     if space.scheduler.get("name") == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        sched = ASHAScheduler(time_attr="training_iteration",
-                              max_t=int(space.scheduler.get("max_t", 100)),
-                              grace_period=int(space.scheduler.get("grace_period", 1)),
-                              reduction_factor=float(space.scheduler.get("reduction_factor", 2)))
+        sched = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=int(space.scheduler.get("max_t", 100)),
+            grace_period=int(space.scheduler.get("grace_period", 1)),
+            reduction_factor=float(space.scheduler.get("reduction_factor", 2)),
+        )
     searcher = None
     if space.search == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError as exc:
-            raise ConfigError(f"{space.path}: search: optuna is not importable ({exc}); pip install optuna "
-                              "or use search: random") from None
+            raise ConfigError(
+                f"{space.path}: search: optuna is not importable ({exc}); pip install optuna or use search: random"
+            ) from None
         searcher = OptunaSearch()
-    return tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
-                           scheduler=sched, search_alg=searcher, max_concurrent_trials=concurrent)
+    return tune.TuneConfig(
+        metric=space.metric,
+        mode=space.mode,
+        num_samples=space.num_samples,
+        scheduler=sched,
+        search_alg=searcher,
+        max_concurrent_trials=concurrent,
+    )
 
 
 EVAL_COLUMNS = ("eval/dci_mean", "eval/partition_purity", "eval/neg_elbo")
@@ -413,11 +476,19 @@ def _rows(space: Space, trials) -> list[dict[str, Any]]:
     rows = []
     for t in trials:
         last = t.last_result or {}
-        rows.append({"trial": t.trial_id, "status": t.status, **{k: t.config.get(k) for k in space.params},
-                     "iters": last.get("training_iteration", 0), "step": last.get("step"),
-                     "loss": last.get("loss"), space.metric: last.get(space.metric),
-                     **{k: last[k] for k in EVAL_COLUMNS if k in last},
-                     "checkpoint": t.checkpoint.path if t.checkpoint else None})
+        rows.append(
+            {
+                "trial": t.trial_id,
+                "status": t.status,
+                **{k: t.config.get(k) for k in space.params},
+                "iters": last.get("training_iteration", 0),
+                "step": last.get("step"),
+                "loss": last.get("loss"),
+                space.metric: last.get(space.metric),
+                **{k: last[k] for k in EVAL_COLUMNS if k in last},
+                "checkpoint": t.checkpoint.path if t.checkpoint else None,
+            }
+        )
     return rows
 
 
@@ -442,8 +513,16 @@ def _child_of(client, parent: str, trial_id: str, sweep: str) -> str | None:
 
 
 def format_table(space: Space, rows: list[dict[str, Any]]) -> str:
-    cols = ["trial", "status", *space.params, "iters", "step", "loss", space.metric,
-            *(k for k in EVAL_COLUMNS if any(k in r for r in rows))]
+    cols = [
+        "trial",
+        "status",
+        *space.params,
+        "iters",
+        "step",
+        "loss",
+        space.metric,
+        *(k for k in EVAL_COLUMNS if any(k in r for r in rows)),
+    ]
     cols = list(dict.fromkeys(cols))
 
     def cell(v):

@@ -4,7 +4,8 @@
     ops/gpu_study.sh OUT [STUDY_FILE] [--steps N|auto] [--parallel P] [--set key=value ...]
     python ops/gpu_study.py --out OUT [--study FILE] [--deadline-s 540] ...   (what the .sh runs)
 
-One process (the cells in ``--parallel`` local processes). Needs PyTorch, numpy, scikit-learn, scipy, PyYAML, Pillow, matplotlib, Accelerate (no Ray, DALI,
+One process (the cells in ``--parallel`` local processes). Needs PyTorch, numpy, scikit-learn, scipy, PyYAML,
+Pillow, matplotlib, Accelerate (no Ray, DALI,
 MLflow or WebDataset, no network, no install: it runs from a copy of the repository). Steps,
 each bounded by what is left of ``--deadline-s``:
 
@@ -41,10 +42,15 @@ def _env(out: Path) -> dict:
 
     from gvae_dist.optional import available
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node(),
-           "cuda": torch.cuda.is_available(), "cpus": os.cpu_count(),
-           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-           "optional": {m: available(m) for m in ("ray", "nvidia.dali", "mlflow", "webdataset")}}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "cuda": torch.cuda.is_available(),
+        "cpus": os.cpu_count(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "optional": {m: available(m) for m in ("ray", "nvidia.dali", "mlflow", "webdataset")},
+    }
     (out / "env.json").write_text(json.dumps(env, indent=2))
     return env
 
@@ -83,10 +89,22 @@ def probe(args, cell_cfg, out: Path, deadline: float) -> dict:
         return json.loads(path.read_text())
     stop = out / "STOP_PROBE"
     stop.unlink(missing_ok=True)
-    cfg = config_from_dict(apply_overrides(cell_cfg.to_dict(), [
-        f"run.output_dir={out}", "run.name=probe", "eval.at_end=false", "tracking.enabled=false",
-        f"optim.steps={args.probe_steps}", f"run.checkpoint_every={args.probe_every}",
-        f"run.log_every={args.probe_every}", f"run.keep_checkpoints={10**6}", f"run.stop_file={stop}"]))
+    cfg = config_from_dict(
+        apply_overrides(
+            cell_cfg.to_dict(),
+            [
+                f"run.output_dir={out}",
+                "run.name=probe",
+                "eval.at_end=false",
+                "tracking.enabled=false",
+                f"optim.steps={args.probe_steps}",
+                f"run.checkpoint_every={args.probe_every}",
+                f"run.log_every={args.probe_every}",
+                f"run.keep_checkpoints={10**6}",
+                f"run.stop_file={stop}",
+            ],
+        )
+    )
     timer = _stop_at(stop, time.monotonic() + args.probe_share * (deadline - time.monotonic()))
     t0 = time.monotonic()
     stopped = False
@@ -108,9 +126,16 @@ def probe(args, cell_cfg, out: Path, deadline: float) -> dict:
     if not curve:
         raise SystemExit(f"gpu_study: the probe wrote no checkpoint in {run_dir}")
     budget, levelled = level_off(curve, args.tol)
-    result = {"cell": cell_cfg.run.name, "budget": budget, "levelled_off": levelled, "tol": args.tol,
-              "probe_stopped_at_time_share": stopped, "probe_seconds": seconds,
-              "steps_per_s_with_checkpoints": curve[-1]["step"] / seconds, "curve": curve}
+    result = {
+        "cell": cell_cfg.run.name,
+        "budget": budget,
+        "levelled_off": levelled,
+        "tol": args.tol,
+        "probe_stopped_at_time_share": stopped,
+        "probe_seconds": seconds,
+        "steps_per_s_with_checkpoints": curve[-1]["step"] / seconds,
+        "curve": curve,
+    }
     path.write_text(json.dumps(result, indent=2))
     return result
 
@@ -119,18 +144,25 @@ def report(out: Path, env: dict, curve: dict | None, study_rc: int | None, secon
     runs = sorted((out / "study" / "runs").glob("*/result.json"))
     lines = [f"# gpu_study on {env['device']} ({env['host']}, torch {env['torch']})", ""]
     if curve:
-        lines.append(f"Budget: {curve['budget']} steps ({'levelled off' if curve['levelled_off'] else 'NOT levelled off'}"
-                     f" within {curve['curve'][-1]['step']} probe steps at tol {curve['tol']:g}; probe "
-                     f"{curve['probe_seconds']:.0f}s). Held-out -ELBO by step: "
-                     + ", ".join(f"{p['step']}: {p['neg_elbo']:.1f}" for p in curve["curve"]))
+        lines.append(
+            f"Budget: {curve['budget']} steps ({'levelled off' if curve['levelled_off'] else 'NOT levelled off'}"
+            f" within {curve['curve'][-1]['step']} probe steps at tol {curve['tol']:g}; probe "
+            f"{curve['probe_seconds']:.0f}s). Held-out -ELBO by step: "
+            + ", ".join(f"{p['step']}: {p['neg_elbo']:.1f}" for p in curve["curve"])
+        )
         lines.append("")
-    lines += ["| cell | device | steps | steps/s | seconds | -ELBO | D | C | I |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "| cell | device | steps | steps/s | seconds | -ELBO | D | C | I |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for path in runs:
         r = json.loads(path.read_text())
         ev = r["eval"]
-        lines.append(f"| {r['name']} | {r['device']} | {r['steps']} | {r['steps_per_s'] or 0:.1f} | "
-                     f"{r['seconds'] or 0:.0f} | {ev.get('neg_elbo', float('nan')):.1f} | "
-                     f"{ev['disentanglement']:.3f} | {ev['completeness']:.3f} | {ev['informativeness']:.3f} |")
+        lines.append(
+            f"| {r['name']} | {r['device']} | {r['steps']} | {r['steps_per_s'] or 0:.1f} | "
+            f"{r['seconds'] or 0:.0f} | {ev.get('neg_elbo', float('nan')):.1f} | "
+            f"{ev['disentanglement']:.3f} | {ev['completeness']:.3f} | {ev['informativeness']:.3f} |"
+        )
     lines += ["", f"{len(runs)} finished cell(s); study exit {study_rc}; whole run {seconds:.0f}s."]
     if study_rc not in (0, None):
         lines.append("Not finished: run the same command again to resume (finished cells are skipped).")
@@ -173,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         first = next((c for c in cells if c.variant == "ungated"), cells[0])
         curve = probe(args, first.cfg, out, deadline)
         steps = curve["budget"]
-        print(f"[gpu_study] budget {steps} steps (levelled off: {curve['levelled_off']}; curve in "
-              f"{out / 'curve.json'})", flush=True)
+        print(
+            f"[gpu_study] budget {steps} steps (levelled off: {curve['levelled_off']}; curve in {out / 'curve.json'})",
+            flush=True,
+        )
     else:
         steps = int(args.steps)
     stop = out / "STOP"
@@ -183,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     timer = _stop_at(stop, deadline - margin)
     spec = load_study(args.study, [*sets, f"optim.steps={steps}", f"run.stop_file={stop}"])
     spec.output_dir = str(out / "study")
-    print(f"[gpu_study] study {args.study}: {len(plan_cells(spec))} cells of {steps} steps, {parallel} at a "
-          f"time into {spec.output_dir}", flush=True)
+    print(
+        f"[gpu_study] study {args.study}: {len(plan_cells(spec))} cells of {steps} steps, {parallel} at a "
+        f"time into {spec.output_dir}",
+        flush=True,
+    )
     try:
         run_study(spec, parallel=parallel, executor="local")
         rc = 0

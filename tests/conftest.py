@@ -40,8 +40,7 @@ if "GVAE_TEST_RAY_TOKEN_FILE" not in os.environ:
     (_auth_dir / "auth_token").write_text(secrets.token_hex(32))
     os.environ["GVAE_TEST_RAY_TOKEN_FILE"] = str(_auth_dir / "auth_token")
 RAY_TOKEN_FILE = Path(os.environ["GVAE_TEST_RAY_TOKEN_FILE"])
-os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(RAY_TOKEN_FILE),
-                  RAY_USAGE_STATS_ENABLED="0")
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(RAY_TOKEN_FILE), RAY_USAGE_STATS_ENABLED="0")
 os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
@@ -81,8 +80,11 @@ def wait_for_train_actors_to_exit(timeout: float = 60.0) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
-                 if a.class_name in ("RayTrainWorker", "TrainController", "ImplicitFunc")]
+        alive = [
+            a
+            for a in list_actors(filters=[("state", "=", "ALIVE")])
+            if a.class_name in ("RayTrainWorker", "TrainController", "ImplicitFunc")
+        ]
         if not alive:
             return
         time.sleep(0.5)
@@ -144,14 +146,20 @@ def ray_cluster(ray_env):
     # machine", which may be someone else's (see gvae_dist.launch)
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "temp_dir": str(ray_env.tmp), "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "temp_dir": str(ray_env.tmp),
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+        },
+    )
     try:
         worker = cluster.add_node(num_cpus=1)
         cluster.connect()
-        yield SimpleNamespace(cluster=cluster, head=cluster.head_node, worker=worker,
-                              address=cluster.address)
+        yield SimpleNamespace(cluster=cluster, head=cluster.head_node, worker=worker, address=cluster.address)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -163,33 +171,61 @@ def ray_head(ray_env):
     """The README's head: ``ops/ray_head.sh start`` (``ray start --head --block`` on 127.0.0.1,
     token auth, its own temp dir) with free ports; yields its addresses and the environment
     (with the auth token) clients must use; ``ops/ray_head.sh stop`` stops it."""
-    ports = {name: free_port() for name in ("ray-client-server-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "metrics-export-port",
-                                            "runtime-env-agent-port", "node-manager-port",
-                                            "object-manager-port")}
+    ports = {
+        name: free_port()
+        for name in (
+            "ray-client-server-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+    }
     head_dir = ray_env.tmp / "head"
     head_dir.mkdir(mode=0o700)
     shutil.copy(RAY_TOKEN_FILE, head_dir / "auth_token")  # this process's Ray caches that token
     gcs, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_HEAD_DIR": str(head_dir), "RAY_HEAD_TMP": str(ray_env.tmp),
-           "RAY_HEAD_PORT": str(gcs), "RAY_DASHBOARD_PORT": str(dash), "RAY_HEAD_CPUS": "2",
-           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
+    env = {
+        **os.environ,
+        "RAY_HEAD_DIR": str(head_dir),
+        "RAY_HEAD_TMP": str(ray_env.tmp),
+        "RAY_HEAD_PORT": str(gcs),
+        "RAY_DASHBOARD_PORT": str(dash),
+        "RAY_HEAD_CPUS": "2",
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
+    }
     script = str(REPO / "ops" / "ray_head.sh")
-    start = subprocess.run(["bash", script, "start",
-                            *[arg for name, port in ports.items() for arg in (f"--{name}", str(port))]],
-                           env=env, capture_output=True, text=True, timeout=240)
+    start = subprocess.run(
+        ["bash", script, "start", *[arg for name, port in ports.items() for arg in (f"--{name}", str(port))]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert start.returncode == 0, start.stdout + start.stderr
     pid = int((head_dir / "head.pid").read_text())
     try:
-        yield SimpleNamespace(pid=pid, dashboard=f"http://127.0.0.1:{dash}", gcs=f"127.0.0.1:{gcs}",
-                              env=env, temp_dir=ray_env.tmp, token_file=head_dir / "auth_token",
-                              script=script, start_output=start.stdout)
+        yield SimpleNamespace(
+            pid=pid,
+            dashboard=f"http://127.0.0.1:{dash}",
+            gcs=f"127.0.0.1:{gcs}",
+            env=env,
+            temp_dir=ray_env.tmp,
+            token_file=head_dir / "auth_token",
+            script=script,
+            start_output=start.stdout,
+        )
     finally:
         stop = subprocess.run(["bash", script, "stop"], env=env, capture_output=True, text=True, timeout=120)
         import psutil
 
-        left = [p.pid for p in psutil.process_iter(["status"])
-                if _pgid(p.pid) == pid and p.info["status"] != psutil.STATUS_ZOMBIE]
+        left = [
+            p.pid
+            for p in psutil.process_iter(["status"])
+            if _pgid(p.pid) == pid and p.info["status"] != psutil.STATUS_ZOMBIE
+        ]
         if left:  # make sure, then fail: `ops/ray_head.sh stop` must stop its whole head
             os.killpg(pid, signal.SIGKILL)
         assert stop.returncode == 0 and not left, (stop.stdout, stop.stderr, left)
@@ -202,9 +238,18 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen(["bash", str(REPO / "ops" / "mlflow_server.sh"), str(port),
-                             f"sqlite:///{root / 'db.sqlite'}", str(root / "artifacts")],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            "bash",
+            str(REPO / "ops" / "mlflow_server.sh"),
+            str(port),
+            f"sqlite:///{root / 'db.sqlite'}",
+            str(root / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{url}/health", timeout=120, proc=proc)

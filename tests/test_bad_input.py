@@ -27,8 +27,7 @@ N, BAD = 50, "00000020"  # shard-000001.tar holds keys 16..31
 def clean(tmp_path_factory):
     out = tmp_path_factory.mktemp("clean")
     # all N in the train split: these tests count on N samples in shards of 16, 16, 16, 2
-    build_dataset("faces", out, DataConfig(image_size=32, eval_fraction=0.0), num=N, shard_size=16,
-                  progress=False)
+    build_dataset("faces", out, DataConfig(image_size=32, eval_fraction=0.0), num=N, shard_size=16, progress=False)
     return out
 
 
@@ -40,8 +39,18 @@ def shards(clean, tmp_path):
 
 
 def _loader(path, backend, mode, *extra):
-    cfg = load_config(None, ["data.source=shards", f"data.path={path}", f"data.backend={backend}",
-                             "data.image_size=32", "data.num_workers=0", f"data.on_bad_sample={mode}", *extra])
+    cfg = load_config(
+        None,
+        [
+            "data.source=shards",
+            f"data.path={path}",
+            f"data.backend={backend}",
+            "data.image_size=32",
+            "data.num_workers=0",
+            f"data.on_bad_sample={mode}",
+            *extra,
+        ],
+    )
     return build_stream_loader(cfg, 0, 1, torch.device("cpu"), 8)
 
 
@@ -136,8 +145,7 @@ MISMATCH = {
     # a copy of shard 0 holds keys 0..15, not the 32..47 listed for shard 2: none of it is read
     # (it used to be, in skip mode: samples 0..15 twice per epoch)
     "other_content": (lambda man: None, "shard-000002.tar: sha256 differs", 16, N - 16),
-    "inconsistent": (lambda man: man.update(num_samples=N + 5), "num_samples is 55 but the shards hold 50",
-                     None, None),
+    "inconsistent": (lambda man: man.update(num_samples=N + 5), "num_samples is 55 but the shards hold 50", None, None),
 }
 
 
@@ -186,11 +194,26 @@ def test_skipped_count_reaches_training_metrics(shards, tmp_path, backend):
     from gvae_dist.train import train_loop
 
     _rewrite(shards / "shard-000001.tar", SAMPLE_DAMAGE["corrupt_image"][0])
-    cfg = load_config(None, ["data.image_size=32", "optim.batch_size=16", "model.channels=[8,8,16]",
-                             "model.hidden=32", "run.log_every=2", "eval.at_end=false", "tracking.enabled=false",
-                             "run.threads=1", "optim.steps=2", "data.source=shards", f"data.path={shards}",
-                             f"data.backend={backend}", "data.on_bad_sample=skip", "data.num_workers=0",
-                             f"run.output_dir={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            "data.image_size=32",
+            "optim.batch_size=16",
+            "model.channels=[8,8,16]",
+            "model.hidden=32",
+            "run.log_every=2",
+            "eval.at_end=false",
+            "tracking.enabled=false",
+            "run.threads=1",
+            "optim.steps=2",
+            "data.source=shards",
+            f"data.path={shards}",
+            f"data.backend={backend}",
+            "data.on_bad_sample=skip",
+            "data.num_workers=0",
+            f"run.output_dir={tmp_path}",
+        ],
+    )
     assert train_loop(cfg).metrics["data/skipped_samples"] == 1.0
 
 
@@ -199,11 +222,13 @@ def test_skipped_count_reaches_training_metrics(shards, tmp_path, backend):
 
 def _extra_member(key, source=BAD, after="00000025"):
     """An edit that inserts a copy of sample ``source`` under ``key`` after sample ``after``."""
+
     def edit(name, data):
         out = [(name, data)]
         if name == f"{after}.json":
             out += [(n.replace(source, key, 1), d) for n, d in _EXTRA_PAYLOAD.items()]
         return out
+
     return edit
 
 
@@ -236,7 +261,11 @@ def test_samples_the_manifest_does_not_list_are_never_read(shards, backend, case
     if case == "unlisted_verify_none":
         _reindex(shards, 1)
         extra = ["data.verify=none"]
-    message = "appears more than once" if case == "duplicate" else r"not listed in manifest.json \(this shard lists keys 00000016..00000031\)"
+    message = (
+        "appears more than once"
+        if case == "duplicate"
+        else r"not listed in manifest.json \(this shard lists keys 00000016..00000031\)"
+    )
     with pytest.raises(ValueError, match=rf"shard-000001.tar: key {key}: {message}"):
         _loader(shards, backend, "error", *extra)
     loader = _loader(shards, backend, "skip", *extra)
@@ -247,6 +276,7 @@ def test_samples_the_manifest_does_not_list_are_never_read(shards, backend, case
 
 def _set_label(value, key=BAD):
     """An edit that stores label 0 of ``key`` as ``value`` in both .labels.i64 and .json."""
+
     def edit(name, data):
         if name == f"{key}.labels.i64":
             labels = np.frombuffer(data, "<i8").copy()
@@ -257,6 +287,7 @@ def _set_label(value, key=BAD):
             meta["labels"]["yaw"] = value
             return [(name, json.dumps(meta).encode())]
         return [(name, data)]
+
     return edit
 
 
@@ -297,8 +328,7 @@ def test_unverified_label_outside_its_classes_is_named_while_reading(shards):
 def test_label_vector_of_the_wrong_length_is_named_before_dali(shards, backend):
     """DALI used to fail with a bare `Assert "IsDenseTensor()" failed`: now the index sizes are
     checked in every verify mode, so the error names shard and key before a pipeline runs."""
-    _rewrite(shards / "shard-000001.tar",
-             _replace(f"{BAD}.labels.i64", np.arange(3, dtype="<i8").tobytes()))
+    _rewrite(shards / "shard-000001.tar", _replace(f"{BAD}.labels.i64", np.arange(3, dtype="<i8").tobytes()))
     _reindex(shards, 1)
     for verify in ("checksum", "none"):
         with pytest.raises(ValueError, match=rf"shard-000001.tar: key {BAD}: .labels.i64 holds 24 bytes, expected 72"):

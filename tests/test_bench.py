@@ -161,8 +161,13 @@ def test_scaling_suite_quick(tmp_path, ray_env):
     # In a subprocess, as `gvae-dist bench` runs it: the suite starts and stops private local Ray
     # clusters, and this pytest process keeps at most one Ray connection at a time.
     out = tmp_path / "scaling.json"
-    proc = subprocess.run([sys.executable, "-m", "gvae_dist.bench", "--quick", "--suite", "scaling",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gvae_dist.bench", "--quick", "--suite", "scaling", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "== scaling" in proc.stdout
     rows = json.loads(out.read_text())["results"]
@@ -197,14 +202,15 @@ def test_failing_suite_is_reported_not_raised(monkeypatch):
 def test_gpu_script_runs_with_only_pytorch(tmp_path):
     """ops/bench/gpu_bench.py on CPU with the rest of the stack made unimportable."""
     out = tmp_path / "g.json"
-    blocker = ("import sys, runpy\n"
-               "for m in ['yaml', 'accelerate', 'ray', 'mlflow', 'numpy', 'nvidia', 'webdataset',"
-               " 'sklearn', 'scipy', 'PIL', 'h5py']:\n"
-               "    sys.modules[m] = None\n"
-               f"sys.argv = ['gpu_bench.py', '--device', 'cpu', '--quick', '--out', {str(out)!r}]\n"
-               "runpy.run_path('ops/bench/gpu_bench.py', run_name='__main__')\n")
-    proc = subprocess.run([sys.executable, "-c", blocker], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    blocker = (
+        "import sys, runpy\n"
+        "for m in ['yaml', 'accelerate', 'ray', 'mlflow', 'numpy', 'nvidia', 'webdataset',"
+        " 'sklearn', 'scipy', 'PIL', 'h5py']:\n"
+        "    sys.modules[m] = None\n"
+        f"sys.argv = ['gpu_bench.py', '--device', 'cpu', '--quick', '--out', {str(out)!r}]\n"
+        "runpy.run_path('ops/bench/gpu_bench.py', run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", blocker], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     steps = [r for r in report["results"] if r["suite"] == "step"]
@@ -234,8 +240,12 @@ def test_step_flops_match_the_analytic_count():
 def test_ops_bench_run_script_quick(tmp_path):
     """ops/bench/run.py (the PyTorch-only suites, from a checkout) still runs and reports."""
     out = tmp_path / "core.json"
-    proc = subprocess.run([sys.executable, str(REPO / "ops/bench/run.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "ops/bench/run.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert {r["suite"] for r in report["results"]} == {"gate", "step", "share"}
@@ -252,7 +262,10 @@ def test_compiled_gate_path_matches_the_function(mask_kind):
     mu, logvar, eps = (torch.randn(16, 10, generator=g, dtype=torch.float64) for _ in range(3))
     mask = torch.rand(16, 10, generator=g, dtype=torch.float64)
     mask = (mask < 0.5).double() if mask_kind == "binary" else mask
-    w_dec, w_reg = torch.randn(16, 10, generator=g, dtype=torch.float64), torch.randn(16, 10, generator=g, dtype=torch.float64)
+    w_dec, w_reg = (
+        torch.randn(16, 10, generator=g, dtype=torch.float64),
+        torch.randn(16, 10, generator=g, dtype=torch.float64),
+    )
 
     def run(fn):
         leaves = [t.clone().requires_grad_() for t in (mu, logvar, eps)]
@@ -296,8 +309,10 @@ def test_dci_cost_script_times_every_method(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "dci.json"
-    assert mod.main(["--n-train", "300", "--n-test", "100", "--method", "gbt", "--method", "lasso",
-                     "--out", str(out)]) == 0
+    assert (
+        mod.main(["--n-train", "300", "--n-test", "100", "--method", "gbt", "--method", "lasso", "--out", str(out)])
+        == 0
+    )
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["gbt", "lasso"]
     assert all(r["seconds"] > 0 and 0.0 <= r["disentanglement"] <= 1.0 for r in rows)

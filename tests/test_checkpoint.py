@@ -59,8 +59,11 @@ def test_load_newest_falls_back_past_damaged_checkpoints(tmp_path, caplog):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000010", "step_00000020"]
 
     (tmp_path / "step_00000010" / "state.pt").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match=r"no checkpoint of this run can be loaded(.|\n)*"
-                                              r"step_00000020/state.pt(.|\n)*step_00000010/state.pt"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no checkpoint of this run can be loaded(.|\n)*"
+        r"step_00000020/state.pt(.|\n)*step_00000010/state.pt",
+    ):
         load_newest(local_candidates(tmp_path))
     assert load_newest([]) is None
 

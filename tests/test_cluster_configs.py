@@ -14,8 +14,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 RAY_CONFIGS = sorted((REPO / "cluster/ray").glob("*.yaml"))
 SBATCH = sorted((REPO / "cluster/slurm").glob("*.sbatch"))
-SHELL_SCRIPTS = sorted([*SBATCH, *(REPO / "cluster").rglob("*.sh"), *(REPO / "ops").glob("*.sh"),
-                        *(REPO / ".ci").glob("*")])
+SHELL_SCRIPTS = sorted(
+    [*SBATCH, *(REPO / "cluster").rglob("*.sh"), *(REPO / "ops").glob("*.sh"), *(REPO / ".ci").glob("*")]
+)
 
 
 def test_there_is_something_to_check():
@@ -84,6 +85,5 @@ def test_ray_sbatch_uses_a_private_token_and_loopback_dashboard():
 def test_shell_scripts_pass_shellcheck(path):
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed (ops/services.sh installs it)")
-    res = subprocess.run(["shellcheck", "--shell=bash", "--severity=info", str(path)],
-                         capture_output=True, text=True)
+    res = subprocess.run(["shellcheck", "--shell=bash", "--severity=info", str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout

@@ -24,13 +24,17 @@ def test_pairing_is_by_seed_not_by_row_order():
     # Un-gated seed effects are large; only pairing by seed reveals the constant +0.01.
     base = {0: 0.2, 1: 0.6, 2: 0.4}
     rows = [
-        {"objective": "beta", "variant": "ungated", "seed": s, "label_flip_prob": 0.0,
-         "DCI_mean": v}
+        {"objective": "beta", "variant": "ungated", "seed": s, "label_flip_prob": 0.0, "DCI_mean": v}
         for s, v in base.items()
     ]
     rows += [
-        {"objective": "beta", "variant": "gated", "seed": s, "label_flip_prob": 0.2,
-         "DCI_mean": base[s] + 0.01 + 0.001 * s}
+        {
+            "objective": "beta",
+            "variant": "gated",
+            "seed": s,
+            "label_flip_prob": 0.2,
+            "DCI_mean": base[s] + 0.01 + 0.001 * s,
+        }
         for s in reversed(base)
     ]
     (entry,) = compare(rows, metrics=("DCI_mean",))

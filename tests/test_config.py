@@ -28,30 +28,43 @@ def test_ungated_baseline_differs_only_in_gate_pairing_and_name(objective):
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config(None, ["objective.beta=8", "optim.lr=1e-4", "optim.betas=[0.5, 0.9]", "partitions.0.size=3",
-                             "partitions.2.size=3", "gate.enabled=false", "tracking.uri=null"])
+    cfg = load_config(
+        None,
+        [
+            "objective.beta=8",
+            "optim.lr=1e-4",
+            "optim.betas=[0.5, 0.9]",
+            "partitions.0.size=3",
+            "partitions.2.size=3",
+            "gate.enabled=false",
+            "tracking.uri=null",
+        ],
+    )
     assert cfg.objective.beta == 8.0 and isinstance(cfg.objective.beta, float)
     assert cfg.optim.lr == 1e-4  # YAML 1.1 parses 1e-4 as a string
     assert cfg.optim.betas == [0.5, 0.9] and not cfg.gate.enabled
     assert [p.size for p in cfg.partitions] == [3, 4, 3]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("objective.bta=2", "objective.bta: unknown key (did you mean 'beta'?)"),
-    ("objective.name=vae", "objective.name: 'vae' is not allowed; choose one of 'beta', 'infovae'"),
-    ("optim.steps=ten", "optim.steps: expected an integer"),
-    ("optim.steps=0", "optim.steps: must be > 0"),
-    ("data.label_flip_prob=1.5", "data.label_flip_prob: must be in [0, 1]"),
-    ("model.latent_dim=12", "sizes add up to 10"),
-    ("partitions.0.factors=[nose]", "partitions.0.factors: 'nose' is not a factor"),
-    ("objective.name=infovae", None),
-    ("data.source=shards", "data.path"),
-    ("nosection.x=1", "nosection: unknown key"),
-    ("pairing.identity_partitions=[face]", "pairing.identity_partitions: unknown partition 'face'"),
-    ("eval.jobs=0", "eval.jobs: must be > 0"),
-    ("objective.warmup_steps=-5", "objective.warmup_steps: must be >= 0"),
-    ("gate.drop_high_loss=1", "gate.drop_high_loss: must be in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("objective.bta=2", "objective.bta: unknown key (did you mean 'beta'?)"),
+        ("objective.name=vae", "objective.name: 'vae' is not allowed; choose one of 'beta', 'infovae'"),
+        ("optim.steps=ten", "optim.steps: expected an integer"),
+        ("optim.steps=0", "optim.steps: must be > 0"),
+        ("data.label_flip_prob=1.5", "data.label_flip_prob: must be in [0, 1]"),
+        ("model.latent_dim=12", "sizes add up to 10"),
+        ("partitions.0.factors=[nose]", "partitions.0.factors: 'nose' is not a factor"),
+        ("objective.name=infovae", None),
+        ("data.source=shards", "data.path"),
+        ("nosection.x=1", "nosection: unknown key"),
+        ("pairing.identity_partitions=[face]", "pairing.identity_partitions: unknown partition 'face'"),
+        ("eval.jobs=0", "eval.jobs: must be > 0"),
+        ("objective.warmup_steps=-5", "objective.warmup_steps: must be >= 0"),
+        ("gate.drop_high_loss=1", "gate.drop_high_loss: must be in [0, 1)"),
+    ],
+)
 def test_bad_values_name_the_key(override, message):
     if message is None:  # a valid override for contrast
         load_config(None, [override])
@@ -83,23 +96,27 @@ def test_extends_loop_and_missing_file(tmp_path):
 
 # --- hostile or out-of-range input (issue 14, items 8, 9, 11) ---------------------------------
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lr=.nan", "optim.lr: expected a finite number, got nan"),
-    ("optim.lr=.inf", "optim.lr: expected a finite number, got inf"),
-    ("objective.beta=-.inf", "objective.beta: expected a finite number"),
-    ("optim.betas=[0.9, .nan]", "optim.betas.1: expected a finite number"),
-    ("partitions.5.size=1", "--set partitions.5.size: index 5 is out of range: partitions has 3 entries"),
-    ("partitions.x.size=1", "--set partitions.x.size: partitions is a list; use an index 0..2"),
-    ("optim.batch_size=1000000000", "optim.batch_size: at most 65_536"),
-    ("data.num_train=100000000", "data.num_train: at most 2_000_000"),
-    ("pairing.bank_size=10000000", "pairing.bank_size: at most 262_144"),
-    ("model.channels=[32, 100000]", "model.channels.1: at most 4_096"),
-    ("eval.num_train=10000000", "eval.num_train: at most 200_000"),
-    ("run.name=/tmp/elsewhere", "run.name: '/tmp/elsewhere' must be a relative name inside run.output_dir"),
-    ("run.name=../elsewhere", "run.name: '../elsewhere' may not contain '..'"),
-    ("run.name=a/../../elsewhere", "run.name: 'a/../../elsewhere' may not contain '..'"),
-    ("run.name=.", "run.name: '.'"),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=.nan", "optim.lr: expected a finite number, got nan"),
+        ("optim.lr=.inf", "optim.lr: expected a finite number, got inf"),
+        ("objective.beta=-.inf", "objective.beta: expected a finite number"),
+        ("optim.betas=[0.9, .nan]", "optim.betas.1: expected a finite number"),
+        ("partitions.5.size=1", "--set partitions.5.size: index 5 is out of range: partitions has 3 entries"),
+        ("partitions.x.size=1", "--set partitions.x.size: partitions is a list; use an index 0..2"),
+        ("optim.batch_size=1000000000", "optim.batch_size: at most 65_536"),
+        ("data.num_train=100000000", "data.num_train: at most 2_000_000"),
+        ("pairing.bank_size=10000000", "pairing.bank_size: at most 262_144"),
+        ("model.channels=[32, 100000]", "model.channels.1: at most 4_096"),
+        ("eval.num_train=10000000", "eval.num_train: at most 200_000"),
+        ("run.name=/tmp/elsewhere", "run.name: '/tmp/elsewhere' must be a relative name inside run.output_dir"),
+        ("run.name=../elsewhere", "run.name: '../elsewhere' may not contain '..'"),
+        ("run.name=a/../../elsewhere", "run.name: 'a/../../elsewhere' may not contain '..'"),
+        ("run.name=.", "run.name: '.'"),
+    ],
+)
 def test_hostile_values_are_config_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -111,8 +128,16 @@ def test_every_bound_is_documented_and_defaults_are_within_it():
 
     bounded = [line for line in explain() if ", max " in line]
     assert {line.split()[0] for line in bounded} >= {
-        "optim.batch_size", "data.num_train", "data.num_eval", "model.latent_dim", "pairing.bank_size",
-        "eval.num_train", "eval.num_test", "eval.batch_size", "data.shuffle_buffer"}
+        "optim.batch_size",
+        "data.num_train",
+        "data.num_eval",
+        "model.latent_dim",
+        "pairing.bank_size",
+        "eval.num_train",
+        "eval.num_test",
+        "eval.batch_size",
+        "data.shuffle_buffer",
+    }
     assert load_config(None, ["run.name=group/run-1"]).run_dir() == Path("runs/group/run-1")
 
 
@@ -141,9 +166,14 @@ def test_alias_bomb_across_extends_is_refused_before_merging(tmp_path):
     assert time.perf_counter() - t0 < 2.0
     # the same bomb in an override value
     with pytest.raises(ConfigError, match=r"--set model.channels: its YAML aliases"):
-        load_config(None, ["model.channels=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
-                           "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], "
-                           "[*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"])
+        load_config(
+            None,
+            [
+                "model.channels=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+                "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], "
+                "[*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"
+            ],
+        )
     # a few honest aliases still load
     (tmp_path / "ok.yaml").write_text("optim: &o {lr: 0.001}\nobjective: {beta: 2}\n")
     assert load_config(tmp_path / "ok.yaml").optim.lr == 0.001
@@ -156,14 +186,17 @@ def test_oversized_config_file_is_refused_naming_it(tmp_path):
         load_config(big)
 
 
-@pytest.mark.parametrize("uri, shown", [
-    ("http://alice:s3cret@127.0.0.1:5000", "http://alice:***@127.0.0.1:5000"),
-    ("https://tok3n@mlflow.example/x", "https://***@mlflow.example/x"),
-    ("postgresql://u:s3cret@db/mlflow", "postgresql://u:***@db/mlflow"),
-    ("s3://bucket/x?X-Amz-Signature=s3cret&y=1", "s3://bucket/x?X-Amz-Signature=***&y=1"),
-    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
-    ("sqlite:////tmp/a@b/mlflow.db", "sqlite:////tmp/a@b/mlflow.db"),
-])
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        ("http://alice:s3cret@127.0.0.1:5000", "http://alice:***@127.0.0.1:5000"),
+        ("https://tok3n@mlflow.example/x", "https://***@mlflow.example/x"),
+        ("postgresql://u:s3cret@db/mlflow", "postgresql://u:***@db/mlflow"),
+        ("s3://bucket/x?X-Amz-Signature=s3cret&y=1", "s3://bucket/x?X-Amz-Signature=***&y=1"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////tmp/a@b/mlflow.db", "sqlite:////tmp/a@b/mlflow.db"),
+    ],
+)
 def test_redact_uri(uri, shown):
     from gvae_dist.config import redact_uri
 
@@ -191,8 +224,10 @@ def test_partitions_are_checked_against_the_shard_manifest(tmp_path, capsys):
     for cmd in ("config", "train"):
         assert main([cmd, *sets]) == 2
         err = capsys.readouterr().err
-        assert (f"partitions.0.factors: 'yaw', 'pitch', 'roll' are not weak labels in "
-                f"{shards / 'manifest.json'} (data.path); available: {', '.join(names)}") in err, err
+        assert (
+            f"partitions.0.factors: 'yaw', 'pitch', 'roll' are not weak labels in "
+            f"{shards / 'manifest.json'} (data.path); available: {', '.join(names)}"
+        ) in err, err
     good = f"partitions=[{{name: a, size: 4, factors: [{names[0]}]}}, {{name: rest, size: 6}}]"
     assert main(["config", *sets, "--set", good]) == 0
     with pytest.raises(ConfigError, match=r"'pich' is not a factor of data.source='faces'; available: yaw, pitch"):

@@ -25,17 +25,27 @@ from gvae_dist.data.importers import build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("ray", "nvidia.dali", "mlflow", "webdataset")
-TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_train=128",
-        "data.num_eval=200", "eval.num_train=100", "eval.num_test=60", "eval.method=lasso",
-        "optim.steps=4", "optim.batch_size=16", "run.log_every=2", "run.threads=1"]
+TINY = [
+    "data.image_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "data.num_train=128",
+    "data.num_eval=200",
+    "eval.num_train=100",
+    "eval.num_test=60",
+    "eval.method=lasso",
+    "optim.steps=4",
+    "optim.batch_size=16",
+    "run.log_every=2",
+    "run.threads=1",
+]
 
 
 @pytest.fixture(scope="module")
 def core_env(tmp_path_factory) -> dict[str, str]:
     """Environment of a Python with Ray, DALI, MLflow and WebDataset made unimportable."""
     block = tmp_path_factory.mktemp("block")
-    (block / "sitecustomize.py").write_text(
-        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED))
+    (block / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     env["PYTHONPATH"] = os.pathsep.join([str(block), str(REPO)])
     env["JOBLIB_MULTIPROCESSING"] = "0"  # DCI fits in this process: no worker start-up per eval
@@ -43,8 +53,14 @@ def core_env(tmp_path_factory) -> dict[str, str]:
 
 
 def _cli(env, cwd, *args, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gvae_dist.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gvae_dist.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _sets(items) -> list[str]:
@@ -52,20 +68,28 @@ def _sets(items) -> list[str]:
 
 
 def test_blocked_backends_are_unimportable(core_env, tmp_path):
-    code = (f"import importlib\nfor m in {BLOCKED!r}:\n    try:\n        importlib.import_module(m)\n"
-            "    except ImportError:\n        continue\n    raise SystemExit(m + ' imported')\n"
-            f"from gvae_dist.optional import available\nassert not any(map(available, {BLOCKED!r}))\n"
-            "assert available('torch') and available('PIL')\n")
-    out = subprocess.run([sys.executable, "-c", code], env=core_env, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
+    code = (
+        f"import importlib\nfor m in {BLOCKED!r}:\n    try:\n        importlib.import_module(m)\n"
+        "    except ImportError:\n        continue\n    raise SystemExit(m + ' imported')\n"
+        f"from gvae_dist.optional import available\nassert not any(map(available, {BLOCKED!r}))\n"
+        "assert available('torch') and available('PIL')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=core_env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
 
 
 def test_train_on_shards_then_eval_without_optional_backends(core_env, tmp_path):
     shards = tmp_path / "shards"
     build_dataset("faces", shards, DataConfig(image_size=32), num=200, shard_size=20, progress=False)
-    sets = [*TINY, "data.source=shards", f"data.path={shards}", f"run.output_dir={tmp_path / 'runs'}",
-            "eval.at_end=false"]
+    sets = [
+        *TINY,
+        "data.source=shards",
+        f"data.path={shards}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        "eval.at_end=false",
+    ]
     train = _cli(core_env, tmp_path, "train", *_sets(sets))  # tracking.enabled stays true
     assert train.returncode == 0, train.stderr[-3000:]
     assert "Traceback" not in train.stderr
@@ -78,10 +102,22 @@ def test_train_on_shards_then_eval_without_optional_backends(core_env, tmp_path)
     ckpt = tmp_path / "runs" / "gvae" / "checkpoints" / "step_00000004"
     assert (ckpt / "config.yaml").is_file()
 
-    ev = _cli(core_env, tmp_path, "eval", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ev"), "--json",
-              "--set", "eval.num_train=24", "--set", "eval.num_test=16")  # the 40 held-out samples
+    ev = _cli(
+        core_env,
+        tmp_path,
+        "eval",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "ev"),
+        "--json",
+        "--set",
+        "eval.num_train=24",
+        "--set",
+        "eval.num_test=16",
+    )  # the 40 held-out samples
     assert ev.returncode == 0, ev.stderr[-3000:]
-    result = json.loads(ev.stdout[ev.stdout.index("{"):])
+    result = json.loads(ev.stdout[ev.stdout.index("{") :])
     assert 0.0 <= result["disentanglement"] <= 1.0 and result["neg_elbo"] > 0
     assert (tmp_path / "ev" / "metrics.json").is_file()
 
@@ -93,15 +129,22 @@ def test_features_that_need_a_missing_backend_say_so_in_one_line(core_env, tmp_p
         "ray": ["train", *_sets(TINY), "--workers", "2"],
         "ray ": ["tune", "--space", str(REPO / "tune_spaces" / "beta.yaml")],
         "ray  ": ["study", "--config", str(study), "--parallel", "2", "--executor", "ray"],
-        "dali": ["train", *_sets([*TINY, "data.source=shards", f"data.path={tmp_path}",
-                                  "data.backend=dali"])],
+        "dali": ["train", *_sets([*TINY, "data.source=shards", f"data.path={tmp_path}", "data.backend=dali"])],
     }
-    code = ("import contextlib, io, json, sys\nfrom gvae_dist.cli import main\nout = {}\n"
-            "for key, argv in json.loads(sys.argv[1]).items():\n    err = io.StringIO()\n"
-            "    with contextlib.redirect_stderr(err):\n        rc = main(argv)\n"
-            "    out[key] = [rc, err.getvalue()]\nprint(json.dumps(out))\n")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], env=core_env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import contextlib, io, json, sys\nfrom gvae_dist.cli import main\nout = {}\n"
+        "for key, argv in json.loads(sys.argv[1]).items():\n    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n        rc = main(argv)\n"
+        "    out[key] = [rc, err.getvalue()]\nprint(json.dumps(out))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(cases)],
+        env=core_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.splitlines()[-1])
     features = {"ray": "--workers", "ray ": "gvae-dist tune", "ray  ": "--executor ray", "dali": "data.backend=dali"}
@@ -115,8 +158,9 @@ def _study_file(tmp_path, extra: tuple[str, ...] = ()) -> Path:
     presets = [str(REPO / "configs" / f"faces_beta_{v}.yaml") for v in ("gated", "ungated")]
     lines = "\n".join(f"    - {o}" for o in [*TINY, *extra])
     path = tmp_path / "study.yaml"
-    path.write_text(f"study:\n  output_dir: {tmp_path / 'default_out'}\n  presets: {presets}\n"
-                    f"  seeds: [0]\n  overrides:\n{lines}\n")
+    path.write_text(
+        f"study:\n  output_dir: {tmp_path / 'default_out'}\n  presets: {presets}\n  seeds: [0]\n  overrides:\n{lines}\n"
+    )
     return path
 
 
@@ -127,13 +171,33 @@ def gpu_study(core_env, tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("gpu_study")
     study = _study_file(tmp)
     out = tmp / "out"
-    proc = subprocess.run(["bash", str(REPO / "ops" / "gpu_study.sh"), str(out), str(study), "--probe-steps", "4",
-                           "--probe-every", "2", "--probe-eval", "60", "--parallel", "2"],
-                          # with joblib's process pools on (as users run it): a pool left in a
-                          # cell's worker process once kept the study from ever exiting
-                          env={**{k: v for k, v in core_env.items() if k != "JOBLIB_MULTIPROCESSING"},
-                               "PYTHON": sys.executable, "GVAE_DEADLINE_S": "240"}, cwd=tmp,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(REPO / "ops" / "gpu_study.sh"),
+            str(out),
+            str(study),
+            "--probe-steps",
+            "4",
+            "--probe-every",
+            "2",
+            "--probe-eval",
+            "60",
+            "--parallel",
+            "2",
+        ],
+        # with joblib's process pools on (as users run it): a pool left in a
+        # cell's worker process once kept the study from ever exiting
+        env={
+            **{k: v for k, v in core_env.items() if k != "JOBLIB_MULTIPROCESSING"},
+            "PYTHON": sys.executable,
+            "GVAE_DEADLINE_S": "240",
+        },
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, study
 
@@ -148,7 +212,9 @@ def test_gpu_study_script_probes_the_budget_and_reports_each_cell(gpu_study):
     assert "2 finished cell(s); study exit 0" in report
     assert "2 cell(s), 2 at a time in local processes" in (out / "gpu_study.log").read_text()
     for variant in ("gated", "ungated"):
-        result = json.loads((out / "study" / "runs" / f"faces_beta_{variant}__noise0__seed0" / "result.json").read_text())
+        result = json.loads(
+            (out / "study" / "runs" / f"faces_beta_{variant}__noise0__seed0" / "result.json").read_text()
+        )
         assert result["steps"] == curve["budget"] and result["steps_per_s"] > 0 and result["seconds"] > 0
         assert f"| faces_beta_{variant}__noise0__seed0 | cpu" in report
     assert (out / "study" / "results.csv").is_file()
@@ -160,14 +226,24 @@ def test_study_cells_from_two_machines_merge_and_a_foreign_cell_is_refused(core_
     budget = json.loads((gpu_out / "curve.json").read_text())["budget"]
     here = tmp_path / "here"
     # this machine runs only the un-gated cell, in this process, at the GPU run's budget
-    a = _cli(core_env, tmp_path, "study", "--config", str(study), "--out", str(here), "--cells", "*ungated*",
-             "--set", f"optim.steps={budget}")
+    a = _cli(
+        core_env,
+        tmp_path,
+        "study",
+        "--config",
+        str(study),
+        "--out",
+        str(here),
+        "--cells",
+        "*ungated*",
+        "--set",
+        f"optim.steps={budget}",
+    )
     assert a.returncode == 0, a.stderr[-3000:]
     assert "ran 1, skipped 0" in a.stdout and "Traceback" not in a.stderr
     # ... and picks up the gated cell copied in from the "GPU machine": nothing left to run
     shutil.copytree(gpu_out / "study" / "runs" / gated, here / "runs" / gated)
-    b = _cli(core_env, tmp_path, "study", "--config", str(study), "--out", str(here), "--set",
-             f"optim.steps={budget}")
+    b = _cli(core_env, tmp_path, "study", "--config", str(study), "--out", str(here), "--set", f"optim.steps={budget}")
     assert b.returncode == 0, b.stderr[-3000:]
     assert "ran 0, skipped 2" in b.stdout and f"{gated}: done already" in b.stdout
     rows = {r["run"]: r for r in csv.DictReader(open(here / "results.csv"))}
@@ -175,8 +251,19 @@ def test_study_cells_from_two_machines_merge_and_a_foreign_cell_is_refused(core_
 
     # a cell made with another learning rate is refused, not re-used or overwritten
     result = (here / "runs" / gated / "result.json").read_text()
-    c = _cli(core_env, tmp_path, "study", "--config", str(study), "--out", str(here), "--set",
-             f"optim.steps={budget}", "--set", "optim.lr=0.01")
+    c = _cli(
+        core_env,
+        tmp_path,
+        "study",
+        "--config",
+        str(study),
+        "--out",
+        str(here),
+        "--set",
+        f"optim.steps={budget}",
+        "--set",
+        "optim.lr=0.01",
+    )
     assert c.returncode == 2
     lines = c.stderr.strip().splitlines()
     assert len(lines) == 1 and "different config" in lines[0], c.stderr
@@ -190,16 +277,17 @@ def test_stdlib_tar_reader_matches_webdataset(tmp_path):
     wds = pytest.importorskip("webdataset")
     from gvae_dist.data.stream_wds import shuffle, tar_samples
 
-    build_dataset("faces", tmp_path, DataConfig(image_size=32, eval_fraction=0.0), num=30, shard_size=30,
-                  progress=False)
+    build_dataset(
+        "faces", tmp_path, DataConfig(image_size=32, eval_fraction=0.0), num=30, shard_size=30, progress=False
+    )
     tar = str(sorted(tmp_path.glob("*.tar"))[0])
     ours = list(tar_samples(tar))
-    theirs = [{k: v for k, v in s.items() if k != "__local_path__"}
-              for s in wds.tarfile_to_samples()(iter([{"url": tar}]))]
+    theirs = [
+        {k: v for k, v in s.items() if k != "__local_path__"} for s in wds.tarfile_to_samples()(iter([{"url": tar}]))
+    ]
     assert len(ours) == 30 and ours == theirs
     for bufsize, seed in [(1, 0), (8, 3), (64, 12345)]:
-        assert (list(shuffle(iter(ours), bufsize, seed)) ==
-                list(wds.shuffle(bufsize, bufsize, seed=seed)(iter(theirs))))
+        assert list(shuffle(iter(ours), bufsize, seed)) == list(wds.shuffle(bufsize, bufsize, seed=seed)(iter(theirs)))
 
 
 def test_the_extras_named_in_messages_exist_and_dev_keeps_everything():

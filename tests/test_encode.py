@@ -24,10 +24,23 @@ from gvae_dist.train import train_loop
 
 VENV_BIN = Path(sys.executable).parent
 
-TINY = ["data.num_train=256", "data.num_eval=64", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.points=0", "eval.num_train=40", "eval.num_test=24",
-        "run.threads=1", "optim.steps=10", "run.log_every=5", "run.checkpoint_every=10", "optim.lr=0.005",
-        "tracking.registry_name=gvae-encoder"]
+TINY = [
+    "data.num_train=256",
+    "data.num_eval=64",
+    "data.image_size=32",
+    "optim.batch_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "eval.points=0",
+    "eval.num_train=40",
+    "eval.num_test=24",
+    "run.threads=1",
+    "optim.steps=10",
+    "run.log_every=5",
+    "run.checkpoint_every=10",
+    "optim.lr=0.005",
+    "tracking.registry_name=gvae-encoder",
+]
 PARTS = {"pose": 4, "expression": 4, "rest": 2}  # the default partitions (TINY keeps them)
 
 
@@ -51,13 +64,15 @@ def _encode(capsys, *args) -> tuple[int, str, str]:
 
 def test_encode_writes_codes_per_partition_from_npz_or_png_folder(run, capsys):
     result, _, images, out = run
-    rc, stdout, _ = _encode(capsys, "--checkpoint", result.run_dir, "--images", out / "images.npz",
-                            "--out", out / "codes.npz")
+    rc, stdout, _ = _encode(
+        capsys, "--checkpoint", result.run_dir, "--images", out / "images.npz", "--out", out / "codes.npz"
+    )
     assert rc == 0
     ckpt = result.run_dir / "checkpoints" / "step_00000010"
     assert f"encoded 6 images from {out / 'images.npz'} with {ckpt} (posterior means)" in stdout
-    for line, (name, dims) in zip(stdout.splitlines()[1:4], [("pose", "0-3 (4)"), ("expression", "4-7 (4)"),
-                                                            ("rest", "8-9 (2)")]):
+    for line, (name, dims) in zip(
+        stdout.splitlines()[1:4], [("pose", "0-3 (4)"), ("expression", "4-7 (4)"), ("rest", "8-9 (2)")]
+    ):
         assert line.split()[:3] == [name, "dims", dims.split()[0]] and "KL " in line
     codes = np.load(out / "codes.npz")
     assert sorted(codes.files) == sorted([*PARTS, "mu", "logvar", "names"])
@@ -105,8 +120,17 @@ def _mlflow_codes(run) -> np.ndarray:
     """``gvae-dist encode``'s codes of the fixture images, columns in partition order."""
     result, _, _, out = run
     if not (out / "codes.npz").exists():
-        main(["encode", "--checkpoint", str(result.run_dir), "--images", str(out / "images.npz"),
-              "--out", str(out / "codes.npz")])
+        main(
+            [
+                "encode",
+                "--checkpoint",
+                str(result.run_dir),
+                "--images",
+                str(out / "images.npz"),
+                "--out",
+                str(out / "codes.npz"),
+            ]
+        )
     return np.load(out / "codes.npz")
 
 
@@ -128,8 +152,9 @@ def test_logged_and_registered_pyfunc_give_the_codes_of_gvae_dist_encode(run, mo
         frame = model.predict(np.moveaxis(images, -1, 1).astype(np.float32) / 255)
         assert list(frame.columns) == [f"{k}_{i}" for k, n in PARTS.items() for i in range(n)]
         for name, n in PARTS.items():
-            np.testing.assert_allclose(frame[[f"{name}_{i}" for i in range(n)]].to_numpy(), codes[name],
-                                       rtol=0, atol=1e-5)
+            np.testing.assert_allclose(
+                frame[[f"{name}_{i}" for i in range(n)]].to_numpy(), codes[name], rtol=0, atol=1e-5
+            )
 
 
 def test_mlflow_models_serve_answers_with_partition_codes(run, tmp_path):
@@ -138,11 +163,23 @@ def test_mlflow_models_serve_answers_with_partition_codes(run, tmp_path):
     port = free_port()
     # the server runs `uvicorn` from PATH: the venv's bin, as in an activated venv
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"runs:/{result.tracking_run_id}/encoder",
-           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"runs:/{result.tracking_run_id}/encoder",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -154,8 +191,9 @@ def test_mlflow_models_serve_answers_with_partition_codes(run, tmp_path):
                 assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
                 time.sleep(0.5)
         body = json.dumps({"inputs": (np.moveaxis(images, -1, 1).astype(np.float32) / 255).tolist()}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         rows = json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
     finally:
         if server.poll() is None:

@@ -12,8 +12,15 @@ from gvae_dist.cli import main
 from gvae_dist.config import load_config
 from gvae_dist.model import build_model
 
-TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_eval=60",
-        "eval.num_train=30", "eval.num_test=30", "tracking.enabled=false"]
+TINY = [
+    "data.image_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "data.num_eval=60",
+    "eval.num_train=30",
+    "eval.num_test=30",
+    "tracking.enabled=false",
+]
 
 
 def _run_dir(tmp_path):
@@ -23,8 +30,13 @@ def _run_dir(tmp_path):
     model = build_model(cfg, 3)
     run = tmp_path / "runs" / "r"
     for step in (2, 4):
-        save_checkpoint(run / "checkpoints", step, {"model": model.state_dict(), "step": step},
-                        yaml.safe_dump(cfg.to_dict(), sort_keys=False), keep=2)
+        save_checkpoint(
+            run / "checkpoints",
+            step,
+            {"model": model.state_dict(), "step": step},
+            yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+            keep=2,
+        )
     return run
 
 
@@ -47,5 +59,7 @@ def test_eval_of_a_missing_checkpoint_lists_those_that_exist(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{missing} does not exist; checkpoints under {run / 'checkpoints'}: step_00000002, step_00000004" in err
     assert main(["eval", "--checkpoint", str(tmp_path / "nowhere" / "x")]) == 2
-    assert "does not exist; give a checkpoint directory (runs/<name>/checkpoints/step_N) or a run directory" \
+    assert (
+        "does not exist; give a checkpoint directory (runs/<name>/checkpoints/step_N) or a run directory"
         in capsys.readouterr().err
+    )

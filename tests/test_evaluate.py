@@ -122,9 +122,7 @@ def test_dci_signal_codes_recover_permutation(data):
     assert imp.shape == (6, 4) and (imp >= 0).all()
     np.testing.assert_allclose(imp.sum(axis=0), 1.0)
     # factor j was placed at code position where perm == j
-    np.testing.assert_array_equal(
-        imp.argmax(axis=0), [int(np.flatnonzero(data["perm"] == j)[0]) for j in range(4)]
-    )
+    np.testing.assert_array_equal(imp.argmax(axis=0), [int(np.flatnonzero(data["perm"] == j)[0]) for j in range(4)])
     assert out["disentanglement"] > 0.8
     assert out["completeness"] > 0.8
     assert out["informativeness"] > 0.9
@@ -141,9 +139,7 @@ def test_dci_signal_codes_recover_permutation(data):
     # NRMSE is RMSE / std on the same split, so NRMSE^2 == 1 - R^2
     for p in pf[2:]:
         assert p["informativeness_nrmse"] ** 2 == pytest.approx(1 - p["informativeness_r2"])
-        assert p["informativeness_nrmse_train"] ** 2 == pytest.approx(
-            1 - p["informativeness_r2_train"]
-        )
+        assert p["informativeness_nrmse_train"] ** 2 == pytest.approx(1 - p["informativeness_r2_train"])
     assert out["informativeness"] == pytest.approx(np.mean([p["informativeness"] for p in pf]))
 
 
@@ -160,9 +156,7 @@ def test_dci_noise_codes_score_low(data):
 
 @pytest.mark.parametrize("method", ["lasso", "forest"])
 def test_other_methods_find_the_same_structure(data, method):
-    imp, info = importance_matrix(
-        data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, method=method, n_jobs=1
-    )
+    imp, info = importance_matrix(data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, method=method, n_jobs=1)
     expected = [int(np.flatnonzero(data["perm"] == j)[0]) for j in range(4)]
     np.testing.assert_array_equal(imp.argmax(axis=0), expected)
     assert disentanglement(imp) > 0.7
@@ -170,12 +164,8 @@ def test_other_methods_find_the_same_structure(data, method):
 
 
 def test_parallel_matches_serial(data):
-    a, info_a = importance_matrix(
-        data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, n_jobs=1
-    )
-    b, info_b = importance_matrix(
-        data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, n_jobs=2
-    )
+    a, info_a = importance_matrix(data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, n_jobs=1)
+    b, info_b = importance_matrix(data["xtr"], data["ftr"], data["xte"], data["fte"], DISCRETE, n_jobs=2)
     np.testing.assert_array_equal(a, b)
     assert info_a == info_b
 
@@ -237,17 +227,13 @@ def test_partition_level_dc_of_block_diagonal_is_perfect():
 
 
 def test_partition_purity_hand_computed():
-    out = partition_purity(
-        IMP, PARTS, {"pose": ["yaw"], "expr": ["smile"], "rest": []}, ["yaw", "smile", "light"]
-    )
+    out = partition_purity(IMP, PARTS, {"pose": ["yaw"], "expr": ["smile"], "rest": []}, ["yaw", "smile", "light"])
     assert out == pytest.approx({"yaw": 0.8, "smile": 0.6, "mean": 0.7})
 
 
 def test_purity_by_partition_hand_computed():
     # partition rows: pose [0.8, 0.1, 0.1], expr [0.1, 0.6, 0.0]; 'rest' intends nothing
-    out = purity_by_partition(
-        IMP, PARTS, {"pose": ["yaw"], "expr": ["smile"], "rest": []}, ["yaw", "smile", "light"]
-    )
+    out = purity_by_partition(IMP, PARTS, {"pose": ["yaw"], "expr": ["smile"], "rest": []}, ["yaw", "smile", "light"])
     assert out == pytest.approx({"pose": 0.8, "expr": 0.6 / 0.7, "mean": (0.8 + 0.6 / 0.7) / 2})
     # a partition whose codes matter for nothing is not pure
     zero = IMP.copy()
@@ -314,16 +300,12 @@ def test_mig_hand_computed():
     out = mig(codes, y[:, None], [True], num_bins=2)
     assert out["mig"] == pytest.approx(0.75 * h / math.log(2))
     assert out["factor_entropy"] == pytest.approx([math.log(2)])
-    np.testing.assert_allclose(
-        np.asarray(out["mutual_info"])[:, 0], [math.log(2), math.log(2) - 0.75 * h]
-    )
+    np.testing.assert_allclose(np.asarray(out["mutual_info"])[:, 0], [math.log(2), math.log(2) - 0.75 * h])
 
 
 def test_mig_codes_equal_factors_duplicated_and_random():
     rng = np.random.default_rng(1)
-    f = np.column_stack(
-        [rng.integers(0, 5, 3000), rng.integers(0, 4, 3000), rng.uniform(size=3000)]
-    ).astype(float)
+    f = np.column_stack([rng.integers(0, 5, 3000), rng.integers(0, 4, 3000), rng.uniform(size=3000)]).astype(float)
     disc = [True, True, False]
     equal = mig(f, f, disc)
     assert equal["mig"] > 0.95

@@ -78,8 +78,9 @@ def test_cli_prints_the_table_and_rejects_bad_input(capsys) -> None:
 
 
 def test_shards_matched_pairs(tmp_path, capsys) -> None:
-    man = build_dataset("shapes", tmp_path, DataConfig(image_size=32, label_bins=2), num=200,
-                        shard_size=100, progress=False)
+    man = build_dataset(
+        "shapes", tmp_path, DataConfig(image_size=32, label_bins=2), num=200, shard_size=100, progress=False
+    )
     assert man["num_samples"] == 200
     effects = {e.name: e for e in shards_effect(str(tmp_path), num=40, seed=0)}
     assert list(effects) == ["shape", "scale", "rotation", "x", "y", BASELINE]
@@ -90,8 +91,25 @@ def test_shards_matched_pairs(tmp_path, capsys) -> None:
     sparse = shards_effect(str(tmp_path), num=40, min_pairs=10_000)
     assert all(e.nats is None and "do not allow" in e.note for e in sparse)
 
-    assert main(["data", "factor-effect", "--source", "shards", "--path", str(tmp_path),
-                 "--num", "20", "--likelihood", "gaussian", "--sigma", "0.2"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "factor-effect",
+                "--source",
+                "shards",
+                "--path",
+                str(tmp_path),
+                "--num",
+                "20",
+                "--likelihood",
+                "gaussian",
+                "--sigma",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Gaussian sigma 0.2" in out and f"| {BASELINE} |" in out
 

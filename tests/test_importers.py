@@ -29,30 +29,51 @@ def _samples(out):
                 key = name.split(".")[0]
                 meta = json.loads(m[name])
                 img = np.asarray(Image.open(io.BytesIO(m[f"{key}.{man['image_format']}"])))
-                found[meta["source_row"]] = (img.reshape(*img.shape[:2], -1),
-                                             np.frombuffer(m[f"{key}.labels.i64"], "<i8"),
-                                             np.frombuffer(m[f"{key}.factors.f32"], "<f4"), meta)
+                found[meta["source_row"]] = (
+                    img.reshape(*img.shape[:2], -1),
+                    np.frombuffer(m[f"{key}.labels.i64"], "<i8"),
+                    np.frombuffer(m[f"{key}.factors.f32"], "<f4"),
+                    meta,
+                )
     return man, found
 
 
 def _dsprites_npz(path, n=24):
     """The dSprites layout: imgs [N, 64, 64] uint8 in {0, 1}; latents [N, 6] (color .. posY)."""
     rng = np.random.default_rng(0)
-    classes = np.stack([np.zeros(n, int), rng.integers(0, 3, n), rng.integers(0, 6, n),
-                        rng.integers(0, 40, n), rng.integers(0, 32, n), rng.integers(0, 32, n)], 1)
-    values = np.stack([np.ones(n), classes[:, 1] + 1.0, 0.5 + classes[:, 2] * 0.1,
-                       classes[:, 3] * (2 * np.pi / 39), classes[:, 4] / 31, classes[:, 5] / 31], 1)
+    classes = np.stack(
+        [
+            np.zeros(n, int),
+            rng.integers(0, 3, n),
+            rng.integers(0, 6, n),
+            rng.integers(0, 40, n),
+            rng.integers(0, 32, n),
+            rng.integers(0, 32, n),
+        ],
+        1,
+    )
+    values = np.stack(
+        [
+            np.ones(n),
+            classes[:, 1] + 1.0,
+            0.5 + classes[:, 2] * 0.1,
+            classes[:, 3] * (2 * np.pi / 39),
+            classes[:, 4] / 31,
+            classes[:, 5] / 31,
+        ],
+        1,
+    )
     imgs = (rng.random((n, 64, 64)) < 0.2).astype(np.uint8)
-    np.savez_compressed(path, imgs=imgs, latents_values=values, latents_classes=classes,
-                        metadata=np.array("meta"))
+    np.savez_compressed(path, imgs=imgs, latents_values=values, latents_classes=classes, metadata=np.array("meta"))
     return imgs, values, classes
 
 
 def test_dsprites_npz(tmp_path):
     imgs, values, classes = _dsprites_npz(tmp_path / "dsprites.npz")
     d = DataConfig(label_bins=4, seed=5)
-    man = build_dataset("dsprites", tmp_path / "out", d, input_path=str(tmp_path / "dsprites.npz"),
-                        shard_size=10, progress=False)
+    man = build_dataset(
+        "dsprites", tmp_path / "out", d, input_path=str(tmp_path / "dsprites.npz"), shard_size=10, progress=False
+    )
     assert man["num_samples"] == 24 and man["channels"] == 1 and man["image_size"] == 64
     assert [f["name"] for f in man["factors"]] == ["shape", "scale", "orientation", "posX", "posY"]
     assert any("color" in note for note in man["notes"])  # constant: dropped
@@ -74,13 +95,29 @@ def test_3dshapes_h5_with_subset(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
     grid = np.array(list(itertools.product(range(10), range(4))))[:n]
-    labels = np.stack([grid[:, 0] / 10, rng.integers(0, 10, n) / 10, rng.integers(0, 10, n) / 10,
-                       0.75 + rng.integers(0, 8, n) / 14, grid[:, 1].astype(float),
-                       np.linspace(-30, 30, n)], 1)
+    labels = np.stack(
+        [
+            grid[:, 0] / 10,
+            rng.integers(0, 10, n) / 10,
+            rng.integers(0, 10, n) / 10,
+            0.75 + rng.integers(0, 8, n) / 14,
+            grid[:, 1].astype(float),
+            np.linspace(-30, 30, n),
+        ],
+        1,
+    )
     with h5py.File(tmp_path / "3dshapes.h5", "w") as fh:
         fh["images"], fh["labels"] = images, labels
-    man = build_dataset("3dshapes", tmp_path / "out", DataConfig(image_size=32), num=12,
-                        input_path=str(tmp_path / "3dshapes.h5"), workers=2, shard_size=5, progress=False)
+    man = build_dataset(
+        "3dshapes",
+        tmp_path / "out",
+        DataConfig(image_size=32),
+        num=12,
+        input_path=str(tmp_path / "3dshapes.h5"),
+        workers=2,
+        shard_size=5,
+        progress=False,
+    )
     names = [f["name"] for f in man["factors"]]
     assert names == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
     assert [f["discrete"] for f in man["factors"]] == [False] * 4 + [True, False]
@@ -107,11 +144,26 @@ def _folder(tmp_path, rows):
 
 
 def test_folder_with_labels_csv(tmp_path):
-    root = _folder(tmp_path, ["yaw,filename,expression,person",
-                              "-40.5,img.0.png,happy,3", "12.25,img.1.png,sad,3", "0.0,img.2.png,happy,7",
-                              "33.1,img.3.png,neutral,9", "-5,img.4.jpg,sad,7", "20,img.5.png,happy,3"])
-    man = build_dataset("folder", tmp_path / "out", DataConfig(image_size=32, label_bins=3),
-                        input_path=str(root), shard_size=4, progress=False)
+    root = _folder(
+        tmp_path,
+        [
+            "yaw,filename,expression,person",
+            "-40.5,img.0.png,happy,3",
+            "12.25,img.1.png,sad,3",
+            "0.0,img.2.png,happy,7",
+            "33.1,img.3.png,neutral,9",
+            "-5,img.4.jpg,sad,7",
+            "20,img.5.png,happy,3",
+        ],
+    )
+    man = build_dataset(
+        "folder",
+        tmp_path / "out",
+        DataConfig(image_size=32, label_bins=3),
+        input_path=str(root),
+        shard_size=4,
+        progress=False,
+    )
     assert [f["name"] for f in man["factors"]] == ["yaw", "expression", "person"]
     by = {f["name"]: f for f in man["factors"]}
     assert not by["yaw"]["discrete"] and (by["yaw"]["low"], by["yaw"]["high"]) == (-40.5, 33.1)
@@ -129,12 +181,15 @@ def test_folder_with_labels_csv(tmp_path):
         assert meta["file"].startswith(f"img.{row}.")
 
 
-@pytest.mark.parametrize("rows, message", [
-    (["file,yaw", "img.0.png,1.0", "missing.png,2.0", "img.2.png,3"], "not in"),
-    (["file,yaw", "img.0.png,1.0", "img.1.png,", "img.2.png,3"], "line 3: column 'yaw' is empty"),
-    (["file,yaw", "img.0.png,1.0", "img.1.png,1.0"], "constant"),
-    (["file,yaw", "img.0.png,1.0,7", "img.1.png,2"], "line 2: 3 fields"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (["file,yaw", "img.0.png,1.0", "missing.png,2.0", "img.2.png,3"], "not in"),
+        (["file,yaw", "img.0.png,1.0", "img.1.png,", "img.2.png,3"], "line 3: column 'yaw' is empty"),
+        (["file,yaw", "img.0.png,1.0", "img.1.png,1.0"], "constant"),
+        (["file,yaw", "img.0.png,1.0,7", "img.1.png,2"], "line 2: 3 fields"),
+    ],
+)
 def test_folder_csv_errors(tmp_path, rows, message):
     root = _folder(tmp_path, rows)
     with pytest.raises(ValueError, match=message):
@@ -190,19 +245,48 @@ def _npz(tmp_path, name, **change):
 def test_dsprites_bad_arrays_are_refused(tmp_path):
     values = np.load(_npz(tmp_path, "ok.npz"))["latents_values"].copy()
     values[[3, 5], 2] = np.nan  # a NaN column used to look constant and was dropped
-    _refused(tmp_path, "dsprites", _npz(tmp_path, "nan.npz", latents_values=values),
-             r"nan.npz array 'latents_values': factor 'scale' has 2 non-finite value\(s\).*first at row 3")
-    _refused(tmp_path, "dsprites", _npz(tmp_path, "wide.npz", imgs=np.full((8, 64, 64), 300, np.int32)),
-             r"wide.npz array 'imgs': integer pixels must lie in 0..255, found values in \[300, 300\]")
-    _refused(tmp_path, "dsprites", _npz(tmp_path, "neg.npz", imgs=np.full((8, 64, 64), -0.5, np.float32)),
-             r"neg.npz array 'imgs': float pixels must lie in \[0, 1\] or \[0, 255\], found .*-0.5")
-    _refused(tmp_path, "dsprites", _npz(tmp_path, "1d.npz", latents_values=np.zeros(8), latents_classes=np.zeros(8)),
-             r"1d.npz: array 'latents_values' must be \[N, K\].*got shape \[8\]; one factor needs shape \[N, 1\]")
-    _refused(tmp_path, "dsprites", _npz(tmp_path, "empty.npz", imgs=np.zeros((0, 64, 64), np.uint8),
-                                        latents_values=np.zeros((0, 6)), latents_classes=np.zeros((0, 6))),
-             r"empty.npz array 'imgs': holds no images")
-    _refused(tmp_path, "dsprites", _npz(tmp_path, "c2.npz", imgs=np.zeros((8, 64, 64, 2), np.uint8)),
-             r"c2.npz array 'imgs': images must have shape \[N, H, W\] or \[N, H, W, C\] with C = 1 or 3")
+    _refused(
+        tmp_path,
+        "dsprites",
+        _npz(tmp_path, "nan.npz", latents_values=values),
+        r"nan.npz array 'latents_values': factor 'scale' has 2 non-finite value\(s\).*first at row 3",
+    )
+    _refused(
+        tmp_path,
+        "dsprites",
+        _npz(tmp_path, "wide.npz", imgs=np.full((8, 64, 64), 300, np.int32)),
+        r"wide.npz array 'imgs': integer pixels must lie in 0..255, found values in \[300, 300\]",
+    )
+    _refused(
+        tmp_path,
+        "dsprites",
+        _npz(tmp_path, "neg.npz", imgs=np.full((8, 64, 64), -0.5, np.float32)),
+        r"neg.npz array 'imgs': float pixels must lie in \[0, 1\] or \[0, 255\], found .*-0.5",
+    )
+    _refused(
+        tmp_path,
+        "dsprites",
+        _npz(tmp_path, "1d.npz", latents_values=np.zeros(8), latents_classes=np.zeros(8)),
+        r"1d.npz: array 'latents_values' must be \[N, K\].*got shape \[8\]; one factor needs shape \[N, 1\]",
+    )
+    _refused(
+        tmp_path,
+        "dsprites",
+        _npz(
+            tmp_path,
+            "empty.npz",
+            imgs=np.zeros((0, 64, 64), np.uint8),
+            latents_values=np.zeros((0, 6)),
+            latents_classes=np.zeros((0, 6)),
+        ),
+        r"empty.npz array 'imgs': holds no images",
+    )
+    _refused(
+        tmp_path,
+        "dsprites",
+        _npz(tmp_path, "c2.npz", imgs=np.zeros((8, 64, 64, 2), np.uint8)),
+        r"c2.npz array 'imgs': images must have shape \[N, H, W\] or \[N, H, W, C\] with C = 1 or 3",
+    )
 
 
 def test_float_pixels_follow_the_rule(tmp_path):
@@ -213,8 +297,13 @@ def test_float_pixels_follow_the_rule(tmp_path):
     for name, images, expect in (("unit", unit, np.rint(unit * 255)), ("wide", unit * 255, np.rint(unit * 255))):
         with h5py.File(tmp_path / f"{name}.h5", "w") as fh:
             fh["images"], fh["labels"] = images, labels
-        build_dataset("3dshapes", tmp_path / name, DataConfig(image_size=32), input_path=str(tmp_path / f"{name}.h5"),
-                      progress=False)
+        build_dataset(
+            "3dshapes",
+            tmp_path / name,
+            DataConfig(image_size=32),
+            input_path=str(tmp_path / f"{name}.h5"),
+            progress=False,
+        )
         _, found = _samples(tmp_path / name)
         for row, (img, *_rest) in found.items():
             np.testing.assert_array_equal(img, expect[row].astype(np.uint8))
@@ -224,15 +313,19 @@ def test_float_pixels_follow_the_rule(tmp_path):
 
 
 def _csv_rows(n=20):
-    return ["file,yaw,expression"] + [f"img.{i % 6}.{'jpg' if i % 6 == 4 else 'png'},{i * 1.5 - 7:.2f},"
-                                      f"{('happy', 'sad')[i % 2]}" for i in range(n)]
+    return ["file,yaw,expression"] + [
+        f"img.{i % 6}.{'jpg' if i % 6 == 4 else 'png'},{i * 1.5 - 7:.2f},{('happy', 'sad')[i % 2]}" for i in range(n)
+    ]
 
 
-@pytest.mark.parametrize("line, cell, message", [
-    (9, "nan", r"line 9: column 'yaw' holds 'nan' \(not a finite number; 1 such"),
-    (5, "-inf", r"line 5: column 'yaw' holds '-inf' \(not a finite number"),
-    (12, "n/a", r"line 12: column 'yaw' holds 'n/a' \(text in a numeric column"),
-])
+@pytest.mark.parametrize(
+    "line, cell, message",
+    [
+        (9, "nan", r"line 9: column 'yaw' holds 'nan' \(not a finite number; 1 such"),
+        (5, "-inf", r"line 5: column 'yaw' holds '-inf' \(not a finite number"),
+        (12, "n/a", r"line 12: column 'yaw' holds 'n/a' \(text in a numeric column"),
+    ],
+)
 def test_folder_csv_non_finite_cell_is_refused(tmp_path, line, cell, message):
     """One bad cell used to turn continuous yaw into a 20-class categorical factor."""
     rows = _csv_rows()
@@ -242,8 +335,13 @@ def test_folder_csv_non_finite_cell_is_refused(tmp_path, line, cell, message):
 
 
 def test_folder_csv_good_columns_still_import(tmp_path):
-    man = build_dataset("folder", tmp_path / "out", DataConfig(image_size=16), input_path=str(_folder(tmp_path, _csv_rows())),
-                        progress=False)
+    man = build_dataset(
+        "folder",
+        tmp_path / "out",
+        DataConfig(image_size=16),
+        input_path=str(_folder(tmp_path, _csv_rows())),
+        progress=False,
+    )
     assert [(f["name"], f["discrete"]) for f in man["factors"]] == [("yaw", False), ("expression", True)]
 
 
@@ -251,8 +349,14 @@ def test_folder_16_bit_image_out_of_range_is_refused(tmp_path):
     """PIL clips 16-bit pixels above 255 to 255 when converting: refused, naming the image."""
     root = _folder(tmp_path, _csv_rows())
     Image.fromarray(np.array([[0, 100], [300, 65535]], np.uint16)).save(root / "img.2.png")
-    _refused(tmp_path, "folder", root, r"faces/img.2.png \(mode I;16\): integer pixels must lie in 0..255, "
-                                       r"found values in \[0, 65535\]", while_writing=True)
+    _refused(
+        tmp_path,
+        "folder",
+        root,
+        r"faces/img.2.png \(mode I;16\): integer pixels must lie in 0..255, "
+        r"found values in \[0, 65535\]",
+        while_writing=True,
+    )
 
 
 def test_eight_bit_maps_wide_pixel_files_by_the_pixel_rule():
@@ -291,8 +395,13 @@ def _faces_npz(path, n=20):
     rng = np.random.default_rng(4)
     images = rng.random((n, 3, 32, 32)).astype(np.float32)
     factors = np.stack([rng.uniform(-30, 30, n), rng.uniform(-10, 10, n), rng.integers(0, 3, n)], 1)
-    np.savez(path, images=images, factors=factors, factor_names=np.array(["yaw", "pitch", "smile"]),
-             factor_groups=np.array(["pose=yaw,pitch", "expression=smile"]))
+    np.savez(
+        path,
+        images=images,
+        factors=factors,
+        factor_names=np.array(["yaw", "pitch", "smile"]),
+        factor_groups=np.array(["pose=yaw,pitch", "expression=smile"]),
+    )
     return images, factors
 
 
@@ -301,8 +410,24 @@ def test_arrays_npz_channels_first_names_classes_and_groups(tmp_path, capsys):
 
     images, factors = _faces_npz(tmp_path / "faces.npz")
     out = tmp_path / "out"
-    rc = main(["data", "build", "--source", "arrays", "--input", str(tmp_path / "faces.npz"), "--out", str(out),
-               "--workers", "1", "--set", "data.image_size=32", "--set", "data.eval_fraction=0.2"])
+    rc = main(
+        [
+            "data",
+            "build",
+            "--source",
+            "arrays",
+            "--input",
+            str(tmp_path / "faces.npz"),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--set",
+            "data.image_size=32",
+            "--set",
+            "data.eval_fraction=0.2",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     man, found = _samples(out)
@@ -320,8 +445,20 @@ def test_arrays_npz_channels_first_names_classes_and_groups(tmp_path, capsys):
     assert main(["config", "--set", "data.source=shards", "--set", f"data.path={out}", *hint]) == 0
     cfg = capsys.readouterr().out
     assert "- yaw\n" in cfg and "name: expression" in cfg and "latent_dim: 7" in cfg
-    assert main(["config", "--set", "data.source=shards", "--set", f"data.path={out}",
-                 "--set", "partitions=[{name: pose, size: 10, factors: [roll]}]"]) == 2
+    assert (
+        main(
+            [
+                "config",
+                "--set",
+                "data.source=shards",
+                "--set",
+                f"data.path={out}",
+                "--set",
+                "partitions=[{name: pose, size: 10, factors: [roll]}]",
+            ]
+        )
+        == 2
+    )
     assert "partitions.0.factors: 'roll' is not a weak label" in capsys.readouterr().err
 
 
@@ -333,10 +470,21 @@ def test_arrays_h5_with_flags_and_provided_weak_labels(tmp_path):
     weak = np.stack([rng.integers(0, 4, n), values[:, 1]], 1).astype(np.int64)
     with h5py.File(tmp_path / "d.h5", "w") as fh:
         fh["x"], fh["y"], fh["wl"] = grey, values, weak
-    layout = {"images": "x", "factors": "y", "weak_labels": "wl", "names": ("light", "glasses"),
-              "discrete": frozenset({"glasses"})}
-    man = build_dataset("arrays", tmp_path / "out", DataConfig(image_size=32), input_path=str(tmp_path / "d.h5"),
-                        layout=layout, progress=False)
+    layout = {
+        "images": "x",
+        "factors": "y",
+        "weak_labels": "wl",
+        "names": ("light", "glasses"),
+        "discrete": frozenset({"glasses"}),
+    }
+    man = build_dataset(
+        "arrays",
+        tmp_path / "out",
+        DataConfig(image_size=32),
+        input_path=str(tmp_path / "d.h5"),
+        layout=layout,
+        progress=False,
+    )
     assert man["channels"] == 1 and [f["name"] for f in man["factors"]] == ["light", "glasses"]
     assert [lab["num_classes"] for lab in man["labels"]] == [int(weak[:, 0].max()) + 1, 2]
     assert all(lab.get("provided") for lab in man["labels"])
@@ -345,20 +493,33 @@ def test_arrays_h5_with_flags_and_provided_weak_labels(tmp_path):
         np.testing.assert_array_equal(img[..., 0], grey[row])
         np.testing.assert_array_equal(labels, weak[row])  # as provided, not re-binned
     with pytest.raises(ValueError, match=r"provides weak labels, so data.label_flip_prob \(0.2\)"):
-        build_dataset("arrays", tmp_path / "o2", DataConfig(image_size=32, label_flip_prob=0.2),
-                      input_path=str(tmp_path / "d.h5"), layout=layout, progress=False)
+        build_dataset(
+            "arrays",
+            tmp_path / "o2",
+            DataConfig(image_size=32, label_flip_prob=0.2),
+            input_path=str(tmp_path / "d.h5"),
+            layout=layout,
+            progress=False,
+        )
 
 
-@pytest.mark.parametrize("change, layout, message", [
-    ({}, {"images": "pixels"}, r"no array 'pixels' for the images \(has \[.*\]\); name the right one with --keys"),
-    ({"factor_names": np.array(["a", "b"])}, {}, r"'factor_names' lists 2 factor names for 3 factor columns"),
-    ({}, {"discrete": frozenset({"roll"})}, r"--discrete names \['roll'\], not factors of the file"),
-    ({"factor_groups": np.array(["pose=yaw,roll"])}, {}, r"group 'pose' names \['roll'\], not factors"),
-    ({"factor_groups": np.array(["pose yaw"])}, {}, r"group 'pose yaw' must read NAME=factor,factor"),
-    ({"weak_labels": -np.ones((20, 3))}, {}, r"array 'weak_labels': weak labels are class ids 0, 1, ...; row 0"),
-    ({"factors": np.zeros((19, 3))}, {}, r"one row per image.*'images' \[20, 3, 32, 32\] \(20 images\), 'factors' \[19, 3\]"),
-    ({}, {"discrete": frozenset({"yaw"})}, r"array 'factors': factor 'yaw' is discrete but row 0 holds"),
-])
+@pytest.mark.parametrize(
+    "change, layout, message",
+    [
+        ({}, {"images": "pixels"}, r"no array 'pixels' for the images \(has \[.*\]\); name the right one with --keys"),
+        ({"factor_names": np.array(["a", "b"])}, {}, r"'factor_names' lists 2 factor names for 3 factor columns"),
+        ({}, {"discrete": frozenset({"roll"})}, r"--discrete names \['roll'\], not factors of the file"),
+        ({"factor_groups": np.array(["pose=yaw,roll"])}, {}, r"group 'pose' names \['roll'\], not factors"),
+        ({"factor_groups": np.array(["pose yaw"])}, {}, r"group 'pose yaw' must read NAME=factor,factor"),
+        ({"weak_labels": -np.ones((20, 3))}, {}, r"array 'weak_labels': weak labels are class ids 0, 1, ...; row 0"),
+        (
+            {"factors": np.zeros((19, 3))},
+            {},
+            r"one row per image.*'images' \[20, 3, 32, 32\] \(20 images\), 'factors' \[19, 3\]",
+        ),
+        ({}, {"discrete": frozenset({"yaw"})}, r"array 'factors': factor 'yaw' is discrete but row 0 holds"),
+    ],
+)
 def test_arrays_bad_layouts_are_refused_by_name(tmp_path, change, layout, message):
     _faces_npz(tmp_path / "base.npz")
     arrays = {**dict(np.load(tmp_path / "base.npz")), **change}
@@ -370,14 +531,20 @@ def test_layout_flags_parse_and_refuse():
     from gvae_dist.data.importers import parse_layout_flags, partitions_hint
 
     got = parse_layout_flags("images=imgs, classes=c", "a,b", "b", "pose=a;expr=b")
-    assert got == {"images": "imgs", "classes": "c", "names": ("a", "b"), "discrete": frozenset({"b"}),
-                   "groups": {"pose": ("a",), "expr": ("b",)}}
+    assert got == {
+        "images": "imgs",
+        "classes": "c",
+        "names": ("a", "b"),
+        "discrete": frozenset({"b"}),
+        "groups": {"pose": ("a",), "expr": ("b",)},
+    }
     with pytest.raises(ValueError, match=r"--keys 'imgs': expected ROLE=KEY pairs"):
         parse_layout_flags("imgs")
     with pytest.raises(ValueError, match="group 'pose' is given twice"):
         parse_layout_flags(groups="pose=a;pose=b")
     assert partitions_hint({"pose": ["a", "b"], "empty": []}) == (
         "--set 'partitions=[{name: pose, size: 3, factors: [a, b]}, {name: rest, size: 2, factors: []}]' "
-        "--set model.latent_dim=5")
+        "--set model.latent_dim=5"
+    )
     with pytest.raises(ValueError, match="apply to --source arrays / dsprites / 3dshapes"):
         build_dataset("faces", "/nonexistent", layout={"images": "x"}, progress=False)

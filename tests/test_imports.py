@@ -118,8 +118,13 @@ def test_find_cycle_finds_one(tmp_path):
     (pkg / "data" / "a.py").write_text("from gvae_dist.data.b import X\n")
     (pkg / "data" / "b.py").write_text("def f():\n    from . import c\n")
     (pkg / "data" / "c.py").write_text("import gvae_dist.data.a\n")
-    assert find_cycle(import_graph(pkg)) == ["gvae_dist.data.a", "gvae_dist.data.b", "gvae_dist.data.c",
-                                             "gvae_dist.data.a"]
-    (pkg / "data" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                       "    import gvae_dist.data.a\n")
+    assert find_cycle(import_graph(pkg)) == [
+        "gvae_dist.data.a",
+        "gvae_dist.data.b",
+        "gvae_dist.data.c",
+        "gvae_dist.data.a",
+    ]
+    (pkg / "data" / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import gvae_dist.data.a\n"
+    )
     assert find_cycle(import_graph(pkg)) is None

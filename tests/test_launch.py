@@ -26,13 +26,31 @@ from tests.conftest import wait_for_train_actors_to_exit
 # the cluster's two "nodes" share this machine's disk, so the SQLite store is reachable from both
 pytestmark = pytest.mark.filterwarnings("ignore:tracking.uri=sqlite:RuntimeWarning")
 
-TINY = ["data.num_train=512", "data.num_eval=400", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.at_end=false", "run.threads=1"]
-RAY_RUN = [*TINY, "distributed.workers=2", "distributed.cpus_per_worker=1", "optim.steps=150",
-           "run.log_every=5", "run.checkpoint_every=50", "run.keep_checkpoints=2",
-           "tracking.image_every=50", "optim.lr=0.002",
-           # per worker: 16 images as 2 micro-batches of 8, bf16 autocast, channels_last
-           "optim.grad_accum=2", "optim.mixed_precision=bf16", "optim.channels_last=true"]
+TINY = [
+    "data.num_train=512",
+    "data.num_eval=400",
+    "data.image_size=32",
+    "optim.batch_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "eval.at_end=false",
+    "run.threads=1",
+]
+RAY_RUN = [
+    *TINY,
+    "distributed.workers=2",
+    "distributed.cpus_per_worker=1",
+    "optim.steps=150",
+    "run.log_every=5",
+    "run.checkpoint_every=50",
+    "run.keep_checkpoints=2",
+    "tracking.image_every=50",
+    "optim.lr=0.002",
+    # per worker: 16 images as 2 micro-batches of 8, bf16 autocast, channels_last
+    "optim.grad_accum=2",
+    "optim.mixed_precision=bf16",
+    "optim.channels_last=true",
+]
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -57,10 +75,12 @@ def _runs_with_key(cfg, key: str):
 
 
 def test_check_resources_names_the_keys_and_the_cluster():
-    cfg = load_config(None, [*TINY, "distributed.workers=3", "distributed.cpus_per_worker=2",
-                             "optim.batch_size=30"])
-    with pytest.raises(ConfigError, match=r"distributed.workers=3 x distributed.cpus_per_worker=2.*"
-                                          r"4 CPUs .* 2 node\(s\), room for 2"):
+    cfg = load_config(None, [*TINY, "distributed.workers=3", "distributed.cpus_per_worker=2", "optim.batch_size=30"])
+    with pytest.raises(
+        ConfigError,
+        match=r"distributed.workers=3 x distributed.cpus_per_worker=2.*"
+        r"4 CPUs .* 2 node\(s\), room for 2",
+    ):
         check_resources(cfg, [{"CPU": 2.0}, {"CPU": 2.0}])
     check_resources(cfg, [{"CPU": 2.0}, {"CPU": 4.0}])  # 1 + 2 workers fit
     gpu = load_config(None, [*TINY, "distributed.workers=2", "distributed.use_gpu=true"])
@@ -77,15 +97,20 @@ def test_worker_env_follows_the_config():
 
 def test_launch_rejects_bad_settings_before_starting_ray(tmp_path):
     with pytest.raises(ConfigError, match="fp16"):
-        launch(load_config(None, [*TINY, "distributed.workers=2", "optim.mixed_precision=fp16",
-                                  f"run.output_dir={tmp_path}"]))
+        launch(
+            load_config(
+                None, [*TINY, "distributed.workers=2", "optim.mixed_precision=fp16", f"run.output_dir={tmp_path}"]
+            )
+        )
     with pytest.raises(ConfigError, match="distributed.cpus_per_worker=64"):
-        launch(load_config(None, [*TINY, "distributed.workers=2", "distributed.cpus_per_worker=64",
-                                  f"run.output_dir={tmp_path}"]))
+        launch(
+            load_config(
+                None, [*TINY, "distributed.workers=2", "distributed.cpus_per_worker=64", f"run.output_dir={tmp_path}"]
+            )
+        )
     (tmp_path / "ray" / "gvae").mkdir(parents=True)
     with pytest.raises(ConfigError, match="run.resume"):
-        launch(load_config(None, [*TINY, "distributed.workers=1", "run.resume=false",
-                                  f"run.output_dir={tmp_path}"]))
+        launch(load_config(None, [*TINY, "distributed.workers=1", "run.resume=false", f"run.output_dir={tmp_path}"]))
 
 
 def test_resolve_config_makes_paths_absolute(tmp_path, monkeypatch):
@@ -117,8 +142,7 @@ def test_two_workers_stay_in_sync_and_report_checkpoints_and_tracking(reference)
     # Ray's copy of the newest checkpoint, retention applied to Ray's storage
     assert result.checkpoint == out / "ray" / "reference" / "step_00000150"
     assert (result.checkpoint / "state.pt").is_file()
-    assert sorted(p.name for p in (out / "ray" / "reference").glob("step_*")) == [
-        "step_00000100", "step_00000150"]
+    assert sorted(p.name for p in (out / "ray" / "reference").glob("step_*")) == ["step_00000100", "step_00000150"]
     # DDP: ranks see disjoint shards and their own noise, so only synchronised gradients keep
     # their weights bitwise equal; every checkpoint records both ranks' digests
     metas = [json.loads(p.read_text()) for p in (result.run_dir / "checkpoints").glob("*/meta.json")]
@@ -132,8 +156,16 @@ def test_two_workers_stay_in_sync_and_report_checkpoints_and_tracking(reference)
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["optim.batch_size"] == "32" and run.data.params["distributed.workers"] == "2"
-    for key in ("loss", "recon/identity", "kl/pose", "kl_dim/09", "perf/images_per_s",
-                "perf/data_wait_fraction", "gate/open_fraction", "pairing/found"):
+    for key in (
+        "loss",
+        "recon/identity",
+        "kl/pose",
+        "kl_dim/09",
+        "perf/images_per_s",
+        "perf/data_wait_fraction",
+        "gate/open_fraction",
+        "pairing/found",
+    ):
         assert f"train/{key}" in run.data.metrics, key  # MLflow's train/* sections
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(5, 151, 5))
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -150,8 +182,7 @@ def _train_worker_pids(node) -> list[int]:
     from ray._private import ray_constants
 
     raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
-    return [p.pid for p in raylet.children(recursive=True)
-            if any("RayTrainWorker" in part for part in p.cmdline())]
+    return [p.pid for p in raylet.children(recursive=True) if any("RayTrainWorker" in part for part in p.cmdline())]
 
 
 def _logged_steps(run_dir: Path) -> list[int]:
@@ -206,8 +237,7 @@ def test_killed_workers_recover_and_relaunch_resumes_and_preempts_in_one_mlflow_
     _wait_until(lambda: (run_dir / "metrics.jsonl").exists() and 5 in _losses(run_dir), thread, "step 5")
     assert not snapshot.exists() or "step_" not in snapshot.read_text()  # metrics, no checkpoint yet
     _kill_train_worker(ray_cluster.worker)
-    _wait_until(lambda: snapshot.exists() and "step_00000050" in snapshot.read_text(), thread,
-                "the step-50 checkpoint")
+    _wait_until(lambda: snapshot.exists() and "step_00000050" in snapshot.read_text(), thread, "the step-50 checkpoint")
     _kill_train_worker(ray_cluster.worker)
     thread.join(timeout=300)
     result = box["result"]
@@ -226,16 +256,19 @@ def test_killed_workers_recover_and_relaunch_resumes_and_preempts_in_one_mlflow_
     got, want = _losses(run_dir), _losses(ref.run_dir)
     assert sorted(got) == sorted(want)
     # CPU kernels are deterministic here; the tolerance only allows float reordering noise
-    torch.testing.assert_close([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
-                               rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5, atol=1e-3)
 
     # launching the same run again with more steps resumes it in the same MLflow run; a stop
     # file (preemption) makes it checkpoint at the next log step and raise Preempted on the driver
     stop = tmp_path / "stop"
     stop.touch()
     with pytest.raises(Preempted) as preempted:
-        launch(load_config(None, [*RAY_RUN, f"run.output_dir={tmp_path}", "run.name=faulty",
-                                  "optim.steps=200", f"run.stop_file={stop}"]))
+        launch(
+            load_config(
+                None,
+                [*RAY_RUN, f"run.output_dir={tmp_path}", "run.name=faulty", "optim.steps=200", f"run.stop_file={stop}"],
+            )
+        )
     assert preempted.value.step == 155
     assert preempted.value.checkpoint == tmp_path / "ray" / "faulty" / "step_00000155"
     assert torch.load(preempted.value.checkpoint / "state.pt", weights_only=True)["step"] == 155

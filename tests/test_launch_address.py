@@ -12,16 +12,27 @@ from gvae_dist.cli import main
 from gvae_dist.config import ConfigError
 from gvae_dist.launch import ClusterUnreachable, check_address, free_port
 
-TINY = ["--set", "data.num_train=256", "--set", "data.num_eval=128", "--set", "data.image_size=32",
-        "--set", "optim.steps=2", "--set", "distributed.workers=1", "--set", "tracking.enabled=false"]
+TINY = [
+    "--set",
+    "data.num_train=256",
+    "--set",
+    "data.num_eval=128",
+    "--set",
+    "data.image_size=32",
+    "--set",
+    "optim.steps=2",
+    "--set",
+    "distributed.workers=1",
+    "--set",
+    "tracking.enabled=false",
+]
 
 
 def test_cli_train_with_a_dead_address_fails_fast_and_names_it(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     port = free_port()  # nothing listens there
     start = time.monotonic()
-    rc = main(["train", *TINY, "--set", f"run.output_dir={tmp_path}",
-               "--set", f"distributed.address=127.0.0.1:{port}"])
+    rc = main(["train", *TINY, "--set", f"run.output_dir={tmp_path}", "--set", f"distributed.address=127.0.0.1:{port}"])
     assert rc == 2 and time.monotonic() - start < 60
     err = capsys.readouterr().err
     assert f"distributed.address=127.0.0.1:{port}: no Ray cluster accepts connections there" in err, err
@@ -36,12 +47,15 @@ def test_ray_address_from_the_environment_is_named_as_such(tmp_path, capsys, mon
     assert f"$RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("address, message", [
-    ("http://127.0.0.1:8265", "dashboard / job-submission URL"),
-    ("localhost", "is not host:port"),
-    ("127.0.0.1:port", "is not host:port"),
-    ("grpc://127.0.0.1:6379", "unknown scheme"),
-])
+@pytest.mark.parametrize(
+    "address, message",
+    [
+        ("http://127.0.0.1:8265", "dashboard / job-submission URL"),
+        ("localhost", "is not host:port"),
+        ("127.0.0.1:port", "is not host:port"),
+        ("grpc://127.0.0.1:6379", "unknown scheme"),
+    ],
+)
 def test_malformed_addresses_are_config_errors(address, message):
     with pytest.raises(ConfigError, match=message):
         check_address(address, "distributed.address")
@@ -72,8 +86,9 @@ def test_only_an_unreachable_cluster_is_a_one_line_error(monkeypatch, capsys):
 
     monkeypatch.setitem(cli.COMMANDS, "config", unreachable)
     assert main(["config"]) == 2
-    assert capsys.readouterr().err == ("gvae-dist: error: distributed.address=10.0.0.1:6379: "
-                                       "no Ray cluster accepts connections there\n")
+    assert capsys.readouterr().err == (
+        "gvae-dist: error: distributed.address=10.0.0.1:6379: no Ray cluster accepts connections there\n"
+    )
     monkeypatch.setitem(cli.COMMANDS, "config", reset)
     with pytest.raises(ConnectionResetError, match="MLflow server reset"):
         main(["config"])

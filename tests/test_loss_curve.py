@@ -20,10 +20,22 @@ from gvae_dist.train import train_loop
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = Path(__file__).parent / "data" / "loss_curve.json"
-TINY = ["data.num_train=256", "data.num_eval=64", "data.image_size=32", "optim.batch_size=16",
-        "model.channels=[8,8,16]", "model.hidden=32", "optim.steps=12", "run.log_every=1",
-        "run.checkpoint_every=1000", "eval.at_end=false", "eval.points=0", "tracking.enabled=false",
-        "run.threads=1", "run.device=cpu"]
+TINY = [
+    "data.num_train=256",
+    "data.num_eval=64",
+    "data.image_size=32",
+    "optim.batch_size=16",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "optim.steps=12",
+    "run.log_every=1",
+    "run.checkpoint_every=1000",
+    "eval.at_end=false",
+    "eval.points=0",
+    "tracking.enabled=false",
+    "run.threads=1",
+    "run.device=cpu",
+]
 # the gated preset (dataset partners, closed code = partner's, decoder gate) and its un-gated
 # baseline: the two paths through the step (the regularisers have their own tests)
 CASES = {"beta_gated": "faces_beta_gated.yaml", "beta_ungated": "faces_beta_ungated.yaml"}

@@ -15,16 +15,39 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NUM, TRAIN, BATCH = 160, 128, 64  # 128 train = 2 ranks x 2 batches of 32: no padding
-SMALL = ["--set", "data.image_size=32", "--set", "model.channels=[8,8,16]", "--set", "model.hidden=32",
-         "--set", "eval.at_end=false", "--set", "run.log_every=2", "--set", "run.threads=1"]
+SMALL = [
+    "--set",
+    "data.image_size=32",
+    "--set",
+    "model.channels=[8,8,16]",
+    "--set",
+    "model.hidden=32",
+    "--set",
+    "eval.at_end=false",
+    "--set",
+    "run.log_every=2",
+    "--set",
+    "run.threads=1",
+]
 
 
 def _main_sh(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GVAE_MAIN_SKIP_SETUP": "1", "GVAE_VENV": str(Path(sys.executable).parents[1]),
-           "GVAE_MAIN_DATA": str(tmp / "faces"), "GVAE_MAIN_NUM": str(NUM), "GVAE_MAIN_STEPS": "4", **env}
-    proc = subprocess.run(["bash", str(REPO / "ops" / "main.sh"), *SMALL,
-                           "--set", f"run.output_dir={tmp / 'runs'}", *args],
-                          env=env, capture_output=True, text=True, timeout=500)
+    env = {
+        **os.environ,
+        "GVAE_MAIN_SKIP_SETUP": "1",
+        "GVAE_VENV": str(Path(sys.executable).parents[1]),
+        "GVAE_MAIN_DATA": str(tmp / "faces"),
+        "GVAE_MAIN_NUM": str(NUM),
+        "GVAE_MAIN_STEPS": "4",
+        **env,
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "ops" / "main.sh"), *SMALL, "--set", f"run.output_dir={tmp / 'runs'}", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

@@ -64,21 +64,9 @@ def _linear(fin, fout):
 def test_default_param_count_matches_reference_net():
     c, d = 3, 10
     encoder = (
-        _conv(c, 32)
-        + _conv(32, 32)
-        + _conv(32, 64)
-        + _conv(64, 64)
-        + _linear(64 * 4 * 4, 256)
-        + 2 * _linear(256, d)
+        _conv(c, 32) + _conv(32, 32) + _conv(32, 64) + _conv(64, 64) + _linear(64 * 4 * 4, 256) + 2 * _linear(256, d)
     )
-    decoder = (
-        _linear(d, 256)
-        + _linear(256, 64 * 4 * 4)
-        + _conv(64, 64)
-        + _conv(64, 32)
-        + _conv(32, 32)
-        + _conv(32, c)
-    )
+    decoder = _linear(d, 256) + _linear(256, 64 * 4 * 4) + _conv(64, 64) + _conv(64, 32) + _conv(32, 32) + _conv(32, c)
     model = GatedVAE(c, 64, d)
     assert sum(p.numel() for p in model.encoder.parameters()) == encoder
     assert sum(p.numel() for p in model.decoder.parameters()) == decoder

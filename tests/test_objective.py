@@ -118,9 +118,7 @@ def test_reconstruction_rejects_bad_input():
 
 def test_bf16_inputs_are_computed_in_float32():
     logits_BCHW = torch.randn(2, 1, 8, 8).bfloat16()
-    assert (
-        reconstruction_loss(logits_BCHW, logits_BCHW.sigmoid(), "bernoulli").dtype == torch.float32
-    )
+    assert reconstruction_loss(logits_BCHW, logits_BCHW.sigmoid(), "bernoulli").dtype == torch.float32
     _, mu_BD, logvar_BD, z_BD, prior_BD = _inputs()
     loss, _ = objective(
         make_cfg(name="infovae"),
@@ -146,9 +144,7 @@ def test_kl_matches_torch_distributions():
 
 def test_kl_gradcheck():
     _, mu_BD, logvar_BD, _, _ = _inputs(b=3, d=2, dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        gaussian_kl, (mu_BD.requires_grad_(), logvar_BD.requires_grad_())
-    )
+    assert torch.autograd.gradcheck(gaussian_kl, (mu_BD.requires_grad_(), logvar_BD.requires_grad_()))
 
 
 # --------------------------------------------------------------------------- MMD
@@ -162,9 +158,7 @@ def test_mmd_rbf_hand_computed_three_points():
     # z-z pairs 1, 4, 1; p-p pairs 0.25, 1, 2.25; z-p rows [0, .25, 1], [1, .25, 4], [4, 2.25, 9].
     k_zz = (e(-0.5) + e(-2.0) + e(-0.5)) / 3
     k_pp = (e(-0.125) + e(-0.5) + e(-1.125)) / 3
-    k_zp = (
-        e(0) + e(-0.125) + e(-0.5) + e(-0.5) + e(-0.125) + e(-2.0) + e(-2.0) + e(-1.125) + e(-4.5)
-    ) / 9
+    k_zp = (e(0) + e(-0.125) + e(-0.5) + e(-0.5) + e(-0.125) + e(-2.0) + e(-2.0) + e(-1.125) + e(-4.5)) / 9
     expected = k_zz + k_pp - 2 * k_zp
     got = mmd(z_BD, prior_BD, "rbf", [1.0])
     assert got.shape == ()
@@ -368,8 +362,7 @@ def test_reg_mask_gates_the_regulariser_term_not_the_kl_or_value(name):
     g_gated = torch.autograd.grad(loss_gated, leaves, allow_unused=True, materialize_grads=True)
     # What is left on closed entries: the un-gated KL's gradient (KL weight 1 - alpha = 1 here)
     # for mu / logvar, nothing for the MMD samples z.
-    kl_grad = (leaves[0].detach() / b, 0.5 * (leaves[1].detach().exp() - 1.0) / b,
-               torch.zeros_like(z_BD))
+    kl_grad = (leaves[0].detach() / b, 0.5 * (leaves[1].detach().exp() - 1.0) / b, torch.zeros_like(z_BD))
     for open_BD, gated_BD, left_BD in zip(g_open, g_gated, kl_grad):
         torch.testing.assert_close(gated_BD[3:], open_BD[3:])  # open rows: unchanged
         torch.testing.assert_close(gated_BD[:3, :2], open_BD[:3, :2])
@@ -413,8 +406,7 @@ def test_dip_lambda_d_defaults_to_disentanglement_lib_factor():
     _, mu_BD, logvar_BD, z_BD, _ = _inputs(b=8, d=5)
     recon_B = torch.zeros(8)
     for name, ratio in (("dip2", 1.0), ("dip1", 10.0)):
-        _, terms = objective(make_cfg(name=name, lambda_od=3.0, lambda_d=None), recon_B, mu_BD,
-                             logvar_BD, z_BD)
+        _, terms = objective(make_cfg(name=name, lambda_od=3.0, lambda_d=None), recon_B, mu_BD, logvar_BD, z_BD)
         expected = _dip_by_hand(mu_BD, logvar_BD, 3.0, 3.0 * ratio, with_var=name == "dip2")
         assert terms["dip"].item() == pytest.approx(expected, rel=1e-5)
 

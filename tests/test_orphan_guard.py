@@ -24,9 +24,19 @@ from tests.conftest import REPO, stop_group
 
 psutil = pytest.importorskip("psutil")
 
-TINY = ["data.num_train=256", "data.num_eval=100", "data.image_size=32", "optim.batch_size=16",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.at_end=false", "run.threads=1",
-        "optim.steps=1000", "distributed.cpus_per_worker=1", "tracking.enabled=false"]
+TINY = [
+    "data.num_train=256",
+    "data.num_eval=100",
+    "data.image_size=32",
+    "optim.batch_size=16",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "eval.at_end=false",
+    "run.threads=1",
+    "optim.steps=1000",
+    "distributed.cpus_per_worker=1",
+    "tracking.enabled=false",
+]
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -46,8 +56,10 @@ def _describe(p: psutil.Process) -> str:
 SLEEP = "import time; time.sleep(120)"
 # a child that names no session, in neither its environment nor its command line, like a Ray
 # agent once it has retitled itself
-WITH_CHILD = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
-              "time.sleep(120)'], env={}); time.sleep(120)")
+WITH_CHILD = (
+    "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+    "time.sleep(120)'], env={}); time.sleep(120)"
+)
 
 
 def _sleeper(tmp: Path, name: str, session: Path, env_token: Path, code: str = SLEEP) -> subprocess.Popen:
@@ -55,8 +67,11 @@ def _sleeper(tmp: Path, name: str, session: Path, env_token: Path, code: str = S
     its command line names the session dir, its environment the token (as Ray's do)."""
     exe = tmp / name
     exe.symlink_to(sys.executable)
-    return subprocess.Popen([str(exe), "-c", code, f"--session-dir={session}/r/x"],
-                            env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(env_token)}, start_new_session=True)
+    return subprocess.Popen(
+        [str(exe), "-c", code, f"--session-dir={session}/r/x"],
+        env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(env_token)},
+        start_new_session=True,
+    )
 
 
 def _session(tmp: Path) -> Path:
@@ -130,10 +145,22 @@ def test_sigkilled_driver_leaves_no_process_of_its_private_cluster(ray_env, tmp_
     log = tmp_path / "cli.log"
     decoy = None
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gvae_dist.cli", "train", "--workers", "1",
-                                 *[a for kv in [*TINY, f"run.output_dir={tmp_path / 'out'}", "run.name=kill"]
-                                   for a in ("--set", kv)]],
-                                env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gvae_dist.cli",
+                "train",
+                "--workers",
+                "1",
+                *[a for kv in [*TINY, f"run.output_dir={tmp_path / 'out'}", "run.name=kill"] for a in ("--set", kv)],
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         # wait for the raylet's agents to connect to the GCS (they retitle themselves then): killed
         # from here on, they outlived the driver by about 60 s without the guard
@@ -145,8 +172,9 @@ def test_sigkilled_driver_leaves_no_process_of_its_private_cluster(ray_env, tmp_
             if "ray::DashboardAgent" in cmds and "ray::RuntimeEnvAgent" in cmds:
                 break
             time.sleep(0.2)
-        assert session and "raylet" in {_describe(p).split()[0] for p in cluster if _describe(p)}, \
-            log.read_text()[-3000:]
+        assert session and "raylet" in {_describe(p).split()[0] for p in cluster if _describe(p)}, log.read_text()[
+            -3000:
+        ]
         # another cluster's raylet, its session dir sharing our prefix, started from this process
         decoy = _sleeper(tmp_path, "raylet", Path(f"{session}2"), Path(f"{session}2/auth_token"))
         os.kill(proc.pid, signal.SIGKILL)

@@ -103,6 +103,7 @@ def test_bad_factor_name_is_reported():
 
 # --- partners from the dataset, a shard bank, or a render -------------------------------------
 
+
 def _store(N=400, seed=0, bins=3, L=4):
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (N, 4, 4, 1), dtype=torch.uint8, generator=g)
@@ -187,9 +188,12 @@ def test_shard_bank_partners_two_ranks(tmp_path):
 
     out = tmp_path / "shards"
     build_dataset("faces", out, DataConfig(image_size=32), num=96, shard_size=32, progress=False)
-    cfg = config_from_dict({"data": {"source": "shards", "path": str(out), "image_size": 32,
-                                     "backend": "webdataset", "num_workers": 0},
-                            "pairing": {"bank_size": 40, "match": "one"}})
+    cfg = config_from_dict(
+        {
+            "data": {"source": "shards", "path": str(out), "image_size": 32, "backend": "webdataset", "num_workers": 0},
+            "pairing": {"bank_size": 40, "match": "one"},
+        }
+    )
     for rank in (0, 1):
         loader = build_stream_loader(cfg, rank, 2, torch.device("cpu"), 16)
         plan = PairingPlan.from_config(cfg, loader.info.label_names)
@@ -218,8 +222,7 @@ def test_rendered_partner_keeps_all_but_the_other_partitions_factors():
     from gvae_dist.data.synthetic import FACTOR_SPECS, generate
 
     names = [s.name for s in FACTOR_SPECS["faces"]]
-    spec = PartitionSpec([("pose", 2, ("yaw", "pitch")), ("expression", 2, ("mouth",)),
-                          ("rest", 1, ())], 5)
+    spec = PartitionSpec([("pose", 2, ("yaw", "pitch")), ("expression", 2, ("mouth",)), ("rest", 1, ())], 5)
     plan = PairingPlan(spec, names, probs=(0, 1, 0))
     cols = [[names.index("yaw"), names.index("pitch")], [names.index("mouth")]]
     src = RenderedPartners("faces", 32, cols, plan.set_owner_T, "cpu")
@@ -235,7 +238,14 @@ def test_rendered_partner_keeps_all_but_the_other_partitions_factors():
     assert (new[set_B == 1][:, pose] != factors.double()[set_B == 1][:, pose]).all()
     assert changed[other].sum() == 0  # nuisance factors identical
     images = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
-    pairs = make_pairs(images, torch.zeros(32, len(names), dtype=torch.long), plan,
-                       torch.Generator().manual_seed(0), src, None, factors)
+    pairs = make_pairs(
+        images,
+        torch.zeros(32, len(names), dtype=torch.long),
+        plan,
+        torch.Generator().manual_seed(0),
+        src,
+        None,
+        factors,
+    )
     assert pairs.found == 1 and (pairs.kind_B == SHARED).all()
     assert not torch.equal(pairs.target_BCHW, images)

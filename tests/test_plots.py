@@ -21,8 +21,15 @@ from gvae_dist.plots import (
     traversal_figsize,
 )
 
-TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_eval=300",
-        "eval.num_train=150", "eval.num_test=100", "tracking.enabled=false"]
+TINY = [
+    "data.image_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "data.num_eval=300",
+    "eval.num_train=150",
+    "eval.num_test=100",
+    "tracking.enabled=false",
+]
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -62,8 +69,15 @@ def test_pictures_have_the_expected_pixel_size(tmp_path):
 
 def test_bar_plot_has_its_pixel_size_and_refuses_ragged_inputs(tmp_path):
     """The study's results.png: one bar per group, 1 in per bar + 2 in wide, 3.5 in high."""
-    path = plot_bars(["a\ngated", "a\nungated", "b\ngated"], [0.5, 0.25, 0.75], [0.1, 0.0, 0.05],
-                     ["tab:blue", "tab:orange", "tab:blue"], "DCI", "t", tmp_path / "b.png")
+    path = plot_bars(
+        ["a\ngated", "a\nungated", "b\ngated"],
+        [0.5, 0.25, 0.75],
+        [0.1, 0.0, 0.05],
+        ["tab:blue", "tab:orange", "tab:blue"],
+        "DCI",
+        "t",
+        tmp_path / "b.png",
+    )
     assert _png_size(path) == (round((1.0 * 3 + 2.0) * DPI), round(3.5 * DPI))
     with pytest.raises(ValueError, match="2 labels, 3 means"):
         plot_bars(["a", "b"], [0.5, 0.25, 0.75], [0.1, 0.0], ["r", "g"], "DCI", "t", tmp_path / "bad.png")
@@ -83,8 +97,7 @@ def test_partition_heatmap_labels_lie_inside_the_image(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == names
     for t in texts:
         ext = t.get_window_extent()
-        assert box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1, \
-            (t.get_text(), ext, box)
+        assert box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1, (t.get_text(), ext, box)
     plt.close(fig)
     path = plot_heatmap(imp, ["pose", "expression"], names, "imp", tmp_path / "p.png")
     assert _png_size(path) == (round((0.7 * 9 + 2.5) * DPI), round((0.4 * 2 + 1.5) * DPI))

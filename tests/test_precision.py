@@ -18,17 +18,29 @@ from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint
 from gvae_dist.config import ConfigError, load_config
 from gvae_dist.train import train_loop
 
-TINY = ["data.num_train=256", "data.num_eval=100", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "run.log_every=2", "eval.at_end=false",
-        "tracking.enabled=false", "run.threads=1", "optim.steps=12", "optim.lr=0.002",
-        "run.checkpoint_every=12"]
+TINY = [
+    "data.num_train=256",
+    "data.num_eval=100",
+    "data.image_size=32",
+    "optim.batch_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "run.log_every=2",
+    "eval.at_end=false",
+    "tracking.enabled=false",
+    "run.threads=1",
+    "optim.steps=12",
+    "optim.lr=0.002",
+    "run.checkpoint_every=12",
+]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 
 
 def _curve(tmp_path, device: str, *extra) -> tuple[list[float], object]:
     name = "_".join(e.replace("optim.", "").replace("=", "-") for e in extra) or "fp32"
-    result = train_loop(load_config(None, [*TINY, f"run.device={device}", f"run.output_dir={tmp_path}",
-                                           f"run.name={name}", *extra]))
+    result = train_loop(
+        load_config(None, [*TINY, f"run.device={device}", f"run.output_dir={tmp_path}", f"run.name={name}", *extra])
+    )
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows], result
 
@@ -60,9 +72,11 @@ def test_fp16_on_cpu_is_refused(tmp_path):
 
 
 def test_compile_cpu(tmp_path):
-    pytest.skip("torch.compile on CPU builds C++ kernels with inductor: 138 s for this tiny model on "
-                "this 2-core machine (measured), far over a unit test's budget; the CUDA variant runs "
-                "where a GPU is present")
+    pytest.skip(
+        "torch.compile on CPU builds C++ kernels with inductor: 138 s for this tiny model on "
+        "this 2-core machine (measured), far over a unit test's budget; the CUDA variant runs "
+        "where a GPU is present"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +93,10 @@ def test_fp16_cuda_uses_a_grad_scaler_and_tracks_fp32(tmp_path, cuda_fp32):
 
 
 @CUDA
-@pytest.mark.parametrize("extra, rtol", [("optim.mixed_precision=bf16", 2e-2),
-                                         ("optim.channels_last=true", 1e-3),
-                                         ("optim.compile=true", 1e-3)])
+@pytest.mark.parametrize(
+    "extra, rtol",
+    [("optim.mixed_precision=bf16", 2e-2), ("optim.channels_last=true", 1e-3), ("optim.compile=true", 1e-3)],
+)
 def test_cuda_variant_tracks_fp32(tmp_path, cuda_fp32, extra, rtol):
     curve, _ = _curve(tmp_path, "cuda", extra)
     torch.testing.assert_close(curve, cuda_fp32, rtol=rtol, atol=0)

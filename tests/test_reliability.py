@@ -27,9 +27,18 @@ from gvae_dist.rundir import RunLock, RunLocked
 from gvae_dist.train import train_loop
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.num_train=256", "data.num_eval=200", "data.image_size=32", "optim.batch_size=16",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.at_end=false",
-        "tracking.enabled=false", "run.threads=1", "run.log_every=5"]
+TINY = [
+    "data.num_train=256",
+    "data.num_eval=200",
+    "data.image_size=32",
+    "optim.batch_size=16",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "eval.at_end=false",
+    "tracking.enabled=false",
+    "run.threads=1",
+    "run.log_every=5",
+]
 
 
 def _cfg(out: Path, *extra: str):
@@ -61,8 +70,14 @@ def test_a_second_run_on_a_locked_run_directory_fails_fast_naming_the_holder(tmp
         with pytest.raises(RunLocked, match=rf"in use by pid {os.getpid()} on host {socket.gethostname()}"):
             train_loop(cfg)
         # the CLI: exit 73 with the same message, and nothing written into the run directory
-        args = ["train", *[a for kv in TINY for a in ("--set", kv)], "--set", f"run.output_dir={tmp_path}",
-                "--set", "optim.steps=5"]
+        args = [
+            "train",
+            *[a for kv in TINY for a in ("--set", kv)],
+            "--set",
+            f"run.output_dir={tmp_path}",
+            "--set",
+            "optim.steps=5",
+        ]
         assert main(args) == 73
         assert "pick another run.name" in capsys.readouterr().err
         assert sorted(p.name for p in cfg.run_dir().iterdir()) == [".lock"]
@@ -71,9 +86,16 @@ def test_a_second_run_on_a_locked_run_directory_fails_fast_naming_the_holder(tmp
 
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from gvae_dist.rundir import RunLock; "
-         f"RunLock({str(tmp_path / 'run')!r}).acquire(); print('held', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from gvae_dist.rundir import RunLock; "
+            f"RunLock({str(tmp_path / 'run')!r}).acquire(); print('held', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLocked, match=rf"pid {holder.pid} on host"):
@@ -92,8 +114,11 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
 def test_resume_refuses_a_config_that_computes_something_else(tmp_path):
     first = train_loop(_cfg(tmp_path, "optim.steps=10", "run.checkpoint_every=5"))
     saved_config, saved_rows = (first.run_dir / "config.yaml").read_text(), _rows(first.run_dir)
-    with pytest.raises(ConfigError, match=r"different config .*step_00000010\); differing keys: "
-                                          r"objective.beta: 4.0 there, 8.0 here.*run.resume=force"):
+    with pytest.raises(
+        ConfigError,
+        match=r"different config .*step_00000010\); differing keys: "
+        r"objective.beta: 4.0 there, 8.0 here.*run.resume=force",
+    ):
         train_loop(_cfg(tmp_path, "optim.steps=20", "objective.beta=8"))
     with pytest.raises(ConfigError, match=r"objective.name: 'beta' there, 'infovae' here"):
         train_loop(_cfg(tmp_path, "optim.steps=20", "objective.name=infovae"))
@@ -103,8 +128,17 @@ def test_resume_refuses_a_config_that_computes_something_else(tmp_path):
     with pytest.raises(ConfigError, match="run.resume: false, but .* holds checkpoints"):
         train_loop(_cfg(tmp_path, "optim.steps=20", "run.resume=false"))
     # where/how keys and a longer optim.steps resume: the run is extended
-    more = train_loop(_cfg(tmp_path, "optim.steps=15", "run.log_every=3", "run.threads=2",
-                           "run.keep_checkpoints=3", "distributed.max_failures=1", "tracking.experiment=x"))
+    more = train_loop(
+        _cfg(
+            tmp_path,
+            "optim.steps=15",
+            "run.log_every=3",
+            "run.threads=2",
+            "run.keep_checkpoints=3",
+            "distributed.max_failures=1",
+            "tracking.experiment=x",
+        )
+    )
     assert more.step == 15 and [int(r["step"]) for r in _rows(more.run_dir)][-3:] == [10, 12, 15]
     with pytest.warns(RuntimeWarning, match="run.resume: force.*objective.beta"):
         forced = train_loop(_cfg(tmp_path, "optim.steps=20", "objective.beta=8", "run.resume=force"))
@@ -127,15 +161,21 @@ def test_damaged_newest_checkpoint_falls_back_and_the_curve_matches(tmp_path, ca
     aside = list((split / "checkpoints").glob("damaged-step_00000020-*"))
     assert len(aside) == 1 and (aside[0] / "state.pt").stat().st_size == 1000
     assert [p.name for p in list_checkpoints(split / "checkpoints")] == [
-        "step_00000010", "step_00000020", "step_00000030"]
+        "step_00000010",
+        "step_00000020",
+        "step_00000030",
+    ]
     assert not list((split / "checkpoints").glob(".tmp-*")) and not (split / ".restore").exists()
     assert resumed.step == 30
     _same_curve(split, full.run_dir)
 
     for ckpt in list_checkpoints(split / "checkpoints"):  # nothing loads: a clear error naming them
         (ckpt / "state.pt").write_bytes(b"junk")
-    with pytest.raises(ValueError, match=r"no checkpoint of this run can be loaded(.|\n)*"
-                                         r"step_00000030/state.pt(.|\n)*step_00000010/state.pt"):
+    with pytest.raises(
+        ValueError,
+        match=r"no checkpoint of this run can be loaded(.|\n)*"
+        r"step_00000030/state.pt(.|\n)*step_00000010/state.pt",
+    ):
         train_loop(_cfg(tmp_path / "split", "optim.steps=40", *common))
 
 
@@ -155,8 +195,14 @@ def test_ctrl_c_exits_130_marks_mlflow_killed_and_resume_logs_each_step_once(tmp
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     run_dir = tmp_path / "run" / "gvae"
-    proc = subprocess.Popen(_train_cmd(tmp_path / "run", "optim.steps=2000", *common), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path / "run", "optim.steps=2000", *common),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (run_dir / "metrics.jsonl").is_file() or _rows(run_dir)[-1]["step"] < 25:
@@ -178,8 +224,19 @@ def test_ctrl_c_exits_130_marks_mlflow_killed_and_resume_logs_each_step_once(tmp
     assert run.info.status == "KILLED"
     RunLock(run_dir).acquire().release()  # the lock went with the process
 
-    resumed = train_loop(load_config(None, [*TINY, f"run.output_dir={tmp_path / 'run'}", "tracking.enabled=true",
-                                            "tracking.image_every=0", "optim.steps=60", *common]))
+    resumed = train_loop(
+        load_config(
+            None,
+            [
+                *TINY,
+                f"run.output_dir={tmp_path / 'run'}",
+                "tracking.enabled=true",
+                "tracking.image_every=0",
+                "optim.steps=60",
+                *common,
+            ],
+        )
+    )
     full = train_loop(_cfg(tmp_path / "full", "optim.steps=60", *common))
     _same_curve(resumed.run_dir, full.run_dir)
     run = client.get_run(run.info.run_id)
@@ -187,7 +244,8 @@ def test_ctrl_c_exits_130_marks_mlflow_killed_and_resume_logs_each_step_once(tmp
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(5, 61, 5))  # each step once
     assert [m.value for m in client.get_metric_history(run.info.run_id, "run/resumed_from_step")] == [
-        int(last.name.split("_")[1])]
+        int(last.name.split("_")[1])
+    ]
 
 
 @pytest.mark.integration
@@ -204,8 +262,7 @@ def test_ray_run_is_locked_and_resumes_the_newest_loadable_checkpoint_on_disk(ra
     split = train_loop(_cfg(tmp_path / "split", "optim.steps=20", *common)).run_dir
     damaged = split / "checkpoints" / "step_00000020" / "state.pt"
     damaged.write_bytes(b"\0" * 64)
-    cfg = _cfg(tmp_path / "split", "optim.steps=30", "distributed.workers=1",
-               "distributed.cpus_per_worker=1", *common)
+    cfg = _cfg(tmp_path / "split", "optim.steps=30", "distributed.workers=1", "distributed.cpus_per_worker=1", *common)
     with RunLock(split), pytest.raises(RunLocked, match=f"pid {os.getpid()}"):
         launch(cfg)
     assert not (tmp_path / "split" / "ray").exists()  # refused before anything started

@@ -34,12 +34,12 @@ def test_constant_is_the_configured_rate_and_not_scheduled():
 def test_warmup_then_cosine_to_min_lr():
     o = _o(schedule="cosine", min_lr=1e-4, lr_warmup_steps=10)
     assert [learning_rate(o, s) for s in range(3)] == pytest.approx([1e-4, 2e-4, 3e-4])
-    assert learning_rate(o, 9) == pytest.approx(1e-3)          # warm-up ends at the full rate
-    assert learning_rate(o, 10) == pytest.approx(1e-3)         # cosine starts there
+    assert learning_rate(o, 9) == pytest.approx(1e-3)  # warm-up ends at the full rate
+    assert learning_rate(o, 10) == pytest.approx(1e-3)  # cosine starts there
     assert learning_rate(o, 55) == pytest.approx(0.5 * (1e-3 + 1e-4))  # half-way: the mean
-    assert learning_rate(o, 100) == pytest.approx(1e-4)        # ends at min_lr
+    assert learning_rate(o, 100) == pytest.approx(1e-4)  # ends at min_lr
     after = [learning_rate(o, s) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(after, after[1:]))       # never rises again
+    assert all(a >= b for a, b in zip(after, after[1:]))  # never rises again
     assert learning_rate(_o(schedule="cosine"), 25) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
     with pytest.raises(ValueError, match="optim.schedule"):
         learning_rate(_o(schedule="step"), 0)
@@ -57,20 +57,37 @@ def test_a_warmup_fraction_scales_with_the_run_and_steps_take_precedence():
     assert warmup_steps(cfg.optim) == 1 and learning_rate(cfg.optim, 0) == pytest.approx(cfg.optim.lr)
 
 
-@pytest.mark.parametrize("sets, key", [(["optim.min_lr=0.01"], "optim.min_lr"),
-                                       (["optim.lr_warmup_fraction=1.0"], "optim.lr_warmup_fraction"),
-                                       (["optim.lr_warmup_steps=3000"], "optim.lr_warmup_steps"),
-                                       (["optim.lr_warmup_steps=-1"], "optim.lr_warmup_steps"),
-                                       (["optim.schedule=linear"], "optim.schedule")])
+@pytest.mark.parametrize(
+    "sets, key",
+    [
+        (["optim.min_lr=0.01"], "optim.min_lr"),
+        (["optim.lr_warmup_fraction=1.0"], "optim.lr_warmup_fraction"),
+        (["optim.lr_warmup_steps=3000"], "optim.lr_warmup_steps"),
+        (["optim.lr_warmup_steps=-1"], "optim.lr_warmup_steps"),
+        (["optim.schedule=linear"], "optim.schedule"),
+    ],
+)
 def test_bad_schedule_settings_name_the_key(sets, key):
     with pytest.raises(ConfigError, match=key):
         load_config(None, ["optim.lr=0.001", "optim.steps=3000", *sets])
 
 
-TINY = ["data.num_train=256", "data.num_eval=64", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "run.log_every=2", "eval.at_end=false",
-        "eval.points=0", "tracking.enabled=false", "run.threads=1", "run.checkpoint_every=1000",
-        "optim.steps=8", "optim.lr=0.002"]
+TINY = [
+    "data.num_train=256",
+    "data.num_eval=64",
+    "data.image_size=32",
+    "optim.batch_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "run.log_every=2",
+    "eval.at_end=false",
+    "eval.points=0",
+    "tracking.enabled=false",
+    "run.threads=1",
+    "run.checkpoint_every=1000",
+    "optim.steps=8",
+    "optim.lr=0.002",
+]
 COSINE = ["optim.schedule=cosine", "optim.min_lr=0.0002", "optim.lr_warmup_steps=2"]
 
 
@@ -98,6 +115,7 @@ def test_the_loop_applies_and_logs_the_schedule_and_a_resume_continues_it(tmp_pa
     stop.unlink()
     resumed = _rows(train_loop(load_config(None, split)).run_dir)
     assert sorted(resumed) == sorted(rows)
-    torch.testing.assert_close([resumed[s]["loss"] for s in rows], [rows[s]["loss"] for s in rows],
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        [resumed[s]["loss"] for s in rows], [rows[s]["loss"] for s in rows], rtol=1e-5, atol=1e-4
+    )
     assert [resumed[s]["optim/lr"] for s in rows] == [rows[s]["optim/lr"] for s in rows]

@@ -34,10 +34,21 @@ pytest.importorskip("mlflow")
 
 PASSWORD = "pw-" + secrets.token_hex(8)
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
-TINY = ["data.num_train=256", "data.num_eval=100", "data.image_size=32", "optim.batch_size=16",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.at_end=false", "run.threads=1",
-        "optim.steps=4", "run.log_every=2", "run.checkpoint_every=2", "distributed.cpus_per_worker=1",
-        "tracking.experiment=secure"]
+TINY = [
+    "data.num_train=256",
+    "data.num_eval=100",
+    "data.image_size=32",
+    "optim.batch_size=16",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "eval.at_end=false",
+    "run.threads=1",
+    "optim.steps=4",
+    "run.log_every=2",
+    "run.checkpoint_every=2",
+    "distributed.cpus_per_worker=1",
+    "tracking.experiment=secure",
+]
 
 
 def _mode(path: Path) -> int | None:
@@ -58,8 +69,9 @@ def _serves_metrics(port: int) -> bool:
 
 def _watch(proc: subprocess.Popen, tmp: Path, timeout: float) -> SimpleNamespace:
     """Sample the CLI's process tree and session directory until it exits."""
-    seen = SimpleNamespace(listening=set(), names=set(), modes={}, token_paths=set(), metrics_ports=set(),
-                           probed=set(), sessions=set())
+    seen = SimpleNamespace(
+        listening=set(), names=set(), modes={}, token_paths=set(), metrics_ports=set(), probed=set(), sessions=set()
+    )
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         try:
@@ -97,22 +109,38 @@ def cli_run(ray_env, mlflow_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("secure")
     (root / "home").mkdir()
     port = mlflow_server.url.rsplit(":", 1)[1]
-    env = {**os.environ, "HOME": str(root / "home"), "TMPDIR": str(ray_env.tmp), "PYTHONPATH": str(REPO),
-           "MLFLOW_TRACKING_URI": f"http://alice:{PASSWORD}@127.0.0.1:{port}"}
+    env = {
+        **os.environ,
+        "HOME": str(root / "home"),
+        "TMPDIR": str(ray_env.tmp),
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_TRACKING_URI": f"http://alice:{PASSWORD}@127.0.0.1:{port}",
+    }
     log = root / "cli.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gvae_dist.cli", "train", "--workers", "1",
-                                 *[a for kv in [*TINY, f"run.output_dir={root / 'out'}", "run.name=secure"]
-                                   for a in ("--set", kv)]],
-                                env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gvae_dist.cli",
+                "train",
+                "--workers",
+                "1",
+                *[a for kv in [*TINY, f"run.output_dir={root / 'out'}", "run.name=secure"] for a in ("--set", kv)],
+            ],
+            env=env,
+            cwd=root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             seen = _watch(proc, ray_env.tmp, timeout=420)
             proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 stop_group(proc)
-    return SimpleNamespace(rc=proc.returncode, output=log.read_text(), seen=seen, root=root,
-                           server=mlflow_server)
+    return SimpleNamespace(rc=proc.returncode, output=log.read_text(), seen=seen, root=root, server=mlflow_server)
 
 
 @pytest.mark.integration
@@ -175,9 +203,16 @@ def test_tracking_password_is_nowhere_but_the_run_reached_the_server(cli_run):
     # the run arrived, with its params and metrics: the workers had the real URI
     url = cli_run.server.url
     exp = _api(url, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="secure")["experiment"]
-    runs = json.loads(urllib.request.urlopen(urllib.request.Request(
-        f"{url}/api/2.0/mlflow/runs/search", data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode(),
-        headers={"Content-Type": "application/json"}), timeout=30).read())["runs"]
+    runs = json.loads(
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{url}/api/2.0/mlflow/runs/search",
+                data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode(),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=30,
+        ).read()
+    )["runs"]
     assert len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
     data = runs[0]["data"]
     assert {m["key"] for m in data["metrics"]} >= {"train/loss", "train/recon/identity"}

@@ -49,8 +49,7 @@ def test_build_writes_tars_indexes_and_manifest(tmp_path):
     ref = generate("faces", 40, seed=3, image_size=32)
     ref_labels = weak_labels(ref.factors, ref.factor_specs, 4, 0.0, 0.0, seed=3 + 7919)
     members = _members(tmp_path / "shard-000001.tar")
-    assert sorted(members)[:4] == ["00000016.factors.f32", "00000016.json", "00000016.labels.i64",
-                                   "00000016.png"]
+    assert sorted(members)[:4] == ["00000016.factors.f32", "00000016.json", "00000016.labels.i64", "00000016.png"]
     for pos in range(16, 32):
         key = f"{pos:08d}"
         img = np.asarray(Image.open(io.BytesIO(members[f"{key}.png"])))
@@ -65,8 +64,7 @@ def test_build_writes_tars_indexes_and_manifest(tmp_path):
 def test_index_matches_dalis_wds2idx(tmp_path):
     wds2idx = pytest.importorskip("wds2idx", reason="the DALI wheel ships wds2idx")
     build_dataset("shapes", tmp_path, _data(), num=10, shard_size=10, progress=False)
-    with wds2idx.IndexCreator(str(tmp_path / "shard-000000.tar"), str(tmp_path / "ref.idx"),
-                              verbose=False) as creator:
+    with wds2idx.IndexCreator(str(tmp_path / "shard-000000.tar"), str(tmp_path / "ref.idx"), verbose=False) as creator:
         creator.create_index()
     assert (tmp_path / "ref.idx").read_text() == (tmp_path / "shard-000000.idx").read_text()
     entries = read_index(tmp_path / "shard-000000.idx")
@@ -98,7 +96,11 @@ def test_split_puts_held_out_samples_in_shards_of_their_own(tmp_path):
     man = build_dataset("faces", tmp_path, _data(eval_fraction=0.25), num=28, shard_size=8, progress=False)
     assert man["split"] == {"train": 21, "eval": 7, "eval_fraction": 0.25}
     assert [(s["first"], s["count"], s["split"]) for s in man["shards"]] == [
-        (0, 8, "train"), (8, 8, "train"), (16, 5, "train"), (21, 7, "eval")]
+        (0, 8, "train"),
+        (8, 8, "train"),
+        (16, 5, "train"),
+        (21, 7, "eval"),
+    ]
     code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
     assert man["generating_config"]["generator_sha256"] == code  # a changed renderer rebuilds
     for rec in man["shards"]:  # each tar holds exactly its split's keys
@@ -153,8 +155,28 @@ def test_jpeg_shards(tmp_path):
 
 def test_cli_data_build_and_verify(tmp_path, capsys):
     out = tmp_path / "shards"
-    rc = main(["data", "build", "--source", "shapes", "--out", str(out), "--num", "12", "--shard-size", "5",
-               "--workers", "1", "--format", "jpg", "--set", "data.image_size=32", "--set", "data.label_bins=6"])
+    rc = main(
+        [
+            "data",
+            "build",
+            "--source",
+            "shapes",
+            "--out",
+            str(out),
+            "--num",
+            "12",
+            "--shard-size",
+            "5",
+            "--workers",
+            "1",
+            "--format",
+            "jpg",
+            "--set",
+            "data.image_size=32",
+            "--set",
+            "data.label_bins=6",
+        ]
+    )
     assert rc == 0
     man = read_manifest(out)
     assert man["num_samples"] == 12 and len(man["shards"]) == 3 and man["image_format"] == "jpg"

@@ -25,10 +25,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
-TINY = ("data.num_train=512 data.num_eval=400 data.image_size=32 optim.batch_size=32 "
-        "model.channels=[8,8,16] model.hidden=32 run.log_every=5 eval.at_end=false")
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-            "DEADLINE", "PREEMPTED"}
+TINY = (
+    "data.num_train=512 data.num_eval=400 data.image_size=32 optim.batch_size=32 "
+    "model.channels=[8,8,16] model.hidden=32 run.log_every=5 eval.at_end=false"
+)
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +52,9 @@ def slurm(tmp_path_factory):
         pytest.skip("a private SLURM cluster needs root (slurmd)")
     state = tmp_path_factory.mktemp("slurm") / "state"
     env = {**os.environ, "GVAE_SLURM_NODES": "2"}
-    up = subprocess.run(["bash", str(REPO / "ops/slurm_up.sh"), str(state)], env=env,
-                        capture_output=True, text=True, timeout=120)
+    up = subprocess.run(
+        ["bash", str(REPO / "ops/slurm_up.sh"), str(state)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert up.returncode == 0, f"slurm_up failed:\n{up.stdout}\n{up.stderr}"
     node_mb = int(re.search(r"RealMemory=(\d+)", (state / "slurm.conf").read_text()).group(1))
     try:
@@ -53,27 +65,37 @@ def slurm(tmp_path_factory):
 
 def _env(slurm, out_dir: Path, overrides: str, **extra: str) -> dict[str, str]:
     """The submitting environment: nothing of another Ray or MLflow leaks into the job."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "MLFLOW_", "GVAE_", "SLURM_"))}
-    env.update(SLURM_CONF=slurm["conf"], GVAE_VENV=str(VENV), GVAE_OUTPUT_DIR=str(out_dir),
-               GVAE_SET=overrides, **extra)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "GVAE_", "SLURM_"))}
+    env.update(SLURM_CONF=slurm["conf"], GVAE_VENV=str(VENV), GVAE_OUTPUT_DIR=str(out_dir), GVAE_SET=overrides, **extra)
     return env
 
 
 def _submit(slurm, script: str, out_dir: Path, overrides: str, *sbatch_args: str, **extra) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["sbatch", "--parsable", "--cpus-per-task=1", f"--mem={slurm['mem_mb']}",
-           f"--output={out_dir}/job.log",
-           *sbatch_args, str(REPO / "cluster/slurm" / script)]
-    res = subprocess.run(cmd, cwd=REPO, env=_env(slurm, out_dir, overrides, **extra),
-                         capture_output=True, text=True, timeout=60)
+    cmd = [
+        "sbatch",
+        "--parsable",
+        "--cpus-per-task=1",
+        f"--mem={slurm['mem_mb']}",
+        f"--output={out_dir}/job.log",
+        *sbatch_args,
+        str(REPO / "cluster/slurm" / script),
+    ]
+    res = subprocess.run(
+        cmd, cwd=REPO, env=_env(slurm, out_dir, overrides, **extra), capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip().split(";")[0]
 
 
 def _job(slurm, job_id: str) -> dict[str, str]:
-    res = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
-                         env={**os.environ, "SLURM_CONF": slurm["conf"]}, timeout=30)
+    res = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SLURM_CONF": slurm["conf"]},
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
     return dict(re.findall(r"(\w+)=(\S*)", res.stdout))
 
@@ -98,8 +120,7 @@ def _mlflow_metrics(out_dir: Path, run_id: str) -> dict[str, list[tuple[int, flo
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out_dir / 'mlflow.db'}")
     run = client.get_run(run_id)
-    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-            for key in run.data.metrics}
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in run.data.metrics}
 
 
 def _runs_named(out_dir: Path, name: str) -> list:
@@ -133,8 +154,9 @@ def _preempt_and_resume(slurm, out: Path, script: str, name_prefix: str, steps: 
         assert _job(slurm, job)["JobState"] in ("PENDING", "RUNNING"), _tail(log_file)
         time.sleep(1)
     # What SLURM does at --signal=B:USR1@N before the time limit, sent now.
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True,
-                   env={**os.environ, "SLURM_CONF": slurm["conf"]})
+    subprocess.run(
+        ["scancel", "--batch", "--signal=USR1", job], check=True, env={**os.environ, "SLURM_CONF": slurm["conf"]}
+    )
     info = _wait(slurm, job, 420, log_file)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", _tail(log_file)
     assert info["Restarts"] == "1", _tail(log_file)

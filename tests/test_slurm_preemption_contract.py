@@ -19,9 +19,19 @@ from gvae_dist.checkpoint import latest_checkpoint, load_checkpoint
 from gvae_dist.config import load_config
 from gvae_dist.train import PREEMPTED_EXIT_CODE, Preempted, train_loop
 
-TINY = ["data.num_train=512", "data.num_eval=400", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "run.log_every=4", "eval.at_end=false",
-        "tracking.enabled=false", "run.threads=1", "run.checkpoint_every=1000"]
+TINY = [
+    "data.num_train=512",
+    "data.num_eval=400",
+    "data.image_size=32",
+    "optim.batch_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "run.log_every=4",
+    "eval.at_end=false",
+    "tracking.enabled=false",
+    "run.threads=1",
+    "run.checkpoint_every=1000",
+]
 
 
 def _cfg(out, *extra):
@@ -80,9 +90,13 @@ def test_checkpoint_signal_none_leaves_the_handler_alone(tmp_path):
 def test_cli_exits_75_when_stopped(tmp_path):
     stop = tmp_path / "stop"
     stop.touch()
-    args = [a for kv in [*TINY, f"run.output_dir={tmp_path}", "optim.steps=50",
-                         f"run.stop_file={stop}"] for a in ("--set", kv)]
-    res = subprocess.run([sys.executable, "-m", "gvae_dist.cli", "train", *args],
-                         capture_output=True, text=True, timeout=300)
+    args = [
+        a
+        for kv in [*TINY, f"run.output_dir={tmp_path}", "optim.steps=50", f"run.stop_file={stop}"]
+        for a in ("--set", kv)
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "gvae_dist.cli", "train", *args], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 75, res.stderr[-2000:]
     assert "stopped at step 4 on stop file" in res.stderr

@@ -33,8 +33,7 @@ N = 50
 def png_dir(tmp_path_factory):
     """N samples, all in the train split (the loader tests count on N)."""
     out = tmp_path_factory.mktemp("png")
-    build_dataset("faces", out, DataConfig(image_size=32, eval_fraction=0.0), num=N, shard_size=16,
-                  progress=False)
+    build_dataset("faces", out, DataConfig(image_size=32, eval_fraction=0.0), num=N, shard_size=16, progress=False)
     return out
 
 
@@ -44,14 +43,27 @@ def split_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("split")
     man = build_dataset("faces", out, DataConfig(image_size=32), num=N, shard_size=16, progress=False)
     assert man["split"] == {"train": 40, "eval": 10, "eval_fraction": 0.2}
-    assert [(s["count"], s["split"]) for s in man["shards"]] == [(16, "train"), (16, "train"), (8, "train"),
-                                                                  (10, "eval")]
+    assert [(s["count"], s["split"]) for s in man["shards"]] == [
+        (16, "train"),
+        (16, "train"),
+        (8, "train"),
+        (10, "eval"),
+    ]
     return out
 
 
 def _cfg(path, backend, *extra):
-    return load_config(None, ["data.source=shards", f"data.path={path}", f"data.backend={backend}",
-                              "data.image_size=32", "data.num_workers=0", *extra])
+    return load_config(
+        None,
+        [
+            "data.source=shards",
+            f"data.path={path}",
+            f"data.backend={backend}",
+            "data.image_size=32",
+            "data.num_workers=0",
+            *extra,
+        ],
+    )
 
 
 def _loader(path, backend, rank=0, world=1, batch=8, *extra):
@@ -85,8 +97,11 @@ def test_label_flip_prob_at_train_time_flips_the_labels_read(png_dir):
     assert not torch.equal(torch.stack([other[k][1] for k in keys]), lab["webdataset"])
     assert train_time_flip({"generating_config": {"label_flip_prob": 0.2}}, 0.2, "x") == 0.0
     assert train_time_flip({"generating_config": {"label_flip_prob": 0.2}}, 0.5, "x") == pytest.approx(0.375)
-    with pytest.raises(ValueError, match=r"data.label_flip_prob=0.1, but the shards at x were built with "
-                                         r"label_flip_prob=0.2 .*cannot be taken out"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.label_flip_prob=0.1, but the shards at x were built with "
+        r"label_flip_prob=0.2 .*cannot be taken out",
+    ):
         train_time_flip({"generating_config": {"label_flip_prob": 0.2}}, 0.1, "x")
 
 
@@ -121,22 +136,27 @@ def test_png_pixels_labels_and_factors_identical_between_backends(png_dir):
 
 
 def test_jpeg_backends_agree_closely(tmp_path):
-    build_dataset("faces", tmp_path, DataConfig(image_size=32), num=16, shard_size=16,
-                  image_format="jpg", progress=False)
+    build_dataset(
+        "faces", tmp_path, DataConfig(image_size=32), num=16, shard_size=16, image_format="jpg", progress=False
+    )
     dali = _by_key(_loader(tmp_path, "dali"), 2)
     wds = _by_key(_loader(tmp_path, "webdataset"), 2)
     diff = torch.stack([(dali[k][0] - wds[k][0]).abs().mean() for k in dali])
     assert float(diff.max()) < 2 / 255  # lossy decoders may round differently
 
 
-@pytest.mark.parametrize("backend, workers, world, batch", [
-    ("dali", 2, 2, 8), ("dali", 1, 3, 8), ("webdataset", 0, 2, 8), ("webdataset", 2, 2, 8),
-    ("webdataset", 2, 3, 16),
-])
-def test_one_epoch_over_ranks_sees_every_sample_once_plus_reported_padding(png_dir, backend, workers,
-                                                                            world, batch):
-    loaders = [_loader(png_dir, backend, r, world, batch, f"data.num_workers={workers}")
-               for r in range(world)]
+@pytest.mark.parametrize(
+    "backend, workers, world, batch",
+    [
+        ("dali", 2, 2, 8),
+        ("dali", 1, 3, 8),
+        ("webdataset", 0, 2, 8),
+        ("webdataset", 2, 2, 8),
+        ("webdataset", 2, 3, 16),
+    ],
+)
+def test_one_epoch_over_ranks_sees_every_sample_once_plus_reported_padding(png_dir, backend, workers, world, batch):
+    loaders = [_loader(png_dir, backend, r, world, batch, f"data.num_workers={workers}") for r in range(world)]
     layout = epoch_layout(N, world, batch)
     assert loaders[0].info.extra["epoch"] == layout
     for epoch in range(2):  # the second epoch rotates the slices; still exactly once
@@ -193,8 +213,7 @@ def test_evaluation_never_reads_a_training_sample(split_dir, backend, workers):
     """Two epochs of every rank's training batches vs. everything evaluation reads: disjoint keys
     and disjoint factor rows, and together every sample of the set."""
     world, batch = 2, 8
-    loaders = [_loader(split_dir, backend, r, world, batch, f"data.num_workers={workers}")
-               for r in range(world)]
+    loaders = [_loader(split_dir, backend, r, world, batch, f"data.num_workers={workers}") for r in range(world)]
     train_keys, train_factors = set(), set()
     for loader in loaders:
         assert loader.info.extra["split"] == "train" and loader.info.num_samples == 40
@@ -229,8 +248,9 @@ def test_eval_split_errors_and_eval_path(split_dir, png_dir, tmp_path):
     with pytest.raises(ValueError, match="is data.path"):
         load_eval_arrays(_cfg(split_dir, "auto", f"data.eval_path={split_dir}"))
     other = tmp_path / "other"
-    build_dataset("faces", other, DataConfig(image_size=32, seed=1, eval_fraction=0.0), num=12,
-                  shard_size=16, progress=False)
+    build_dataset(
+        "faces", other, DataConfig(image_size=32, seed=1, eval_fraction=0.0), num=12, shard_size=16, progress=False
+    )
     images, _, info = load_eval_arrays(_cfg(old, "auto", f"data.eval_path={other}"))
     assert len(images) == 12 and info.extra["keys"] == [f"{i:08d}" for i in range(12)]
     assert info.extra["path"] == str(other)
@@ -248,8 +268,17 @@ def test_backend_choice(png_dir, monkeypatch):
         build_train_loader(load_config(None, ["data.backend=webdataset"]), 0, 1, "cpu", 4)
 
 
-TINY = ["data.image_size=32", "optim.batch_size=16", "model.channels=[8,8,16]", "model.hidden=32",
-        "run.log_every=5", "eval.at_end=false", "tracking.enabled=false", "run.threads=1", "optim.steps=5"]
+TINY = [
+    "data.image_size=32",
+    "optim.batch_size=16",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "run.log_every=5",
+    "eval.at_end=false",
+    "tracking.enabled=false",
+    "run.threads=1",
+    "optim.steps=5",
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -257,8 +286,18 @@ def test_train_loop_runs_on_shards(png_dir, tmp_path, backend):
     from gvae_dist.checkpoint import load_checkpoint
     from gvae_dist.train import train_loop
 
-    cfg = load_config(None, [*TINY, "data.source=shards", f"data.path={png_dir}", f"data.backend={backend}",
-                             "data.num_workers=1", f"run.output_dir={tmp_path}", "data.record_reads=true"])
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "data.source=shards",
+            f"data.path={png_dir}",
+            f"data.backend={backend}",
+            "data.num_workers=1",
+            f"run.output_dir={tmp_path}",
+            "data.record_reads=true",
+        ],
+    )
     result = train_loop(cfg)
     assert result.step == 5 and np.isfinite(result.metrics["loss"])
     read = json.loads((result.run_dir / "data" / "rank-0.json").read_text())
@@ -273,8 +312,9 @@ def test_train_loop_runs_on_shards(png_dir, tmp_path, backend):
 def test_benchmark_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     script = Path(__file__).resolve().parents[1] / "ops" / "bench" / "data_throughput.py"
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert {r["format"] for r in report["loaders"]} == {"png", "jpg"}

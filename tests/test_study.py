@@ -12,9 +12,19 @@ from gvae_dist.config import ConfigError
 from gvae_dist.study import load_study, plan_cells, run_study
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_train=256",
-        "data.num_eval=300", "eval.num_train=150", "eval.num_test=100", "optim.steps=5",
-        "optim.batch_size=32", "tracking.enabled=false", "run.log_every=5"]
+TINY = [
+    "data.image_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "data.num_train=256",
+    "data.num_eval=300",
+    "eval.num_train=150",
+    "eval.num_test=100",
+    "optim.steps=5",
+    "optim.batch_size=32",
+    "tracking.enabled=false",
+    "run.log_every=5",
+]
 
 
 def _write(tmp_path, body: str) -> Path:
@@ -26,8 +36,11 @@ def _write(tmp_path, body: str) -> Path:
 def _tiny_study(tmp_path) -> Path:
     presets = [str(REPO / "configs" / f"faces_beta_{v}.yaml") for v in ("gated", "ungated")]
     lines = "\n".join(f"    - {o}" for o in TINY)
-    return _write(tmp_path, f"study:\n  output_dir: {tmp_path / 'out'}\n  presets: {presets}\n"
-                            f"  seeds: [0]\n  label_flip_probs: [0.1]\n  overrides:\n{lines}\n")
+    return _write(
+        tmp_path,
+        f"study:\n  output_dir: {tmp_path / 'out'}\n  presets: {presets}\n"
+        f"  seeds: [0]\n  label_flip_probs: [0.1]\n  overrides:\n{lines}\n",
+    )
 
 
 def test_two_cell_study_writes_results_and_resumes(tmp_path):
@@ -61,27 +74,33 @@ def test_two_cell_study_writes_results_and_resumes(tmp_path):
     assert [(c.cfg.run_dir() / "metrics.json").stat().st_mtime_ns for c in cells] == mtimes
 
 
-@pytest.mark.parametrize("body, key", [
-    ("study:\n  objectives: [beta]\n  seedz: [0]\n", "study.seedz: unknown key (did you mean 'seeds'?)"),
-    ("study:\n  objectives: [beta]\n  base_dir: /elsewhere\n", "study.base_dir: unknown key"),
-    ("study:\n  objectives: [beta]\n  seeds: [0, true]\n", "study.seeds.1: expected an integer"),
-    ("study:\n  objectives: [beta]\n  executor: slurm\n", "study.executor: 'slurm' is not allowed"),
-    ("study:\n  objectives: [beta]\n  seeds: 3\n", "study.seeds"),
-    ("study:\n  objectives: [beta]\n  variants: [gatd]\n", "study.variants"),
-    ("study:\n  objectives: [beta]\n  label_flip_probs: [1.5]\n", "study.label_flip_probs"),
-    ("study:\n  objectives: [beta]\n  overrides: [optim.steps]\n", "study.overrides"),
-    ("study:\n  seeds: [0]\n", "study.presets"),
-    ("seeds: [0]\n", "'study'"),
-])
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ("study:\n  objectives: [beta]\n  seedz: [0]\n", "study.seedz: unknown key (did you mean 'seeds'?)"),
+        ("study:\n  objectives: [beta]\n  base_dir: /elsewhere\n", "study.base_dir: unknown key"),
+        ("study:\n  objectives: [beta]\n  seeds: [0, true]\n", "study.seeds.1: expected an integer"),
+        ("study:\n  objectives: [beta]\n  executor: slurm\n", "study.executor: 'slurm' is not allowed"),
+        ("study:\n  objectives: [beta]\n  seeds: 3\n", "study.seeds"),
+        ("study:\n  objectives: [beta]\n  variants: [gatd]\n", "study.variants"),
+        ("study:\n  objectives: [beta]\n  label_flip_probs: [1.5]\n", "study.label_flip_probs"),
+        ("study:\n  objectives: [beta]\n  overrides: [optim.steps]\n", "study.overrides"),
+        ("study:\n  seeds: [0]\n", "study.presets"),
+        ("seeds: [0]\n", "'study'"),
+    ],
+)
 def test_bad_study_file_names_the_key(tmp_path, body, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         load_study(_write(tmp_path, body))
 
 
 def test_bad_cell_override_fails_before_training(tmp_path):
-    path = _write(tmp_path, f"study:\n  output_dir: {tmp_path}\n  objectives: [beta]\n"
-                            "  preset: '" + str(REPO / "configs") + "/faces_{objective}_{variant}.yaml'\n"
-                            "  overrides: [optim.stepz=3]\n")
+    path = _write(
+        tmp_path,
+        f"study:\n  output_dir: {tmp_path}\n  objectives: [beta]\n"
+        "  preset: '" + str(REPO / "configs") + "/faces_{objective}_{variant}.yaml'\n"
+        "  overrides: [optim.stepz=3]\n",
+    )
     with pytest.raises(ConfigError, match="stepz"):
         plan_cells(load_study(path))
 
@@ -97,7 +116,8 @@ def test_shipped_study_file_runs_each_ungated_cell_once_per_seed():
     assert {c.label_flip_prob for c in ungated} == {spec.label_flip_probs[0]}
     assert len({(c.objective, c.seed) for c in ungated}) == len(ungated)
     assert {(c.objective, c.variant) for c in cells} == {
-        (o, v) for o in ("beta", "infovae", "dip2") for v in ("gated", "ungated")}
+        (o, v) for o in ("beta", "infovae", "dip2") for v in ("gated", "ungated")
+    }
 
 
 def test_parallel_cells_on_ray_and_a_failed_cell_is_named(tmp_path, ray_env):
@@ -113,8 +133,10 @@ def test_parallel_cells_on_ray_and_a_failed_cell_is_named(tmp_path, ray_env):
     bad.write_text(f"extends: {REPO / 'configs' / 'faces_beta_ungated.yaml'}\noptim:\n  lr: 1.0e+12\n")
     presets = [str(REPO / "configs" / "faces_beta_gated.yaml"), str(bad)]
     lines = "\n".join(f"    - {o}" for o in TINY)
-    path = _write(tmp_path, f"study:\n  output_dir: {tmp_path / 'out'}\n  presets: {presets}\n"
-                            f"  seeds: [0]\n  overrides:\n{lines}\n")
+    path = _write(
+        tmp_path,
+        f"study:\n  output_dir: {tmp_path / 'out'}\n  presets: {presets}\n  seeds: [0]\n  overrides:\n{lines}\n",
+    )
     cmd = [sys.executable, "-m", "gvae_dist.cli", "study", "--config", str(path), "--parallel", "2"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert first.returncode == 1, first.stderr[-3000:]
@@ -148,11 +170,17 @@ def test_gated_overrides_change_the_gated_cells_only(tmp_path):
     """study.gated_overrides / --set-gated: an ablation arm (here a larger identity share) reaches
     the gated cells, while the un-gated cells keep the fingerprint of the study without it, so
     they can be shared; an override that turns the gate off is refused, naming the key."""
-    body = (f"study:\n  output_dir: {tmp_path}\n  objectives: [beta]\n  seeds: [0, 1]\n"
-            "  preset: '" + str(REPO / "configs") + "/faces_{objective}_{variant}.yaml'\n")
+    body = (
+        f"study:\n  output_dir: {tmp_path}\n  objectives: [beta]\n  seeds: [0, 1]\n"
+        "  preset: '" + str(REPO / "configs") + "/faces_{objective}_{variant}.yaml'\n"
+    )
     plain = {c.name: c for c in plan_cells(load_study(_write(tmp_path, body)))}
-    arm = plan_cells(load_study(_write(tmp_path, body + "  gated_overrides: [pairing.identity=0.75]\n"),
-                                extra_gated=["pairing.shared_factor=0.25"]))
+    arm = plan_cells(
+        load_study(
+            _write(tmp_path, body + "  gated_overrides: [pairing.identity=0.75]\n"),
+            extra_gated=["pairing.shared_factor=0.25"],
+        )
+    )
     assert len(arm) == len(plain) == 4
     for cell in arm:
         if cell.variant == "ungated":
@@ -206,8 +234,9 @@ def test_fingerprint_ignores_only_the_keys_a_cell_cannot_read(tmp_path):
     run_dir.mkdir(parents=True)
     old = cell.cfg.to_dict()
     old["gate"]["decoder"] = not old["gate"]["decoder"]
-    (run_dir / RESULT_FILE).write_text(json.dumps(
-        {"fingerprint": "0123456789abcdef", "config": old, "eval": {"dci_mean": 0.5}}))
+    (run_dir / RESULT_FILE).write_text(
+        json.dumps({"fingerprint": "0123456789abcdef", "config": old, "eval": {"dci_mean": 0.5}})
+    )
     assert _finished(cell)["eval"]["dci_mean"] == 0.5
     old["objective"]["beta"] = 7.0
     (run_dir / RESULT_FILE).write_text(json.dumps({"fingerprint": "0123456789abcdef", "config": old}))
@@ -222,5 +251,6 @@ def _ungated_study(tmp_path):
         f"  output_dir: {tmp_path / 'out'}\n"
         "  objectives: [beta]\n  variants: [ungated]\n"
         f"  preset: {REPO / 'configs'}/faces_{{objective}}_{{variant}}.yaml\n"
-        "  seeds: [0]\n  label_flip_probs: [0.0]\n")
+        "  seeds: [0]\n  label_flip_probs: [0.0]\n"
+    )
     return path

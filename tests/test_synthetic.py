@@ -100,9 +100,7 @@ def _one_factor_pair(kind: str, col: int) -> np.ndarray:
 def test_each_factor_visibly_changes_the_image(kind: str, col: int) -> None:
     images = render(kind, _one_factor_pair(kind, col), image_size=64).astype(np.int16)
     changed_pixels = (np.abs(images[0] - images[1]).max(axis=-1) > 40).sum()
-    assert changed_pixels >= 15, (
-        f"{FACTOR_SPECS[kind][col].name}: only {changed_pixels} pixels changed"
-    )
+    assert changed_pixels >= 15, f"{FACTOR_SPECS[kind][col].name}: only {changed_pixels} pixels changed"
 
 
 def test_render_rejects_bad_factors() -> None:
@@ -138,9 +136,7 @@ SPECS = [
 
 
 def test_weak_labels_exact_binning() -> None:
-    factors_NF = np.array(
-        [[0.0, 0], [0.24, 1], [0.25, 2], [0.99, 0], [1.0, 1], [-0.5, 2], [1.7, 0]]
-    )
+    factors_NF = np.array([[0.0, 0], [0.24, 1], [0.25, 2], [0.99, 0], [1.0, 1], [-0.5, 2], [1.7, 0]])
     labels_NF = weak_labels(factors_NF, SPECS, bins=4)
     assert labels_NF.dtype == np.int64
     np.testing.assert_array_equal(labels_NF[:, 0], [0, 0, 1, 3, 3, 0, 3])

@@ -14,19 +14,43 @@ import pytest
 from gvae_dist.launch import free_port
 
 VENV_BIN = Path(sys.executable).parent
-TINY = ["data.num_train=512", "data.num_eval=400", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.at_end=false", "run.threads=1",
-        "optim.steps=20", "run.log_every=5", "run.checkpoint_every=10", "optim.grad_accum=2",
-        "optim.mixed_precision=bf16"]
+TINY = [
+    "data.num_train=512",
+    "data.num_eval=400",
+    "data.image_size=32",
+    "optim.batch_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "eval.at_end=false",
+    "run.threads=1",
+    "optim.steps=20",
+    "run.log_every=5",
+    "run.checkpoint_every=10",
+    "optim.grad_accum=2",
+    "optim.mixed_precision=bf16",
+]
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_in_sync(tmp_path):
-    cmd = [str(VENV_BIN / "torchrun"), "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "gvae_dist.cli", "train", *[a for kv in TINY for a in ("--set", kv)],
-           "--set", f"run.output_dir={tmp_path}"]
+    cmd = [
+        str(VENV_BIN / "torchrun"),
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "gvae_dist.cli",
+        "train",
+        *[a for kv in TINY for a in ("--set", kv)],
+        "--set",
+        f"run.output_dir={tmp_path}",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -46,8 +70,9 @@ def test_torchrun_two_cpu_processes_train_in_sync(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gvae", "mlartifacts", "mlflow.db"]
     # run again with more steps: rank 0 alone holds the run directory's lock, both ranks agree on
     # the checkpoint to restore, and each step is logged once
-    again = subprocess.run([*cmd, "--set", "optim.steps=30"], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [*cmd, "--set", "optim.steps=30"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resumed from {run_dir / 'checkpoints' / 'step_00000020'} at step 20" in again.stdout
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -18,9 +18,19 @@ from gvae_dist.plots import image_grids
 from gvae_dist.tracking import open_run
 from gvae_dist.train import train_loop
 
-TINY = ["data.num_train=512", "data.num_eval=400", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.at_end=false", "run.threads=1",
-        "optim.steps=10", "run.log_every=5", "run.checkpoint_every=10"]
+TINY = [
+    "data.num_train=512",
+    "data.num_eval=400",
+    "data.image_size=32",
+    "optim.batch_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "eval.at_end=false",
+    "run.threads=1",
+    "optim.steps=10",
+    "run.log_every=5",
+    "run.checkpoint_every=10",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -66,14 +76,25 @@ def test_embedded_store_records_the_run_inside_the_output_dir(tmp_path, monkeypa
     run = client.get_run(result.tracking_run_id)
     assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
     assert run.data.params["objective.name"] == "beta" and run.data.params["partitions.0.name"] == "pose"
-    for key in ("loss", "recon", "kl", "recon/identity", "recon/shared_factor", "kl/pose", "kl/rest",
-                "kl_dim/00", "kl_dim/09", "perf/images_per_s", "perf/data_wait_fraction",
-                "gate/open_fraction", "pairing/found"):
+    for key in (
+        "loss",
+        "recon",
+        "kl",
+        "recon/identity",
+        "recon/shared_factor",
+        "kl/pose",
+        "kl/rest",
+        "kl_dim/00",
+        "kl_dim/09",
+        "perf/images_per_s",
+        "perf/data_wait_fraction",
+        "gate/open_fraction",
+        "pairing/found",
+    ):
         assert f"train/{key}" in run.data.metrics, key
     assert "step" not in run.data.metrics and "train/step" not in run.data.metrics  # MLflow's own axis
     images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
-    assert images == {f"images/{kind}_step_{s:08d}.png" for kind in ("reconstruction", "traversal")
-                      for s in (5, 10)}
+    assert images == {f"images/{kind}_step_{s:08d}.png" for kind in ("reconstruction", "traversal") for s in (5, 10)}
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # the final model: a pyfunc of the encoder mean (a torch.export program), codes per partition,
     # with a signature (tests/test_encode.py: the same codes as `gvae-dist encode`, served)

@@ -27,9 +27,20 @@ from gvae_dist.tracking_pending import PENDING_FILE, mlflow_metric_name, owe, re
 from gvae_dist.train import Preempted, RunHooks, train_loop
 from tests.conftest import REPO, free_port, stop_group, wait_for_http
 
-SETS = ["data.num_train=256", "data.num_eval=200", "data.image_size=32", "optim.batch_size=16",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.at_end=false", "run.threads=1",
-        "optim.steps=20", "run.log_every=5", "run.checkpoint_every=10", "tracking.experiment=outage"]
+SETS = [
+    "data.num_train=256",
+    "data.num_eval=200",
+    "data.image_size=32",
+    "optim.batch_size=16",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "eval.at_end=false",
+    "run.threads=1",
+    "optim.steps=20",
+    "run.log_every=5",
+    "run.checkpoint_every=10",
+    "tracking.experiment=outage",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -40,9 +51,18 @@ def _no_env_uri(monkeypatch):
 def _server(root: Path, port: int) -> subprocess.Popen:
     """``ops/mlflow_server.sh`` on ``port`` over the store in ``root``."""
     log = open(root / f"server-{port}.log", "w")
-    proc = subprocess.Popen(["bash", str(REPO / "ops" / "mlflow_server.sh"), str(port),
-                             f"sqlite:///{root / 'db.sqlite'}", str(root / "artifacts")],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            "bash",
+            str(REPO / "ops" / "mlflow_server.sh"),
+            str(port),
+            f"sqlite:///{root / 'db.sqlite'}",
+            str(root / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
@@ -69,8 +89,10 @@ def test_what_is_owed_merges_per_run_and_holds_no_credentials(tmp_path):
     owe(tmp_path, "run-a", uri, [15])
     owe(tmp_path, "run-a", uri, [20, 15], "FINISHED")
     owe(tmp_path, "run-b", uri, status="KILLED")
-    assert read_pending(tmp_path)["runs"] == {"run-a": {"status": "FINISHED", "steps": [15, 20]},
-                                              "run-b": {"status": "KILLED", "steps": []}}
+    assert read_pending(tmp_path)["runs"] == {
+        "run-a": {"status": "FINISHED", "steps": [15, 20]},
+        "run-b": {"status": "KILLED", "steps": []},
+    }
     assert "s3cret" not in (tmp_path / PENDING_FILE).read_text()
 
 
@@ -106,13 +128,14 @@ def test_a_run_resumed_while_its_server_is_down_keeps_its_id_and_owes_the_rest(m
         resumed = train_loop(load_config(None, [*sets, f"tracking.uri={dead}"]))
     assert resumed.step == 20 and resumed.tracking_run_id == run.info.run_id
     # step 5: the run/resumed_from_step point; its metrics.jsonl row is on the store already
-    assert read_pending(resumed.run_dir)["runs"] == {run.info.run_id: {"status": "FINISHED",
-                                                                       "steps": [5, 10, 15, 20]}}
+    assert read_pending(resumed.run_dir)["runs"] == {run.info.run_id: {"status": "FINISHED", "steps": [5, 10, 15, 20]}}
     assert main(["tracking", "sync", str(resumed.run_dir), "--set", f"tracking.uri={store}"]) == 0
     assert "of 3 step(s) (10..20), status FINISHED" in capsys.readouterr().out
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     assert _histories(client, run.info.run_id, ["train/loss", "train/kl"]) == {
-        "train/loss": [5, 10, 15, 20], "train/kl": [5, 10, 15, 20]}
+        "train/loss": [5, 10, 15, 20],
+        "train/kl": [5, 10, 15, 20],
+    }
     assert not (resumed.run_dir / PENDING_FILE).exists()
 
 
@@ -134,8 +157,9 @@ def test_killed_server_run_is_settled_finished_with_each_step_once(tmp_path, cap
     try:
         caplog.set_level(logging.WARNING, logger="gvae_dist.tracking")
         with pytest.warns(RuntimeWarning, match="training continues without tracking"):
-            result = train_loop(load_config(None, [*SETS, f"run.output_dir={out}", f"tracking.uri={uri}"]),
-                                _KillServerAfter(server, 10))
+            result = train_loop(
+                load_config(None, [*SETS, f"run.output_dir={out}", f"tracking.uri={uri}"]), _KillServerAfter(server, 10)
+            )
     finally:
         stop_group(server)
     run_id, run_dir = result.tracking_run_id, result.run_dir
@@ -159,15 +183,17 @@ def test_killed_server_run_is_settled_finished_with_each_step_once(tmp_path, cap
         assert client.get_run(run_id).info.status == "RUNNING"
         assert _histories(client, run_id, ["train/loss"]) == {"train/loss": [5, 10]}
         # the same command again: the run has finished training, so it only returns, settling first
-        argv = ["train", *[a for kv in [*SETS, f"run.output_dir={out}", f"tracking.uri={uri}"]
-                           for a in ("--set", kv)]]
+        argv = ["train", *[a for kv in [*SETS, f"run.output_dir={out}", f"tracking.uri={uri}"] for a in ("--set", kv)]]
         assert main(argv) == 0
         said = capsys.readouterr().out
         assert f"MLflow run {run_id}: sent " in said and "of 2 step(s) (15..20), status FINISHED" in said
         assert not (run_dir / PENDING_FILE).exists()
         assert client.get_run(run_id).info.status == "FINISHED"
-        keys = {mlflow_metric_name(k) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                for k in json.loads(line)} - {None}
+        keys = {
+            mlflow_metric_name(k)
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            for k in json.loads(line)
+        } - {None}
         assert "train/loss" in keys and "eval/dci_mean" not in keys
         want = {k: [5, 10, 15, 20] for k in keys}
         assert _histories(client, run_id, keys) == want

@@ -12,9 +12,19 @@ import pytest
 from gvae_dist.config import load_config
 from gvae_dist.train import train_loop
 
-TINY = ["data.num_train=512", "data.num_eval=400", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "eval.at_end=false", "run.threads=1",
-        "optim.steps=10", "run.log_every=5", "run.checkpoint_every=10"]
+TINY = [
+    "data.num_train=512",
+    "data.num_eval=400",
+    "data.image_size=32",
+    "optim.batch_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "eval.at_end=false",
+    "run.threads=1",
+    "optim.steps=10",
+    "run.log_every=5",
+    "run.checkpoint_every=10",
+]
 
 
 def _get(url: str, path: str, **query) -> dict:
@@ -27,8 +37,11 @@ def _get(url: str, path: str, **query) -> dict:
 def test_run_logged_to_the_server_arrives(mlflow_server, tmp_path):
     url = mlflow_server.url
     assert url.startswith("http://127.0.0.1:")
-    result = train_loop(load_config(None, [*TINY, f"run.output_dir={tmp_path}", f"tracking.uri={url}",
-                                           "tracking.experiment=server-test"]))
+    result = train_loop(
+        load_config(
+            None, [*TINY, f"run.output_dir={tmp_path}", f"tracking.uri={url}", "tracking.experiment=server-test"]
+        )
+    )
     run_id = result.tracking_run_id
     assert run_id is not None
     run = _get(url, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]

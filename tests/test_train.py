@@ -10,9 +10,18 @@ from gvae_dist.config import load_config
 from gvae_dist.eval_runner import eval_steps
 from gvae_dist.train import train_loop
 
-TINY = ["data.num_train=512", "data.num_eval=400", "data.image_size=32", "optim.batch_size=32",
-        "model.channels=[8,8,16]", "model.hidden=32", "run.log_every=5", "eval.at_end=false",
-        "tracking.enabled=false", "run.threads=1"]
+TINY = [
+    "data.num_train=512",
+    "data.num_eval=400",
+    "data.image_size=32",
+    "optim.batch_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "run.log_every=5",
+    "eval.at_end=false",
+    "tracking.enabled=false",
+    "run.threads=1",
+]
 
 
 def _cfg(tmp_path, *extra):
@@ -26,8 +35,9 @@ def _losses(run_dir):
 
 
 def test_loss_decreases_and_checkpoints_rotate(tmp_path):
-    result = train_loop(_cfg(tmp_path, "optim.steps=30", "run.checkpoint_every=10",
-                             "run.keep_checkpoints=2", "optim.lr=0.002"))
+    result = train_loop(
+        _cfg(tmp_path, "optim.steps=30", "run.checkpoint_every=10", "run.keep_checkpoints=2", "optim.lr=0.002")
+    )
     losses = _losses(result.run_dir)
     assert len(losses) == 6 and losses[-1] < losses[0]
     ckpts = list_checkpoints(result.run_dir / "checkpoints")
@@ -67,8 +77,14 @@ def test_regulariser_warmup_ramps_and_changes_the_run(tmp_path):
 
 
 def test_drop_high_loss_drops_that_share_of_the_shared_factor_pairs(tmp_path):
-    common = ["optim.steps=4", "run.log_every=4", "run.checkpoint_every=4", "pairing.identity=0.5",
-              "pairing.shared_factor=0.5", "gate.drop_high_loss=0.5"]
+    common = [
+        "optim.steps=4",
+        "run.log_every=4",
+        "run.checkpoint_every=4",
+        "pairing.identity=0.5",
+        "pairing.shared_factor=0.5",
+        "gate.drop_high_loss=0.5",
+    ]
     gated = train_loop(_cfg(tmp_path / "g", *common)).metrics
     # half of the shared-factor pairs (about half of the batch) lose their gradient
     assert 0.15 <= gated["gate/dropped_fraction"] <= 0.35, gated["gate/dropped_fraction"]
@@ -109,11 +125,14 @@ def test_evaluation_points_spread_over_the_run_at_log_steps(tmp_path):
     assert steps("optim.steps=1000", "run.log_every=100", "eval.every=250") == [250, 500, 750]
 
 
-@pytest.mark.parametrize("extra", [
-    ["pairing.partner=dataset", "gate.closed_code=target", "gate.decoder=false"],
-    ["pairing.partner=rendered", "pairing.match=one"],
-    ["pairing.partner=batch", "pairing.match_nuisance=true", "pairing.min_found=0.99"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["pairing.partner=dataset", "gate.closed_code=target", "gate.decoder=false"],
+        ["pairing.partner=rendered", "pairing.match=one"],
+        ["pairing.partner=batch", "pairing.match_nuisance=true", "pairing.min_found=0.99"],
+    ],
+)
 def test_partner_sources_and_gate_choices_train(tmp_path, extra, caplog):
     result = train_loop(_cfg(tmp_path, "optim.steps=5", *extra))
     m = result.metrics
@@ -136,10 +155,11 @@ def test_failed_run_leaves_last_checkpoint_intact(tmp_path):
     before = load_checkpoint(result.checkpoint)["model"]
     # a diverging continuation (absurd lr, forced past the config check) must fail with a clear
     # error and keep step 10
-    with pytest.raises(FloatingPointError, match="last good checkpoint"), \
-            pytest.warns(RuntimeWarning, match=r"run.resume: force.*optim.lr: 0.0001 there, 1000000.0 here"):
-        train_loop(_cfg(tmp_path, "optim.steps=400", "run.checkpoint_every=1000", "optim.lr=1e6",
-                        "run.resume=force"))
+    with (
+        pytest.raises(FloatingPointError, match="last good checkpoint"),
+        pytest.warns(RuntimeWarning, match=r"run.resume: force.*optim.lr: 0.0001 there, 1000000.0 here"),
+    ):
+        train_loop(_cfg(tmp_path, "optim.steps=400", "run.checkpoint_every=1000", "optim.lr=1e6", "run.resume=force"))
     after = load_checkpoint(latest_checkpoint(result.run_dir / "checkpoints"))
     assert after["step"] == 10
     assert all(torch.equal(before[k], after["model"][k]) for k in before)
@@ -149,8 +169,16 @@ def test_periodic_and_final_evaluation_reach_the_checkpoint_reports(tmp_path):
     """eval.every + at_end: each evaluation runs before its step's checkpoint, so the report
     (checkpoint meta, what Ray Tune sees) carries eval/*; rerunning a finished run keeps the
     final evaluation."""
-    cfg = _cfg(tmp_path, "optim.steps=10", "run.checkpoint_every=5", "eval.every=5", "eval.at_end=true",
-               "eval.num_train=100", "eval.num_test=100", "run.keep_checkpoints=3")
+    cfg = _cfg(
+        tmp_path,
+        "optim.steps=10",
+        "run.checkpoint_every=5",
+        "eval.every=5",
+        "eval.at_end=true",
+        "eval.num_train=100",
+        "eval.num_test=100",
+        "run.keep_checkpoints=3",
+    )
     result = train_loop(cfg)
     run = result.run_dir
     assert (run / "eval_step_5" / "metrics.json").is_file() and (run / "eval" / "traversals.png").is_file()
@@ -165,11 +193,9 @@ def test_periodic_and_final_evaluation_reach_the_checkpoint_reports(tmp_path):
     ev = final["eval"]
     # headline DCI over the 6 targeted factors, every factor as all/*, one score per factor
     assert ev["targeted_factors"] == ["yaw", "pitch", "roll", "mouth", "eyes", "brow"]
-    assert ev["dci_mean"] == pytest.approx((ev["disentanglement"] + ev["completeness"]
-                                            + ev["informativeness"]) / 3)
+    assert ev["dci_mean"] == pytest.approx((ev["disentanglement"] + ev["completeness"] + ev["informativeness"]) / 3)
     assert 0.0 <= ev["all/dci_mean"] <= 1.0 and ev["informativeness_measures"]["yaw"] == "1-nrmse"
-    assert ev["informativeness"] == pytest.approx(
-        sum(ev[f"informativeness/{f}"] for f in ev["targeted_factors"]) / 6)
+    assert ev["informativeness"] == pytest.approx(sum(ev[f"informativeness/{f}"] for f in ev["targeted_factors"]) / 6)
     assert ev["purity_mean"] == pytest.approx((ev["purity/pose"] + ev["purity/expression"]) / 2)
     assert not any(k.startswith("eval/") for k in final["train"])
     again = train_loop(cfg)  # nothing left to train: evaluates the restored model once more

@@ -23,22 +23,41 @@ from gvae_dist.tune import load_space, run_sweep
 from tests.conftest import wait_for_train_actors_to_exit
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.image_size=32", "model.channels=[8,8,16]", "model.hidden=32", "data.num_train=256",
-        "data.num_eval=100", "eval.num_train=50", "eval.num_test=50", "optim.batch_size=32",
-        "optim.steps=20", "run.threads=1", "run.log_every=2", "run.checkpoint_every=2",
-        # an interrupted trial resumes from the newest checkpoint on disk that loads (Ray's own
-        # may lag it); pruning never removes a newer one (test_checkpoint)
-        "run.keep_checkpoints=2", "data.backend=memory", "optim.lr=0.002",
-        "distributed.workers=1", "eval.points=0"]
+TINY = [
+    "data.image_size=32",
+    "model.channels=[8,8,16]",
+    "model.hidden=32",
+    "data.num_train=256",
+    "data.num_eval=100",
+    "eval.num_train=50",
+    "eval.num_test=50",
+    "optim.batch_size=32",
+    "optim.steps=20",
+    "run.threads=1",
+    "run.log_every=2",
+    "run.checkpoint_every=2",
+    # an interrupted trial resumes from the newest checkpoint on disk that loads (Ray's own
+    # may lag it); pruning never removes a newer one (test_checkpoint)
+    "run.keep_checkpoints=2",
+    "data.backend=memory",
+    "optim.lr=0.002",
+    "distributed.workers=1",
+    "eval.points=0",
+]
 
 
 def _space(tmp_path: Path, name: str = "s.yaml", **over) -> Path:
-    doc = {"set": [*TINY, f"run.output_dir={tmp_path / 'runs'}", "run.name=sweep"],
-           "metric": "loss", "mode": "min",
-           "params": {"objective.beta": {"grid": [0.25, 1.0, 16.0, 64.0]}},
-           "num_samples": 1, "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2,
-                                           "max_t": 10},
-           "search": "random", "max_concurrent": 2, **over}
+    doc = {
+        "set": [*TINY, f"run.output_dir={tmp_path / 'runs'}", "run.name=sweep"],
+        "metric": "loss",
+        "mode": "min",
+        "params": {"objective.beta": {"grid": [0.25, 1.0, 16.0, 64.0]}},
+        "num_samples": 1,
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 10},
+        "search": "random",
+        "max_concurrent": 2,
+        **over,
+    }
     path = tmp_path / name
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -54,38 +73,72 @@ def test_shipped_spaces_load(name):
     assert space.params and space.base.is_file()
 
 
-@pytest.mark.parametrize("over, match", [
-    ({"params": {"objective.btea": {"uniform": [1, 2]}}}, r"s\.yaml: params: .*objective.btea: unknown key .*'beta'"),
-    ({"params": {"objective.beta": {"normal": [1, 2]}}}, r"s\.yaml: params.objective.beta: unknown distribution 'normal'"),
-    ({"params": {"objective.beta": {"loguniform": [0, 2]}}}, r"params.objective.beta: loguniform needs 0 < low < high"),
-    ({"params": {"objective.beta": {"uniform": [3, 2]}}}, r"uniform needs low < high"),
-    ({"params": {"objective.beta": {"choice": []}}}, r"choice needs a non-empty list"),
-    ({"params": {"objective.beta": {"uniform": [-1, 2]}}}, r"reachable and invalid.*objective.beta must be >= 0"),
-    ({"set": [*TINY, "objective.name=infovae"],
-      "params": {"objective.alpha": {"uniform": [-1, 0.5]}, "objective.mmd_lambda": {"loguniform": [0.5, 100]}}},
-     r"reachable and invalid.*alpha \+ objective.mmd_lambda - 1"),
-    ({"scheduler": {"name": "pbt"}}, r"scheduler.name: 'pbt' is not allowed; choose one of 'asha', 'none'"),
-    ({"search": "optuna"}, r"optuna cannot sample 'grid'"),
-    ({"num_samples": 0}, r"num_samples: a positive integer"),
-    ({"sampels": 3}, r"sampels: unknown key \(did you mean 'num_samples'\?\)"),
-    ({"num_samples": "3"}, r"s\.yaml: num_samples: expected an integer, got '3'"),
-    ({"mode": "maximize"}, r"mode: 'maximize' is not allowed; choose one of 'min', 'max'"),
-    ({"set": "optim.steps=3"}, r"set: expected a list"),
-    ({"scheduler": {"name": "asha", "grace": 2}}, r"scheduler.grace: unknown key; allowed keys: name, grace_period"),
-    ({"metric": "eval/dci_mean", "mode": "max"}, r"metric: eval/dci_mean is reported only when an evaluation coincides"),
-    ({"metric": "elbo"}, r"metric: 'elbo' is not a metric a trial reports; valid metrics: loss, recon, kl, "
-                         r"eval/disentanglement, .*eval/informativeness/yaw, .*eval/purity/pose, .*eval/neg_elbo"),
-    ({"metric": "eval/dci_meen", "set": [*TINY, "eval.every=2"]},
-     r"metric: 'eval/dci_meen' is not a metric a trial reports \(did you mean 'eval/dci_mean'\?\); valid"),
-    ({"metric": "eval/dci_mean", "mode": "min", "set": [*TINY, "eval.every=2"]},
-     r"mode: eval/dci_mean is better when higher: set mode: max \(now min\)"),
-    ({"metric": "loss", "mode": "max"}, r"mode: loss is better when lower: set mode: min"),
-    ({"scheduler": {"name": "asha", "grace_period": 0}}, r"scheduler.grace_period: an integer >= 1, got 0"),
-    ({"scheduler": {"name": "asha", "reduction_factor": 1}}, r"scheduler.reduction_factor: a number > 1"),
-    ({"scheduler": {"name": "asha", "grace_period": 11}},
-     r"scheduler.grace_period: 11 reports, but a trial reports only 10 times \(optim.steps 20"),
-    ({"set": ["optim.stepz=3"]}, r"base config: optim.stepz: unknown key"),
-])
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        (
+            {"params": {"objective.btea": {"uniform": [1, 2]}}},
+            r"s\.yaml: params: .*objective.btea: unknown key .*'beta'",
+        ),
+        (
+            {"params": {"objective.beta": {"normal": [1, 2]}}},
+            r"s\.yaml: params.objective.beta: unknown distribution 'normal'",
+        ),
+        (
+            {"params": {"objective.beta": {"loguniform": [0, 2]}}},
+            r"params.objective.beta: loguniform needs 0 < low < high",
+        ),
+        ({"params": {"objective.beta": {"uniform": [3, 2]}}}, r"uniform needs low < high"),
+        ({"params": {"objective.beta": {"choice": []}}}, r"choice needs a non-empty list"),
+        ({"params": {"objective.beta": {"uniform": [-1, 2]}}}, r"reachable and invalid.*objective.beta must be >= 0"),
+        (
+            {
+                "set": [*TINY, "objective.name=infovae"],
+                "params": {
+                    "objective.alpha": {"uniform": [-1, 0.5]},
+                    "objective.mmd_lambda": {"loguniform": [0.5, 100]},
+                },
+            },
+            r"reachable and invalid.*alpha \+ objective.mmd_lambda - 1",
+        ),
+        ({"scheduler": {"name": "pbt"}}, r"scheduler.name: 'pbt' is not allowed; choose one of 'asha', 'none'"),
+        ({"search": "optuna"}, r"optuna cannot sample 'grid'"),
+        ({"num_samples": 0}, r"num_samples: a positive integer"),
+        ({"sampels": 3}, r"sampels: unknown key \(did you mean 'num_samples'\?\)"),
+        ({"num_samples": "3"}, r"s\.yaml: num_samples: expected an integer, got '3'"),
+        ({"mode": "maximize"}, r"mode: 'maximize' is not allowed; choose one of 'min', 'max'"),
+        ({"set": "optim.steps=3"}, r"set: expected a list"),
+        (
+            {"scheduler": {"name": "asha", "grace": 2}},
+            r"scheduler.grace: unknown key; allowed keys: name, grace_period",
+        ),
+        (
+            {"metric": "eval/dci_mean", "mode": "max"},
+            r"metric: eval/dci_mean is reported only when an evaluation coincides",
+        ),
+        (
+            {"metric": "elbo"},
+            r"metric: 'elbo' is not a metric a trial reports; valid metrics: loss, recon, kl, "
+            r"eval/disentanglement, .*eval/informativeness/yaw, .*eval/purity/pose, .*eval/neg_elbo",
+        ),
+        (
+            {"metric": "eval/dci_meen", "set": [*TINY, "eval.every=2"]},
+            r"metric: 'eval/dci_meen' is not a metric a trial reports \(did you mean 'eval/dci_mean'\?\); valid",
+        ),
+        (
+            {"metric": "eval/dci_mean", "mode": "min", "set": [*TINY, "eval.every=2"]},
+            r"mode: eval/dci_mean is better when higher: set mode: max \(now min\)",
+        ),
+        ({"metric": "loss", "mode": "max"}, r"mode: loss is better when lower: set mode: min"),
+        ({"scheduler": {"name": "asha", "grace_period": 0}}, r"scheduler.grace_period: an integer >= 1, got 0"),
+        ({"scheduler": {"name": "asha", "reduction_factor": 1}}, r"scheduler.reduction_factor: a number > 1"),
+        (
+            {"scheduler": {"name": "asha", "grace_period": 11}},
+            r"scheduler.grace_period: 11 reports, but a trial reports only 10 times \(optim.steps 20",
+        ),
+        ({"set": ["optim.stepz=3"]}, r"base config: optim.stepz: unknown key"),
+    ],
+)
 def test_bad_spaces_name_the_file_and_key(tmp_path, over, match):
     with pytest.raises(ConfigError, match=match):
         load_space(_space(tmp_path, **over))
@@ -119,8 +172,18 @@ def test_sweep_whose_trials_all_errored_ends_its_parent_failed(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.create_run(client.create_experiment("e")).info.run_id
     space = load_space(_space(tmp_path))
-    rows = [{"trial": t, "status": "ERROR", "objective.beta": 1.0, "iters": 0, "step": None, "loss": None,
-             "checkpoint": None} for t in ("a", "b")]
+    rows = [
+        {
+            "trial": t,
+            "status": "ERROR",
+            "objective.beta": 1.0,
+            "iters": 0,
+            "step": None,
+            "loss": None,
+            "checkpoint": None,
+        }
+        for t in ("a", "b")
+    ]
     _finish_parent(client, parent, space, "sweep", load_config(None, TINY), rows, None, 1.0)
     run = client.get_run(parent)
     assert run.info.status == "FAILED"
@@ -149,9 +212,16 @@ def ray_4cpu(ray_env):
     port = free_port()
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")  # see gvae_dist.launch
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "temp_dir": str(ray_env.tmp), "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 4,
+            "temp_dir": str(ray_env.tmp),
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+        },
+    )
     try:
         cluster.connect()
         yield SimpleNamespace(cluster=cluster)
@@ -209,8 +279,10 @@ def test_sweep_asha_mlflow_and_resume(tmp_path, ray_4cpu, capsys):
     assert first["interrupted"], first["rows"]
     # the printed resources are what ran: 2 trials at a time, each 1 driver CPU + 1 worker CPU
     printed = capsys.readouterr().out
-    assert ("4 trial(s), 2 at a time on 4 CPUs; each trial reserves 2 CPUs: 1 for its driver (idle while its "
-            "run trains) + 1 worker(s) x 1 CPU") in printed, printed
+    assert (
+        "4 trial(s), 2 at a time on 4 CPUs; each trial reserves 2 CPUs: 1 for its driver (idle while its "
+        "run trains) + 1 worker(s) x 1 CPU"
+    ) in printed, printed
     assert overlap.most == 2
     finished = (tmp_path / "interrupted").read_text()  # the trial whose completion interrupted
     runs = tmp_path / "runs"
@@ -223,8 +295,9 @@ def test_sweep_asha_mlflow_and_resume(tmp_path, ray_4cpu, capsys):
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows), rows
     # the finished trial was not re-run: Tune kept its result, and its training log only grew by
     # lines its workers may have written while being stopped (never a step logged twice)
-    assert {r["trial"]: (r["iters"], r["loss"]) for r in rows}[finished] == \
-        {r["trial"]: (r["iters"], r["loss"]) for r in first["rows"]}[finished]
+    assert {r["trial"]: (r["iters"], r["loss"]) for r in rows}[finished] == {
+        r["trial"]: (r["iters"], r["loss"]) for r in first["rows"]
+    }[finished]
     after = (runs / f"sweep_{finished}" / "metrics.jsonl").read_text()
     steps = [json.loads(line)["step"] for line in after.splitlines()]
     assert after.startswith(before) and steps == sorted(set(steps)), steps

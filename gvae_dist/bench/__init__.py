@@ -42,12 +42,14 @@ def _step_specs(batch: int, full: bool):
         for gated in (True, False):
             specs.append(StepSpec(objective=obj, batch=batch, gated=gated))
             specs.append(StepSpec(objective=obj, batch=batch, gated=gated, precision="bf16"))
-    specs += [StepSpec(batch=batch, channels_last=True),
-              StepSpec(batch=batch, precision="bf16", channels_last=True)]
+    specs += [StepSpec(batch=batch, channels_last=True), StepSpec(batch=batch, precision="bf16", channels_last=True)]
     if full:
-        specs += [StepSpec(batch=batch, compile=True), StepSpec(batch=batch, compile=True, channels_last=True),
-                  StepSpec(batch=batch, compile=True, precision="bf16"),
-                  StepSpec(batch=batch, gated=False, compile=True)]
+        specs += [
+            StepSpec(batch=batch, compile=True),
+            StepSpec(batch=batch, compile=True, channels_last=True),
+            StepSpec(batch=batch, compile=True, precision="bf16"),
+            StepSpec(batch=batch, gated=False, compile=True),
+        ]
     return specs
 
 
@@ -64,8 +66,13 @@ def _suite(name: str, quick: bool, device: str) -> list[dict]:
         if quick:
             from gvae_dist.bench.step import StepSpec as S
 
-            specs = [S(batch=8), S(batch=8, gated=False), S(batch=8, precision="bf16"),
-                     S(objective="infovae", batch=8), S(objective="dip2", batch=8)]
+            specs = [
+                S(batch=8),
+                S(batch=8, gated=False),
+                S(batch=8, precision="bf16"),
+                S(objective="infovae", batch=8),
+                S(objective="dip2", batch=8),
+            ]
             return run_step(specs, specs[0], rounds=2, device=device)
         rows = []
         for batch in (64, 256):
@@ -85,8 +92,9 @@ def _suite(name: str, quick: bool, device: str) -> list[dict]:
         if quick:
             return e2e.run_default_vs_plain(rounds=1, interval=1, intervals=2, num_train=256)
         # the default, and the default before this allocator fix (the before/after)
-        return (e2e.run_default_vs_plain(rounds=5)
-                + e2e.run_default_vs_plain(rounds=3, extra=("run.retain_freed_memory=false",)))
+        return e2e.run_default_vs_plain(rounds=5) + e2e.run_default_vs_plain(
+            rounds=3, extra=("run.retain_freed_memory=false",)
+        )
     if name == "e2e":
         return e2e.run_end_to_end(num=256, interval=1, intervals=2) if quick else e2e.run_end_to_end()
     if name == "precision":
@@ -101,11 +109,17 @@ def _meta(quick: bool, device: str) -> dict:
 
     from gvae_dist.bench.harness import load_average
 
-    meta = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": quick, "device": device,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "load_average_start": load_average()}
+    meta = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "quick": quick,
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average_start": load_average(),
+    }
     if device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name(device)
     return meta
@@ -150,44 +164,86 @@ def targets(rows: list[dict]) -> list[dict]:
         fused = _pick(rows, "gate", name="fused", mode=mode)
         if fused:  # 3% slack: the ratio of two ~100 us timings on a shared machine
             worst = min(fused, key=lambda r: r["naive_over_this"])
-            add(f"fused gate vs naive ({mode}), worst t_naive/t_fused (B={worst['batch']}, "
-                f"D={worst['latent']})", worst["naive_over_this"], ">= 1 (no slower)",
-                worst["naive_over_this"] >= 0.97)
+            add(
+                f"fused gate vs naive ({mode}), worst t_naive/t_fused (B={worst['batch']}, D={worst['latent']})",
+                worst["naive_over_this"],
+                ">= 1 (no slower)",
+                worst["naive_over_this"] >= 0.97,
+            )
     for r in _pick(rows, "step"):
         if r.get("gate_overhead") is not None:
             add(f"gated vs un-gated {r['name']}", r["gate_overhead"], "<= 0.03", r["gate_overhead"] <= 0.03)
     for r in _pick(rows, "share"):
         if r["name"] in ("reg/infovae", "reg/dip2"):
-            add(f"{r['name']} share of step (B={r['batch']})", r["share_of_step"], "< 0.5 (not dominant)",
-                r["share_of_step"] < 0.5)
+            add(
+                f"{r['name']} share of step (B={r['batch']})",
+                r["share_of_step"],
+                "< 0.5 (not dominant)",
+                r["share_of_step"] < 0.5,
+            )
     for r in _pick(rows, "vs_plain", name="default"):
         if "speedup_vs_plain" in r:
             add("default config vs plain fp32 loop", r["speedup_vs_plain"], ">= 2.0", r["speedup_vs_plain"] >= 2.0)
     for r in _pick(rows, "e2e"):
         if "data_wait_fraction" in r:
-            add(f"data-wait fraction ({r['name']}, {r['backend']})", r["data_wait_fraction"], "< 0.05",
-                r["data_wait_fraction"] < 0.05)
+            add(
+                f"data-wait fraction ({r['name']}, {r['backend']})",
+                r["data_wait_fraction"],
+                "< 0.05",
+                r["data_wait_fraction"] < 0.05,
+            )
     for r in _pick(rows, "precision"):
         if "max_rel_diff" in r:
-            add("bf16 vs fp32 loss curve, max rel diff", r["max_rel_diff"], f"<= {r['tolerance']}",
-                r["within_tolerance"])
+            add(
+                "bf16 vs fp32 loss curve, max rel diff",
+                r["max_rel_diff"],
+                f"<= {r['tolerance']}",
+                r["within_tolerance"],
+            )
     for r in _pick(rows, "scaling"):
         if r.get("overhead_vs_single") is not None and r["workers"] == 1:
-            add("Ray Train (1 worker) overhead vs single process", r["overhead_vs_single"], "< 0.10",
-                r["overhead_vs_single"] < 0.10)
+            add(
+                "Ray Train (1 worker) overhead vs single process",
+                r["overhead_vs_single"],
+                "< 0.10",
+                r["overhead_vs_single"] < 0.10,
+            )
     return out
 
 
 _COLUMNS = {
-    "gate": ["mode", "batch", "latent", "name", "us_per_fwd_bwd", "naive_over_this", "plain_over_this",
-             "saved_bytes", "peak_bytes"],
+    "gate": [
+        "mode",
+        "batch",
+        "latent",
+        "name",
+        "us_per_fwd_bwd",
+        "naive_over_this",
+        "plain_over_this",
+        "saved_bytes",
+        "peak_bytes",
+    ],
     "step": ["name", "images_per_s", "speedup_vs_base", "speedup_vs_plain", "gate_overhead", "spread"],
     "share": ["batch", "name", "ms", "step_ms", "share_of_step"],
-    "vs_plain": ["name", "batch", "mixed_precision", "plain_images_per_s", "gvae_images_per_s",
-                 "speedup_vs_plain", "data_wait_fraction"],
+    "vs_plain": [
+        "name",
+        "batch",
+        "mixed_precision",
+        "plain_images_per_s",
+        "gvae_images_per_s",
+        "speedup_vs_plain",
+        "data_wait_fraction",
+    ],
     "e2e": ["name", "backend", "batch", "images_per_s", "data_wait_fraction"],
-    "precision": ["name", "steps", "max_rel_diff", "final_rel_diff", "tolerance", "fp32_images_per_s",
-                  "bf16_images_per_s"],
+    "precision": [
+        "name",
+        "steps",
+        "max_rel_diff",
+        "final_rel_diff",
+        "tolerance",
+        "fp32_images_per_s",
+        "bf16_images_per_s",
+    ],
     "scaling": ["name", "workers", "threads", "images_per_s", "overhead_vs_single"],
 }
 

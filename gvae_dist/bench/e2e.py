@@ -81,18 +81,25 @@ def _pair_round(interval: int, intervals: int, num_train: int, extra: list[str])
         del plain, images_NCHW
         m = _steady(cfg, interval, intervals)
     o = cfg.optim
-    return {"plain_images_per_s": plain_rate, "gvae_images_per_s": m["perf/images_per_s"],
-            "data_wait_fraction": m["perf/data_wait_fraction"], "batch": o.batch_size,
-            "mixed_precision": o.mixed_precision, "compile": o.compile, "channels_last": o.channels_last,
-            "retain_freed_memory": cfg.run.retain_freed_memory,
-            "threads": cfg.run.threads or torch.get_num_threads()}
+    return {
+        "plain_images_per_s": plain_rate,
+        "gvae_images_per_s": m["perf/images_per_s"],
+        "data_wait_fraction": m["perf/data_wait_fraction"],
+        "batch": o.batch_size,
+        "mixed_precision": o.mixed_precision,
+        "compile": o.compile,
+        "channels_last": o.channels_last,
+        "retain_freed_memory": cfg.run.retain_freed_memory,
+        "threads": cfg.run.threads or torch.get_num_threads(),
+    }
 
 
 _MARK = "GVAE_BENCH_JSON "
 
 
-def run_default_vs_plain(rounds: int = 3, interval: int = 10, intervals: int = 4, num_train: int = 2048,
-                         extra: tuple[str, ...] = ()) -> list[dict]:
+def run_default_vs_plain(
+    rounds: int = 3, interval: int = 10, intervals: int = 4, num_train: int = 2048, extra: tuple[str, ...] = ()
+) -> list[dict]:
     """The default configuration vs the plain fp32 loop (see module doc).
 
     Each round is one fresh Python process that runs the plain loop and then ``train_loop``:
@@ -101,22 +108,32 @@ def run_default_vs_plain(rounds: int = 3, interval: int = 10, intervals: int = 4
     """
     import subprocess
 
-    args = json.dumps({"interval": interval, "intervals": intervals, "num_train": num_train,
-                       "extra": list(extra)})
+    args = json.dumps({"interval": interval, "intervals": intervals, "num_train": num_train, "extra": list(extra)})
     results = []
     for _ in range(rounds):
-        proc = subprocess.run([sys.executable, "-m", "gvae_dist.bench.e2e", args], capture_output=True,
-                              text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "gvae_dist.bench.e2e", args], capture_output=True, text=True, check=False
+        )
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"vs_plain round failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        results.append(json.loads(lines[-1][len(_MARK):]))
+        results.append(json.loads(lines[-1][len(_MARK) :]))
     ratios = [r["gvae_images_per_s"] / r["plain_images_per_s"] for r in results]
-    med = {k: statistics.median(r[k] for r in results)
-           for k in ("plain_images_per_s", "gvae_images_per_s", "data_wait_fraction")}
-    return [{"suite": "vs_plain", "name": "default" + ("+" + ",".join(extra) if extra else ""),
-             **{k: v for k, v in results[0].items() if k not in med}, **med,
-             "speedup_vs_plain": statistics.median(ratios), "ratios": ratios, "target": 2.0}]
+    med = {
+        k: statistics.median(r[k] for r in results)
+        for k in ("plain_images_per_s", "gvae_images_per_s", "data_wait_fraction")
+    }
+    return [
+        {
+            "suite": "vs_plain",
+            "name": "default" + ("+" + ",".join(extra) if extra else ""),
+            **{k: v for k, v in results[0].items() if k not in med},
+            **med,
+            "speedup_vs_plain": statistics.median(ratios),
+            "ratios": ratios,
+            "target": 2.0,
+        }
+    ]
 
 
 def _build_shards(out: Path, num: int) -> Path:
@@ -134,14 +151,25 @@ def run_end_to_end(num: int = 2048, interval: int = 10, intervals: int = 6) -> l
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         shards = _build_shards(Path(tmp) / "shards", num)
-        for name, extra in [("memory", [f"data.num_train={num}"]),
-                            ("shards", ["data.source=shards", f"data.path={shards}"])]:
+        for name, extra in [
+            ("memory", [f"data.num_train={num}"]),
+            ("shards", ["data.source=shards", f"data.path={shards}"]),
+        ]:
             cfg = _cfg(Path(tmp), name, *extra)
             backend = choose_backend(cfg) if name == "shards" else "memory"
             m = _steady(cfg, interval, intervals)
-            rows.append({"suite": "e2e", "name": name, "backend": backend, "batch": cfg.optim.batch_size,
-                         "steps": interval * intervals, "images_per_s": m["perf/images_per_s"],
-                         "data_wait_fraction": m["perf/data_wait_fraction"], "target_wait": 0.05})
+            rows.append(
+                {
+                    "suite": "e2e",
+                    "name": name,
+                    "backend": backend,
+                    "batch": cfg.optim.batch_size,
+                    "steps": interval * intervals,
+                    "images_per_s": m["perf/images_per_s"],
+                    "data_wait_fraction": m["perf/data_wait_fraction"],
+                    "target_wait": 0.05,
+                }
+            )
     return rows
 
 
@@ -152,18 +180,35 @@ def run_precision_match(steps: int = 100, log_every: int = 10, tolerance: float 
     with tempfile.TemporaryDirectory() as tmp:
         curves, rates = {}, {}
         for prec in ("no", "bf16"):
-            cfg = _cfg(Path(tmp), f"prec_{prec}", "data.num_train=2048", f"optim.steps={steps}",
-                       f"run.log_every={log_every}", f"optim.mixed_precision='{prec}'")
+            cfg = _cfg(
+                Path(tmp),
+                f"prec_{prec}",
+                "data.num_train=2048",
+                f"optim.steps={steps}",
+                f"run.log_every={log_every}",
+                f"optim.mixed_precision='{prec}'",
+            )
             with contextlib.redirect_stdout(sys.stderr):
                 rows = _rows(train_loop(cfg).run_dir)
             curves[prec] = [r["loss"] for r in rows]
             rates[prec] = statistics.median(r["perf/images_per_s"] for r in rows[1:] or rows)
     rel = [abs(b - a) / abs(a) for a, b in zip(curves["no"], curves["bf16"])]
-    return [{"suite": "precision", "name": "bf16_vs_fp32_loss", "steps": steps, "log_every": log_every,
-             "max_rel_diff": max(rel), "final_rel_diff": rel[-1], "tolerance": tolerance,
-             "within_tolerance": max(rel) <= tolerance, "fp32_losses": curves["no"],
-             "bf16_losses": curves["bf16"], "fp32_images_per_s": rates["no"],
-             "bf16_images_per_s": rates["bf16"]}]
+    return [
+        {
+            "suite": "precision",
+            "name": "bf16_vs_fp32_loss",
+            "steps": steps,
+            "log_every": log_every,
+            "max_rel_diff": max(rel),
+            "final_rel_diff": rel[-1],
+            "tolerance": tolerance,
+            "within_tolerance": max(rel) <= tolerance,
+            "fp32_losses": curves["no"],
+            "bf16_losses": curves["bf16"],
+            "fp32_images_per_s": rates["no"],
+            "bf16_images_per_s": rates["bf16"],
+        }
+    ]
 
 
 def run_scaling(interval: int = 10, intervals: int = 4, cores: int = 2) -> list[dict]:
@@ -174,13 +219,25 @@ def run_scaling(interval: int = 10, intervals: int = 4, cores: int = 2) -> list[
     with tempfile.TemporaryDirectory() as tmp:
         common = ["data.num_train=2048", "optim.batch_size=64"]
         single = _steady(_cfg(Path(tmp), "single", *common, f"run.threads={cores}"), interval, intervals)
-        rows.append({"suite": "scaling", "name": "single_process", "workers": 0, "threads": cores,
-                     "images_per_s": single["perf/images_per_s"]})
+        rows.append(
+            {
+                "suite": "scaling",
+                "name": "single_process",
+                "workers": 0,
+                "threads": cores,
+                "images_per_s": single["perf/images_per_s"],
+            }
+        )
         for workers in (1, 2):
-            cfg = _cfg(Path(tmp), f"ray{workers}", *common, f"distributed.workers={workers}",
-                       f"distributed.cpus_per_worker={cores // workers}",
-                       f"run.threads={cores // workers}",
-                       f"distributed.storage_path={Path(tmp) / 'ray'}")
+            cfg = _cfg(
+                Path(tmp),
+                f"ray{workers}",
+                *common,
+                f"distributed.workers={workers}",
+                f"distributed.cpus_per_worker={cores // workers}",
+                f"run.threads={cores // workers}",
+                f"distributed.storage_path={Path(tmp) / 'ray'}",
+            )
             cfg.optim.steps, cfg.run.log_every = (1 + intervals) * interval, interval
             cfg.run.checkpoint_every = 10**9
             t0 = time.perf_counter()
@@ -188,10 +245,18 @@ def run_scaling(interval: int = 10, intervals: int = 4, cores: int = 2) -> list[
                 result = launch(cfg)
             wall = time.perf_counter() - t0
             rate = _steady_rows(_rows(result.run_dir))["perf/images_per_s"]
-            rows.append({"suite": "scaling", "name": f"ray_{workers}_workers", "workers": workers,
-                         "threads": cores // workers, "images_per_s": rate, "wall_s": wall,
-                         "overhead_vs_single": 1.0 - rate / single["perf/images_per_s"],
-                         "target_overhead": 0.10})
+            rows.append(
+                {
+                    "suite": "scaling",
+                    "name": f"ray_{workers}_workers",
+                    "workers": workers,
+                    "threads": cores // workers,
+                    "images_per_s": rate,
+                    "wall_s": wall,
+                    "overhead_vs_single": 1.0 - rate / single["perf/images_per_s"],
+                    "target_overhead": 0.10,
+                }
+            )
     return rows
 
 

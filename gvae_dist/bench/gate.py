@@ -70,8 +70,14 @@ def gate_fwd_bwd(forward, args, grads):
     return torch.autograd.grad((z_dec_BD, z_reg_BD), args[:2], grads)
 
 
-def run_gate(batches=(64, 256, 1024, 4096), latents=(10, 64, 256), modes=("eager", "compile"),
-             rounds: int = 15, device="cpu", dtype=torch.float32) -> list[dict]:
+def run_gate(
+    batches=(64, 256, 1024, 4096),
+    latents=(10, 64, 256),
+    modes=("eager", "compile"),
+    rounds: int = 15,
+    device="cpu",
+    dtype=torch.float32,
+) -> list[dict]:
     """One row per (mode, batch, latent, variant); see module doc."""
     rows = []
     for mode in modes:
@@ -94,14 +100,21 @@ def run_gate(batches=(64, 256, 1024, 4096), latents=(10, 64, 256), modes=("eager
                 t = interleave(fns, rounds=rounds, warmup=2, device=device)
                 for n, fwd in forwards.items():
                     saved = None if mode == "compile" else saved_tensor_bytes(lambda f=fwd, a=args: f(*a))
-                    rows.append({
-                        "suite": "gate", "name": n, "mode": mode, "batch": B, "latent": D,
-                        "dtype": str(dtype).removeprefix("torch."), "device": str(device),
-                        "us_per_fwd_bwd": 1e6 * t.median(n) / inner,
-                        "naive_over_this": t.ratio(n, "naive"),
-                        "plain_over_this": t.ratio(n, "plain"),
-                        "spread": t.spread(n),
-                        "saved_bytes": saved,
-                        "peak_bytes": peak_memory(lambda f=fwd, a=args, g=grads: gate_fwd_bwd(f, a, g), device),
-                    })
+                    rows.append(
+                        {
+                            "suite": "gate",
+                            "name": n,
+                            "mode": mode,
+                            "batch": B,
+                            "latent": D,
+                            "dtype": str(dtype).removeprefix("torch."),
+                            "device": str(device),
+                            "us_per_fwd_bwd": 1e6 * t.median(n) / inner,
+                            "naive_over_this": t.ratio(n, "naive"),
+                            "plain_over_this": t.ratio(n, "plain"),
+                            "spread": t.spread(n),
+                            "saved_bytes": saved,
+                            "peak_bytes": peak_memory(lambda f=fwd, a=args, g=grads: gate_fwd_bwd(f, a, g), device),
+                        }
+                    )
     return rows

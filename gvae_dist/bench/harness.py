@@ -18,8 +18,15 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["Timings", "device_sync", "interleave", "load_average", "minor_faults_per_call", "peak_memory",
-           "saved_tensor_bytes"]
+__all__ = [
+    "Timings",
+    "device_sync",
+    "interleave",
+    "load_average",
+    "minor_faults_per_call",
+    "peak_memory",
+    "saved_tensor_bytes",
+]
 
 
 def device_sync(device: torch.device | str) -> None:
@@ -50,8 +57,9 @@ class Timings:
         return (q[2] - q[0]) / statistics.median(v)
 
 
-def interleave(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2,
-               device: torch.device | str = "cpu") -> Timings:
+def interleave(
+    fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2, device: torch.device | str = "cpu"
+) -> Timings:
     """Time ``rounds`` calls of each function, interleaved and order-rotated per round."""
     names = list(fns)
     for name in names:

@@ -36,19 +36,39 @@ from gvae_dist.model import GatedVAE
 from gvae_dist.objective import gaussian_kl, objective
 from gvae_dist.step import StepMetrics, StepParts, train_step
 
-__all__ = ["StepSpec", "GvaeStep", "PlainStep", "PlainVAE", "gate_config", "objective_config",
-           "step_flops", "run_step", "run_regularizer_share"]
+__all__ = [
+    "StepSpec",
+    "GvaeStep",
+    "PlainStep",
+    "PlainVAE",
+    "gate_config",
+    "objective_config",
+    "step_flops",
+    "run_step",
+    "run_regularizer_share",
+]
 
 LABELS = ["yaw", "pitch", "roll", "mouth", "eyes", "brow"]
-PARTITIONS = [("pose", 4, ("yaw", "pitch", "roll")), ("expression", 4, ("mouth", "eyes", "brow")),
-              ("rest", 2, ())]
+PARTITIONS = [("pose", 4, ("yaw", "pitch", "roll")), ("expression", 4, ("mouth", "eyes", "brow")), ("rest", 2, ())]
 
 # The defaults of gvae_dist.config.ObjectiveConfig, kept here so this module imports without
 # YAML on a bare GPU box; tests/test_bench.py checks they agree.
-OBJECTIVE_DEFAULTS = dict(likelihood="bernoulli", beta=4.0, alpha=0.0, mmd_lambda=500.0,
-                          kernel="imq", kernel_scales=[0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
-                          lambda_od=10.0, lambda_d=None, gaussian_std=0.1, gaussian_calibrated=False,
-                          warmup_steps=0, gamma=1000.0, capacity_max=25.0, capacity_steps=100_000)
+OBJECTIVE_DEFAULTS = dict(
+    likelihood="bernoulli",
+    beta=4.0,
+    alpha=0.0,
+    mmd_lambda=500.0,
+    kernel="imq",
+    kernel_scales=[0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
+    lambda_od=10.0,
+    lambda_d=None,
+    gaussian_std=0.1,
+    gaussian_calibrated=False,
+    warmup_steps=0,
+    gamma=1000.0,
+    capacity_max=25.0,
+    capacity_steps=100_000,
+)
 
 
 # The defaults of gvae_dist.config.GateConfig other than ``enabled`` (same reason, same test).
@@ -79,8 +99,10 @@ class StepSpec:
     channels: int = 3
 
     def label(self) -> str:
-        return (f"{self.objective}/B{self.batch}/{'gated' if self.gated else 'ungated'}/{self.precision}"
-                f"/{'compile' if self.compile else 'eager'}/{'cl' if self.channels_last else 'nchw'}")
+        return (
+            f"{self.objective}/B{self.batch}/{'gated' if self.gated else 'ungated'}/{self.precision}"
+            f"/{'compile' if self.compile else 'eager'}/{'cl' if self.channels_last else 'nchw'}"
+        )
 
 
 class RandomImages:
@@ -88,8 +110,7 @@ class RandomImages:
 
     def __init__(self, n: int, image_size: int, channels: int, device, seed: int = 0, bins: int = 3):
         g = torch.Generator().manual_seed(seed)
-        self.images_NHWC = torch.randint(0, 256, (n, image_size, image_size, channels), generator=g,
-                                         dtype=torch.uint8)
+        self.images_NHWC = torch.randint(0, 256, (n, image_size, image_size, channels), generator=g, dtype=torch.uint8)
         self.labels_NL = torch.randint(0, bins, (n, len(LABELS)), generator=g)
         self.device, self.gen, self.pos = torch.device(device), g, 0
         self.order = torch.randperm(n, generator=g)
@@ -125,9 +146,17 @@ class GvaeStep:
         plan = PairingPlan(pspec, LABELS, gate=spec.gated, device=self.device)
         ocfg = objective_config(spec.objective)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.parts = StepParts(forward, self.model, self.opt, plan, gen, gate_config(spec.gated), ocfg,
-                               channels_last=spec.channels_last,
-                               context=lambda: _autocast(self.device, spec.precision))
+        self.parts = StepParts(
+            forward,
+            self.model,
+            self.opt,
+            plan,
+            gen,
+            gate_config(spec.gated),
+            ocfg,
+            channels_last=spec.channels_last,
+            context=lambda: _autocast(self.device, spec.precision),
+        )
         self.metrics = StepMetrics(plan, ocfg, gate_kl=GATE_DEFAULTS["kl"])
 
     def __call__(self) -> None:
@@ -142,15 +171,33 @@ class PlainVAE(nn.Module):
     def __init__(self, channels: int = 3, latent: int = 10):
         super().__init__()
         self.enc = nn.Sequential(
-            nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(64 * 4 * 4, 256), nn.ReLU())
+            nn.Conv2d(channels, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 256),
+            nn.ReLU(),
+        )
         self.mu, self.logvar = nn.Linear(256, latent), nn.Linear(256, latent)
         self.dec = nn.Sequential(
-            nn.Linear(latent, 256), nn.ReLU(), nn.Linear(256, 64 * 4 * 4), nn.ReLU(),
+            nn.Linear(latent, 256),
+            nn.ReLU(),
+            nn.Linear(256, 64 * 4 * 4),
+            nn.ReLU(),
             nn.Unflatten(1, (64, 4, 4)),
-            nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, channels, 4, 2, 1))
+            nn.ConvTranspose2d(64, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, channels, 4, 2, 1),
+        )
 
     def forward(self, x):
         h = self.enc(x)
@@ -162,8 +209,7 @@ class PlainVAE(nn.Module):
 class PlainStep:
     """One step of the plain fp32 loop per call: DataLoader batch, forward, loss, Adam, ``.item()``."""
 
-    def __init__(self, images_NCHW: torch.Tensor, batch: int, device="cpu", beta: float = 4.0,
-                 seed: int = 0):
+    def __init__(self, images_NCHW: torch.Tensor, batch: int, device="cpu", beta: float = 4.0, seed: int = 0):
         from torch.utils.data import DataLoader, TensorDataset
 
         torch.manual_seed(seed)
@@ -218,12 +264,17 @@ def step_flops(spec: StepSpec, device="cpu") -> int:
 
 
 def _row(name: str, spec: StepSpec, seconds: float, **extra) -> dict:
-    return {"suite": "step", "name": name, **dataclasses.asdict(spec),
-            "ms_per_step": 1e3 * seconds, "images_per_s": spec.batch / seconds, **extra}
+    return {
+        "suite": "step",
+        "name": name,
+        **dataclasses.asdict(spec),
+        "ms_per_step": 1e3 * seconds,
+        "images_per_s": spec.batch / seconds,
+        **extra,
+    }
 
 
-def run_step(specs: list[StepSpec], base: StepSpec, rounds: int = 20, device="cpu",
-             plain: bool = True) -> list[dict]:
+def run_step(specs: list[StepSpec], base: StepSpec, rounds: int = 20, device="cpu", plain: bool = True) -> list[dict]:
     """Time ``specs`` (and the plain loop at ``base.batch``) interleaved in this process.
 
     Rows give images/s, ``speedup_vs_base`` / ``speedup_vs_plain`` (median per-round ratios),
@@ -247,19 +298,37 @@ def run_step(specs: list[StepSpec], base: StepSpec, rounds: int = 20, device="cp
         k, twin = s.label(), dataclasses.replace(s, gated=False).label()
         # the gate's cost: median per-round t_gated / t_ungated - 1, when the twin was timed
         overhead = t.ratio(twin, k) - 1.0 if s.gated and twin in steps else None
-        rows.append(_row(k, s, t.median(k), speedup_vs_base=t.ratio(k, base.label()),
-                         speedup_vs_plain=t.ratio(k, "plain") if plain else None,
-                         gate_overhead=overhead, spread=t.spread(k), page_faults=faults[k]))
+        rows.append(
+            _row(
+                k,
+                s,
+                t.median(k),
+                speedup_vs_base=t.ratio(k, base.label()),
+                speedup_vs_plain=t.ratio(k, "plain") if plain else None,
+                gate_overhead=overhead,
+                spread=t.spread(k),
+                page_faults=faults[k],
+            )
+        )
     if plain:
         spec = dataclasses.replace(base, gated=False)
-        rows.append({**_row("plain", spec, t.median("plain")),
-                     "objective": "beta", "gated": None, "speedup_vs_base": t.ratio("plain", base.label()),
-                     "speedup_vs_plain": 1.0, "spread": t.spread("plain"), "page_faults": faults["plain"]})
+        rows.append(
+            {
+                **_row("plain", spec, t.median("plain")),
+                "objective": "beta",
+                "gated": None,
+                "speedup_vs_base": t.ratio("plain", base.label()),
+                "speedup_vs_plain": 1.0,
+                "spread": t.spread("plain"),
+                "page_faults": faults["plain"],
+            }
+        )
     return rows
 
 
-def run_regularizer_share(objectives=("beta", "infovae", "dip2"), batches=(64, 256), rounds: int = 20,
-                          device="cpu") -> list[dict]:
+def run_regularizer_share(
+    objectives=("beta", "infovae", "dip2"), batches=(64, 256), rounds: int = 20, device="cpu"
+) -> list[dict]:
     """Share of a full (default) train step spent in each regulariser and in the fused gate.
 
     Timed interleaved with the step: the objective's forward+backward on leaf ``mu, logvar, z``
@@ -296,6 +365,14 @@ def run_regularizer_share(objectives=("beta", "infovae", "dip2"), batches=(64, 2
         step_s = t.median("step")
         for k in fns:
             if k != "step":
-                rows.append({"suite": "share", "name": k, "batch": B, "ms": 1e3 * t.median(k),
-                             "step_ms": 1e3 * step_s, "share_of_step": t.ratio("step", k)})
+                rows.append(
+                    {
+                        "suite": "share",
+                        "name": k,
+                        "batch": B,
+                        "ms": 1e3 * t.median(k),
+                        "step_ms": 1e3 * step_s,
+                        "share_of_step": t.ratio("step", k),
+                    }
+                )
     return rows

@@ -32,10 +32,13 @@ class Batch:
     ids: torch.Tensor | None = None
 
     def to(self, device: torch.device, non_blocking: bool = True) -> Batch:
-        return Batch(self.image.to(device, non_blocking=non_blocking),
-                     self.labels.to(device, non_blocking=non_blocking),
-                     self.factors.to(device, non_blocking=non_blocking), self.keys,
-                     None if self.ids is None else self.ids.to(device, non_blocking=non_blocking))
+        return Batch(
+            self.image.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.factors.to(device, non_blocking=non_blocking),
+            self.keys,
+            None if self.ids is None else self.ids.to(device, non_blocking=non_blocking),
+        )
 
 
 @dataclass

@@ -10,7 +10,8 @@ Rules (each refusal is a ``ValueError`` naming the file and what to do):
 - **images**: shape ``[N, H, W]`` or ``[N, H, W, C]`` with C in {1, 3}, N >= 1, a numeric dtype.
 - **pixels** (:func:`pixel_scale`): integers must lie in 0..255; an integer set whose values
   are all 0 or 1 (binary masks, as dSprites stores them) is scaled to 0/255 (``uint8`` read
-  lazily from HDF5 is not scanned and taken as it is). Floats must be finite and lie in [0, 1] (scaled by 255) or else in [0, 255]
+  lazily from HDF5 is not scanned and taken as it is). Floats must be finite and lie in [0, 1] (scaled by
+  255) or else in [0, 255]
   (rounded); a float set whose maximum is <= 1 is always read as [0, 1]. Anything else (e.g.
   16-bit 0..65535, negative values, z-scored floats) is refused with the range found, never
   wrapped or clipped. 16-bit, 32-bit and float image files are mapped by the same rule
@@ -28,8 +29,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["PixelRangeError", "check_factors", "check_image_shape", "check_source", "eight_bit", "first_bad_label",
-           "label_bounds", "pixel_range", "pixel_scale", "to_uint8"]
+__all__ = [
+    "PixelRangeError",
+    "check_factors",
+    "check_image_shape",
+    "check_source",
+    "eight_bit",
+    "first_bad_label",
+    "label_bounds",
+    "pixel_range",
+    "pixel_scale",
+    "to_uint8",
+]
 
 _PIXEL_CHUNK = 4096  # images per block when scanning an image array for its range
 
@@ -39,8 +50,9 @@ def check_image_shape(shape: Sequence[int], dtype, where: str) -> tuple[int, int
     ``[N, H, W]`` or ``[N, H, W, C]`` with C in {1, 3}, holds no image, or is not numeric."""
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
-        raise ValueError(f"{where}: images must have shape [N, H, W] or [N, H, W, C] with C = 1 or 3, "
-                         f"got {list(shape)}")
+        raise ValueError(
+            f"{where}: images must have shape [N, H, W] or [N, H, W, C] with C = 1 or 3, got {list(shape)}"
+        )
     if shape[0] < 1:
         raise ValueError(f"{where}: holds no images (shape {list(shape)}); nothing to import")
     if min(shape[1:3]) < 1:
@@ -51,8 +63,9 @@ def check_image_shape(shape: Sequence[int], dtype, where: str) -> tuple[int, int
     return shape[0], shape[1], shape[2], shape[3] if len(shape) == 4 else 1
 
 
-def pixel_range(read: Callable[[int, int], np.ndarray], n: int, dtype, where: str,
-                scan_uint8: bool = True) -> tuple[float, float]:
+def pixel_range(
+    read: Callable[[int, int], np.ndarray], n: int, dtype, where: str, scan_uint8: bool = True
+) -> tuple[float, float]:
     """(min, max) over images ``read(lo, hi)`` for ``[0, n)``, in blocks. ``scan_uint8=False``
     skips reading ``uint8`` images (every value is valid; a large file on disk is not read twice).
     ``ValueError`` naming the first image with a non-finite pixel."""
@@ -65,9 +78,11 @@ def pixel_range(read: Callable[[int, int], np.ndarray], n: int, dtype, where: st
         if dtype.kind == "f":
             bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
             if bad.any():
-                raise ValueError(f"{where}: image {a + int(np.argmax(bad))} has a non-finite pixel "
-                                 f"(NaN or inf; {int(bad.sum())} such images in rows {a}..{a + len(block) - 1}); "
-                                 "fix or drop those images")
+                raise ValueError(
+                    f"{where}: image {a + int(np.argmax(bad))} has a non-finite pixel "
+                    f"(NaN or inf; {int(bad.sum())} such images in rows {a}..{a + len(block) - 1}); "
+                    "fix or drop those images"
+                )
         lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
     return lo, hi
 
@@ -83,12 +98,16 @@ def pixel_scale(dtype, lo: float, hi: float, where: str) -> float:
     found = f"found values in [{lo:g}, {hi:g}] ({dtype})"
     if dtype.kind in "biu":
         if lo < 0 or hi > 255:
-            raise PixelRangeError(f"{where}: integer pixels must lie in 0..255, {found}; convert the images "
-                             "to 8 bits (e.g. divide 16-bit images by 257) before importing")
+            raise PixelRangeError(
+                f"{where}: integer pixels must lie in 0..255, {found}; convert the images "
+                "to 8 bits (e.g. divide 16-bit images by 257) before importing"
+            )
         return 255.0 if hi <= 1 else 1.0
     if lo < 0 or hi > 255:
-        raise PixelRangeError(f"{where}: float pixels must lie in [0, 1] or [0, 255], {found}; rescale "
-                         "them (e.g. undo a normalisation) before importing")
+        raise PixelRangeError(
+            f"{where}: float pixels must lie in [0, 1] or [0, 255], {found}; rescale "
+            "them (e.g. undo a normalisation) before importing"
+        )
     return 255.0 if hi <= 1 else 1.0
 
 
@@ -113,15 +132,21 @@ def eight_bit(img, path):
     return Image.fromarray(to_uint8(arr, scale))
 
 
-def check_factors(values_NF: np.ndarray, names: Sequence[str], where: str, what: str = "column",
-                  row_name: Callable[[int], str] = lambda i: f"row {i}") -> np.ndarray:
+def check_factors(
+    values_NF: np.ndarray,
+    names: Sequence[str],
+    where: str,
+    what: str = "column",
+    row_name: Callable[[int], str] = lambda i: f"row {i}",
+) -> np.ndarray:
     """``values_NF`` as float64 ``[N, F]``; ``ValueError`` naming ``where`` unless it is a
     non-empty 2-D table of finite numbers with one column per name."""
     values = np.asarray(values_NF)
     if values.ndim != 2:
-        raise ValueError(f"{where}: factors must be a 2-D table [N samples, F {what}s], got shape "
-                         f"{list(values.shape)}" + ("; a single factor needs shape [N, 1]"
-                                                    if values.ndim == 1 else ""))
+        raise ValueError(
+            f"{where}: factors must be a 2-D table [N samples, F {what}s], got shape "
+            f"{list(values.shape)}" + ("; a single factor needs shape [N, 1]" if values.ndim == 1 else "")
+        )
     if values.shape[0] < 1:
         raise ValueError(f"{where}: holds no samples (factors of shape {list(values.shape)}); nothing to import")
     if values.shape[1] != len(names):
@@ -132,9 +157,11 @@ def check_factors(values_NF: np.ndarray, names: Sequence[str], where: str, what:
     bad_NF = ~np.isfinite(values)
     for j in np.flatnonzero(bad_NF.any(axis=0)):
         rows = np.flatnonzero(bad_NF[:, j])
-        raise ValueError(f"{where}: {what} {names[j]!r} has {len(rows)} non-finite value(s) (NaN or inf), "
-                         f"the first at {row_name(int(rows[0]))} ({values[rows[0], j]}); fix or drop "
-                         "those rows before importing")
+        raise ValueError(
+            f"{where}: {what} {names[j]!r} has {len(rows)} non-finite value(s) (NaN or inf), "
+            f"the first at {row_name(int(rows[0]))} ({values[rows[0], j]}); fix or drop "
+            "those rows before importing"
+        )
     return values
 
 
@@ -157,8 +184,10 @@ def first_bad_label(labels_NL: np.ndarray, label_meta: list[dict]) -> tuple[int,
 def describe_label(label_meta: list[dict], j: int, value: int) -> str:
     """'label 99 of factor 'shape' is outside its 3 classes [0, 2]'."""
     low, num = label_bounds(label_meta)
-    return (f"label {value} of factor {label_meta[j]['name']!r} is outside its {num[j]} classes "
-            f"[{low[j]}, {low[j] + num[j] - 1}]")
+    return (
+        f"label {value} of factor {label_meta[j]['name']!r} is outside its {num[j]} classes "
+        f"[{low[j]}, {low[j] + num[j] - 1}]"
+    )
 
 
 def check_source(src, where: str) -> None:
@@ -172,8 +201,10 @@ def check_source(src, where: str) -> None:
     names = [s.name for s in src.factor_specs]
     check_factors(src.factors, names, where, "factor")
     if src.labels.shape != (n_rows, len(names)) or src.labels.dtype.kind not in "iu":
-        raise ValueError(f"{where}: weak labels of shape {src.labels.shape} ({src.labels.dtype}) do not "
-                         f"match {n_rows} rows x {len(names)} factors")
+        raise ValueError(
+            f"{where}: weak labels of shape {src.labels.shape} ({src.labels.dtype}) do not "
+            f"match {n_rows} rows x {len(names)} factors"
+        )
     bad = first_bad_label(src.labels, src.label_meta())
     if bad is not None:
         row, j, value = bad

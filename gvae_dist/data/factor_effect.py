@@ -66,7 +66,9 @@ class FactorEffect:
 
 
 def excess_nll(
-    changed_NHWC: np.ndarray, base_NHWC: np.ndarray, likelihood: str = "bernoulli",
+    changed_NHWC: np.ndarray,
+    base_NHWC: np.ndarray,
+    likelihood: str = "bernoulli",
     sigma: float = 0.1,
 ) -> np.ndarray:
     """Nats per image [N]: NLL of the changed images under the base images as means, minus the
@@ -88,8 +90,14 @@ def excess_nll(
 
 
 def synthetic_effect(
-    kind: str, image_size: int = 32, num: int = 256, seed: int = 0, likelihood: str = "bernoulli",
-    sigma: float = 0.1, feature_scale: float = 1.0, progress: Progress | None = None,
+    kind: str,
+    image_size: int = 32,
+    num: int = 256,
+    seed: int = 0,
+    likelihood: str = "bernoulli",
+    sigma: float = 0.1,
+    feature_scale: float = 1.0,
+    progress: Progress | None = None,
 ) -> list[FactorEffect]:
     """Per factor of FACTOR_SPECS[kind]: nats lost when only that factor is resampled, over
     ``num`` base images (seeded; ``seed + 1`` draws the new values)."""
@@ -116,8 +124,13 @@ def synthetic_effect(
 
 
 def shards_effect(
-    path: str, image_size: int | None = None, num: int = 256, seed: int = 0,
-    likelihood: str = "bernoulli", sigma: float = 0.1, min_pairs: int = 20,
+    path: str,
+    image_size: int | None = None,
+    num: int = 256,
+    seed: int = 0,
+    likelihood: str = "bernoulli",
+    sigma: float = 0.1,
+    min_pairs: int = 20,
     progress: Progress | None = None,
 ) -> list[FactorEffect]:
     """Per weak label of the shard set at ``path``: nats between up to ``num`` matched pairs
@@ -135,9 +148,7 @@ def shards_effect(
         size = image_size or int(shards.manifest["image_size"])
         if progress:
             progress(f"reading the weak labels of {shards.num_samples} samples in {path}")
-        labels_NL = np.stack([
-            np.frombuffer(shards.read(i)[LABELS_EXT], "<i8") for i in range(shards.num_samples)
-        ])
+        labels_NL = np.stack([np.frombuffer(shards.read(i)[LABELS_EXT], "<i8") for i in range(shards.num_samples)])
         rng = np.random.default_rng(seed)
         cache: dict[int, np.ndarray] = {}
         out = []
@@ -146,16 +157,23 @@ def shards_effect(
                 progress(f"{name} ({j + 1}/{len(names) + 1}): matching pairs")
             pairs_P2 = _matched_pairs(labels_NL, j if j < len(names) else None, num, rng)
             if len(pairs_P2) < min_pairs:
-                note = (f"only {len(pairs_P2)} pairs agree on all other labels and differ on this "
-                        f"one (need {min_pairs}): the labels do not allow an estimate")
+                note = (
+                    f"only {len(pairs_P2)} pairs agree on all other labels and differ on this "
+                    f"one (need {min_pairs}): the labels do not allow an estimate"
+                )
                 out.append(FactorEffect(name, None, None, len(pairs_P2), note))
                 continue
-            nats = np.concatenate([
-                excess_nll(_images(shards, pairs_P2[start : start + _BATCH, 1], size, cache),
-                           _images(shards, pairs_P2[start : start + _BATCH, 0], size, cache),
-                           likelihood, sigma)
-                for start in range(0, len(pairs_P2), _BATCH)
-            ])
+            nats = np.concatenate(
+                [
+                    excess_nll(
+                        _images(shards, pairs_P2[start : start + _BATCH, 1], size, cache),
+                        _images(shards, pairs_P2[start : start + _BATCH, 0], size, cache),
+                        likelihood,
+                        sigma,
+                    )
+                    for start in range(0, len(pairs_P2), _BATCH)
+                ]
+            )
             out.append(FactorEffect(name, float(nats.mean()), _sem(nats), len(pairs_P2)))
         return out
     finally:
@@ -163,7 +181,9 @@ def shards_effect(
 
 
 def format_table(
-    effects: list[FactorEffect], image_size: int, count_name: str = "images",
+    effects: list[FactorEffect],
+    image_size: int,
+    count_name: str = "images",
 ) -> str:
     """A markdown table: factor, nats at ``image_size`` px, standard error, count; notes below."""
     lines = [f"| factor | nats at {image_size} px | s.e. | {count_name} |", "|---|---:|---:|---:|"]
@@ -203,9 +223,7 @@ def _check_common(num: int, likelihood: str, sigma: float) -> None:
         _check_sigma(sigma)
 
 
-def _matched_pairs(
-    labels_NL: np.ndarray, col: int | None, num: int, rng: np.random.Generator
-) -> np.ndarray:
+def _matched_pairs(labels_NL: np.ndarray, col: int | None, num: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``num`` random pairs [P, 2] of sample positions whose labels agree on every column
     but ``col`` and differ on ``col`` (col None: agree on every column), in random order."""
     keep = [c for c in range(labels_NL.shape[1]) if c != col]

@@ -27,7 +27,8 @@ Every importer's arrays pass :mod:`gvae_dist.data.checks` before any shard is wr
 factors (else the column and first bad row are named), image shapes, pixel ranges (never
 wrapped), weak labels within their classes, at least one sample.
 
-Weak labels for every source (unless an array file provides its own) come from :func:`gvae_dist.data.synthetic.weak_labels` with
+Weak labels for every source (unless an array file provides its own) come from
+:func:`gvae_dist.data.synthetic.weak_labels` with
 ``data.label_bins``, ``data.label_flip_prob`` and ``data.label_jitter`` (seed ``data.seed + 7919``).
 Imported datasets are written in a seeded random order (``data.seed``): dSprites and 3dshapes are
 stored in factor order, and the loaders' shuffle buffers only shuffle locally. ``--num`` takes a
@@ -58,8 +59,17 @@ from gvae_dist.data.checks import (
 )
 from gvae_dist.data.synthetic import FACTOR_SPECS, FactorSpec, render, sample_factors, weak_labels
 
-__all__ = ["SOURCES", "LAYOUTS", "MAX_INTEGER_CLASSES", "ArrayLayout", "Source", "build_dataset", "open_source",
-           "parse_layout_flags", "partitions_hint"]
+__all__ = [
+    "SOURCES",
+    "LAYOUTS",
+    "MAX_INTEGER_CLASSES",
+    "ArrayLayout",
+    "Source",
+    "build_dataset",
+    "open_source",
+    "parse_layout_flags",
+    "partitions_hint",
+]
 
 SOURCES = ("faces", "shapes", "arrays", "dsprites", "3dshapes", "folder")
 MAX_INTEGER_CLASSES = 16
@@ -108,9 +118,12 @@ class Source:
     def record(self, row: int) -> dict:
         """The human-readable ``.json`` of a sample (labels and factors by name, provenance)."""
         names = [s.name for s in self.factor_specs]
-        rec = {"source": self.name, "source_row": row,
-               "factors": dict(zip(names, self.factors[row].tolist())),
-               "labels": dict(zip(names, self.labels[row].tolist()))}
+        rec = {
+            "source": self.name,
+            "source_row": row,
+            "factors": dict(zip(names, self.factors[row].tolist())),
+            "labels": dict(zip(names, self.labels[row].tolist())),
+        }
         if self.files is not None:
             rec["file"] = self.files[row]
         return rec
@@ -128,21 +141,29 @@ class Source:
         """Per weak label: its classes. Continuous factors: ``bins`` uniform bins over [low, high]."""
         out = []
         if self.label_classes is not None:  # provided by the file: class ids 0 .. max
-            return [{"name": s.name, "discrete": s.discrete, "low": 0, "num_classes": c, "provided": True}
-                    for s, c in zip(self.factor_specs, self.label_classes)]
+            return [
+                {"name": s.name, "discrete": s.discrete, "low": 0, "num_classes": c, "provided": True}
+                for s, c in zip(self.factor_specs, self.label_classes)
+            ]
         for s in self.factor_specs:
             if s.discrete:
-                out.append({"name": s.name, "discrete": True, "low": int(s.low),
-                            "num_classes": int(s.high - s.low + 1)})
+                out.append(
+                    {"name": s.name, "discrete": True, "low": int(s.low), "num_classes": int(s.high - s.low + 1)}
+                )
             else:
                 edges = np.linspace(s.low, s.high, self.bins + 1).tolist()
-                out.append({"name": s.name, "discrete": False, "low": 0, "num_classes": self.bins,
-                            "bin_edges": edges})
+                out.append({"name": s.name, "discrete": False, "low": 0, "num_classes": self.bins, "bin_edges": edges})
         return out
 
 
-def open_source(name: str, data_cfg, num: int | None = None, input_path: str | None = None,
-                labels_csv: str | None = None, layout: dict | None = None) -> Source:
+def open_source(
+    name: str,
+    data_cfg,
+    num: int | None = None,
+    input_path: str | None = None,
+    labels_csv: str | None = None,
+    layout: dict | None = None,
+) -> Source:
     """Build the :class:`Source` for ``--source name`` under the ``data.*`` settings ``data_cfg``;
     ``layout`` holds :class:`ArrayLayout` fields (from :func:`parse_layout_flags`) over the
     source's preset (``arrays``, ``dsprites``, ``3dshapes`` only)."""
@@ -151,8 +172,10 @@ def open_source(name: str, data_cfg, num: int | None = None, input_path: str | N
     if num is not None and num < 1:
         raise ValueError(f"--num must be >= 1, got {num}")
     if layout and name not in LAYOUTS:
-        raise ValueError(f"--keys / --factor-names / --discrete / --groups apply to --source "
-                         f"{' / '.join(LAYOUTS)} (labelled arrays), not {name!r}")
+        raise ValueError(
+            f"--keys / --factor-names / --discrete / --groups apply to --source "
+            f"{' / '.join(LAYOUTS)} (labelled arrays), not {name!r}"
+        )
     if name in ("faces", "shapes"):
         if input_path or labels_csv:
             raise ValueError(f"--source {name} is generated: --input / --labels-csv do not apply")
@@ -169,10 +192,20 @@ def open_source(name: str, data_cfg, num: int | None = None, input_path: str | N
     return _arrays(name, path, data_cfg, num, LAYOUTS[name].replace(**(layout or {})))
 
 
-def build_dataset(source: str, out: str | Path, data_cfg=None, *, num: int | None = None,
-                  image_format: str | None = None, shard_size: int = 2000, workers: int = 1,
-                  progress: bool = True, input_path: str | None = None,
-                  labels_csv: str | None = None, layout: dict | None = None) -> dict:
+def build_dataset(
+    source: str,
+    out: str | Path,
+    data_cfg=None,
+    *,
+    num: int | None = None,
+    image_format: str | None = None,
+    shard_size: int = 2000,
+    workers: int = 1,
+    progress: bool = True,
+    input_path: str | None = None,
+    labels_csv: str | None = None,
+    layout: dict | None = None,
+) -> dict:
     """``gvae-dist data build`` as a function: open the source, write the shards (resumably),
     return the manifest. ``data_cfg`` (a ``DataConfig``; defaults if None) sets image size, seed,
     weak-label bins/noise and the default image format."""
@@ -182,27 +215,53 @@ def build_dataset(source: str, out: str | Path, data_cfg=None, *, num: int | Non
     d = data_cfg or DataConfig()
     src = open_source(source, d, num, input_path, labels_csv, layout)
     check_source(src, input_path or f"--source {source}")  # before anything is written
-    return build_shards(BuildPlan(src, Path(out), image_format or d.image_format, shard_size,
-                                  max(1, workers), progress, eval_fraction=d.eval_fraction))
+    return build_shards(
+        BuildPlan(
+            src,
+            Path(out),
+            image_format or d.image_format,
+            shard_size,
+            max(1, workers),
+            progress,
+            eval_fraction=d.eval_fraction,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def _finish(name: str, specs: list[FactorSpec], factors: np.ndarray, rows: np.ndarray, loader,
-            image_size: int, channels: int, d, config: dict, provided_labels: np.ndarray | None = None,
-            **kw) -> Source:
+def _finish(
+    name: str,
+    specs: list[FactorSpec],
+    factors: np.ndarray,
+    rows: np.ndarray,
+    loader,
+    image_size: int,
+    channels: int,
+    d,
+    config: dict,
+    provided_labels: np.ndarray | None = None,
+    **kw,
+) -> Source:
     if provided_labels is None:
-        labels = weak_labels(factors, specs, d.label_bins, d.label_flip_prob, d.label_jitter,
-                             seed=d.seed + 7919)
+        labels = weak_labels(factors, specs, d.label_bins, d.label_flip_prob, d.label_jitter, seed=d.seed + 7919)
     else:
         labels = provided_labels
         kw["label_classes"] = [int(c) + 1 for c in labels.max(axis=0)]
-    config = {"source": name, "num": int(len(rows)), "image_size": image_size, "seed": d.seed,
-              "label_bins": d.label_bins, "label_flip_prob": d.label_flip_prob,
-              "label_jitter": d.label_jitter, **config}
-    return Source(name, image_size, channels, specs, factors.astype(np.float32), labels, rows,
-                  loader, d.label_bins, config, **kw)
+    config = {
+        "source": name,
+        "num": int(len(rows)),
+        "image_size": image_size,
+        "seed": d.seed,
+        "label_bins": d.label_bins,
+        "label_flip_prob": d.label_flip_prob,
+        "label_jitter": d.label_jitter,
+        **config,
+    }
+    return Source(
+        name, image_size, channels, specs, factors.astype(np.float32), labels, rows, loader, d.label_bins, config, **kw
+    )
 
 
 def _subset(total: int, num: int | None, seed: int) -> np.ndarray:
@@ -240,13 +299,28 @@ def _synthetic(kind: str, d, num: int) -> Source:
     generating = {"generator_sha256": hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]}
     if kind == "faces":
         generating["feature_scale"] = scale
-    return _finish(kind, specs, factors, np.arange(num),
-                   lambda rows: render(kind, factors[rows], d.image_size, scale), d.image_size, channels,
-                   d, generating)
+    return _finish(
+        kind,
+        specs,
+        factors,
+        np.arange(num),
+        lambda rows: render(kind, factors[rows], d.image_size, scale),
+        d.image_size,
+        channels,
+        d,
+        generating,
+    )
 
 
-def _columns_to_specs(names, values_NF: np.ndarray, discrete: set[str], doc: str, notes: list[str],
-                      where: str, row_name=lambda i: f"row {i}"):
+def _columns_to_specs(
+    names,
+    values_NF: np.ndarray,
+    discrete: set[str],
+    doc: str,
+    notes: list[str],
+    where: str,
+    row_name=lambda i: f"row {i}",
+):
     """FactorSpecs for the non-constant columns (constant ones cannot be learned: dropped).
     Every value must be finite (checked first: a NaN column would otherwise look constant)."""
     values_NF = check_factors(values_NF, names, where, row_name=row_name)
@@ -303,17 +377,28 @@ NAME_KEYS = ("factor_names", "latents_names", "names")
 GROUP_KEY = "factor_groups"
 LAYOUTS = {
     "arrays": ArrayLayout(),
-    "dsprites": ArrayLayout(images="imgs", factors="latents_values", classes="latents_classes",
-                            default_names=DSPRITES_LATENTS, default_discrete=frozenset(DSPRITES_DISCRETE),
-                            required=("imgs", "latents_values", "latents_classes")),
-    "3dshapes": ArrayLayout(images="images", factors="labels", default_names=SHAPES3D_LATENTS,
-                            default_discrete=frozenset(SHAPES3D_DISCRETE), required=("images", "labels"),
-                            round_discrete=True),
+    "dsprites": ArrayLayout(
+        images="imgs",
+        factors="latents_values",
+        classes="latents_classes",
+        default_names=DSPRITES_LATENTS,
+        default_discrete=frozenset(DSPRITES_DISCRETE),
+        required=("imgs", "latents_values", "latents_classes"),
+    ),
+    "3dshapes": ArrayLayout(
+        images="images",
+        factors="labels",
+        default_names=SHAPES3D_LATENTS,
+        default_discrete=frozenset(SHAPES3D_DISCRETE),
+        required=("images", "labels"),
+        round_discrete=True,
+    ),
 }
 
 
-def parse_layout_flags(keys: str | None = None, names: str | None = None, discrete: str | None = None,
-                       groups: str | None = None) -> dict:
+def parse_layout_flags(
+    keys: str | None = None, names: str | None = None, discrete: str | None = None, groups: str | None = None
+) -> dict:
     """``ArrayLayout`` fields from the ``data build`` flags: ``--keys images=imgs,factors=y``,
     ``--factor-names a,b``, ``--discrete a,b``, ``--groups 'pose=yaw,pitch;expression=mouth'``."""
     out: dict = {}
@@ -322,8 +407,10 @@ def parse_layout_flags(keys: str | None = None, names: str | None = None, discre
         for item in filter(None, (k.strip() for k in keys.split(","))):
             role, sep, key = item.partition("=")
             if not sep or role.strip() not in allowed or not key.strip():
-                raise ValueError(f"--keys {keys!r}: expected ROLE=KEY pairs with ROLE in {list(allowed)}, "
-                                 f"e.g. --keys images=imgs,factors=latents_values; got {item!r}")
+                raise ValueError(
+                    f"--keys {keys!r}: expected ROLE=KEY pairs with ROLE in {list(allowed)}, "
+                    f"e.g. --keys images=imgs,factors=latents_values; got {item!r}"
+                )
             out[role.strip()] = key.strip()
     if names:
         out["names"] = tuple(n.strip() for n in names.split(","))
@@ -341,8 +428,9 @@ def _parse_groups(entries, where: str) -> dict[str, tuple[str, ...]]:
         name = name.strip()
         factors = tuple(m.strip() for m in members.split(",") if m.strip())
         if not sep or not name.isidentifier() or not factors:
-            raise ValueError(f"{where}: group {entry!r} must read NAME=factor,factor (NAME an identifier, "
-                             "e.g. pose=yaw,pitch,roll)")
+            raise ValueError(
+                f"{where}: group {entry!r} must read NAME=factor,factor (NAME an identifier, e.g. pose=yaw,pitch,roll)"
+            )
         if name in out:
             raise ValueError(f"{where}: group {name!r} is given twice")
         out[name] = factors
@@ -394,8 +482,9 @@ class _ArrayFile:
             try:
                 self._cache[key] = self.npz[key]
             except ValueError as exc:  # an object array: refused without allow_pickle
-                raise ValueError(f"{self.name(key)}: cannot be read without pickle ({exc}); store "
-                                 "numbers or strings") from None
+                raise ValueError(
+                    f"{self.name(key)}: cannot be read without pickle ({exc}); store numbers or strings"
+                ) from None
         return self._cache[key]
 
     def rows(self, key: str, sel: np.ndarray) -> np.ndarray:
@@ -422,8 +511,10 @@ class _ArrayFile:
     def find(self, given: str | None, candidates, role: str) -> str | None:
         if given is not None:
             if given not in self.keys:
-                raise ValueError(f"{self.where}: no {self.noun} {given!r} for the {role} (has {self.keys}); "
-                                 f"name the right one with --keys {role}=KEY")
+                raise ValueError(
+                    f"{self.where}: no {self.noun} {given!r} for the {role} (has {self.keys}); "
+                    f"name the right one with --keys {role}=KEY"
+                )
             return given
         return next((k for k in candidates if k in self.keys), None)
 
@@ -459,18 +550,22 @@ def _arrays(name: str, path: Path, d, num: int | None, layout: ArrayLayout) -> S
     where = f.where
     missing = [k for k in layout.required if k not in f.keys]
     if missing:
-        raise ValueError(f"{where}: a {name} {'.h5' if f.kind == 'h5' else '.npz'} needs "
-                         f"{f.noun}s {missing} (has {f.keys})")
+        raise ValueError(
+            f"{where}: a {name} {'.h5' if f.kind == 'h5' else '.npz'} needs {f.noun}s {missing} (has {f.keys})"
+        )
     img_key = f.find(layout.images, IMAGE_KEYS, "images")
     fac_key = f.find(layout.factors, FACTOR_KEYS, "factors")
     cls_key = f.find(layout.classes, CLASS_KEYS, "classes")
     weak_key = f.find(layout.weak_labels, WEAK_LABEL_KEYS, "weak_labels")
     if img_key is None:
-        raise ValueError(f"{where}: no image {f.noun} (looked for {list(IMAGE_KEYS)}; has {f.keys}); "
-                         "name it with --keys images=KEY")
+        raise ValueError(
+            f"{where}: no image {f.noun} (looked for {list(IMAGE_KEYS)}; has {f.keys}); name it with --keys images=KEY"
+        )
     if fac_key is None and cls_key is None:
-        raise ValueError(f"{where}: no factor {f.noun} (looked for {list(FACTOR_KEYS + CLASS_KEYS)}; has "
-                         f"{f.keys}); name it with --keys factors=KEY (values) or classes=KEY (class ids)")
+        raise ValueError(
+            f"{where}: no factor {f.noun} (looked for {list(FACTOR_KEYS + CLASS_KEYS)}; has "
+            f"{f.keys}); name it with --keys factors=KEY (values) or classes=KEY (class ids)"
+        )
     shape, dtype = tuple(f.shapes[img_key]), f.dtypes[img_key]
     nchw = _images_layout(shape)
     hwc = (shape[0], shape[2], shape[3], shape[1]) if nchw else shape
@@ -479,22 +574,34 @@ def _arrays(name: str, path: Path, d, num: int | None, layout: ArrayLayout) -> S
     for key in filter(None, (fac_key, cls_key, weak_key)):
         arr = np.asarray(f.read(key))
         if arr.ndim != 2:
-            raise ValueError(f"{where}: {f.noun} {key!r} must be [N, K] (one row of factors per image), got "
-                             f"shape {list(arr.shape)}" + ("; one factor needs shape [N, 1]" if arr.ndim == 1 else ""))
+            raise ValueError(
+                f"{where}: {f.noun} {key!r} must be [N, K] (one row of factors per image), got "
+                f"shape {list(arr.shape)}" + ("; one factor needs shape [N, 1]" if arr.ndim == 1 else "")
+            )
         tables[key] = arr
     first = tables[fac_key or cls_key]
     for arr in tables.values():
         if arr.shape != first.shape or len(arr) != count:
-            raise ValueError(f"{where}: {f.noun}s must have one row per image and the same columns: "
-                             f"{img_key!r} {list(shape)} ({count} images), "
-                             + ", ".join(f"{k!r} {list(a.shape)}" for k, a in tables.items()))
+            raise ValueError(
+                f"{where}: {f.noun}s must have one row per image and the same columns: "
+                f"{img_key!r} {list(shape)} ({count} images), "
+                + ", ".join(f"{k!r} {list(a.shape)}" for k, a in tables.items())
+            )
     k = first.shape[1]
-    names = layout.names or _file_names(f, k) or (
-        layout.default_names if layout.default_names and len(layout.default_names) == k
-        else tuple(f"latent{i}" for i in range(k)))
+    names = (
+        layout.names
+        or _file_names(f, k)
+        or (
+            layout.default_names
+            if layout.default_names and len(layout.default_names) == k
+            else tuple(f"latent{i}" for i in range(k))
+        )
+    )
     if len(names) != k or len(set(names)) != k or not all(names):
-        raise ValueError(f"{where}: {k} factor columns need {k} distinct non-empty names, got {list(names)}"
-                         + (" (--factor-names)" if layout.names else ""))
+        raise ValueError(
+            f"{where}: {k} factor columns need {k} distinct non-empty names, got {list(names)}"
+            + (" (--factor-names)" if layout.names else "")
+        )
     values = check_factors(tables[fac_key], names, f.name(fac_key), "factor") if fac_key else None
     classes = check_factors(tables[cls_key], names, f.name(cls_key), "factor") if cls_key else None
     discrete = _discrete(layout, names, values, classes, where)
@@ -512,8 +619,10 @@ def _arrays(name: str, path: Path, d, num: int | None, layout: ArrayLayout) -> S
     labels = None
     if weak_key:
         labels = _provided_labels(tables[weak_key], names, f.name(weak_key), d)[:, keep]
-        notes.append(f"weak labels are {f.noun} {weak_key!r} as provided (data.label_bins, "
-                     "label_flip_prob and label_jitter do not apply)")
+        notes.append(
+            f"weak labels are {f.noun} {weak_key!r} as provided (data.label_bins, "
+            "label_flip_prob and label_jitter do not apply)"
+        )
     groups = _groups(layout.groups or _file_groups(f), [s.name for s in specs], names, where)
     rows = _subset(count, num, d.seed)
     lo, hi = f.pixel_range(img_key, count)
@@ -529,11 +638,31 @@ def _arrays(name: str, path: Path, d, num: int | None, layout: ArrayLayout) -> S
             block = np.moveaxis(block, 1, -1)
         return _resize(to_uint8(block, scale).reshape(len(sel), height, width, channels), d.image_size)
 
-    config = {**_input_stamp(path), "layout": {"images": img_key, "factors": fac_key, "classes": cls_key,
-                                               "weak_labels": weak_key, "names": list(names),
-                                               "discrete": sorted(discrete)}}
-    return _finish(name, specs, mixed[:, keep], rows, load, d.image_size, channels, d, config,
-                   notes=notes, groups=groups, provided_labels=labels)
+    config = {
+        **_input_stamp(path),
+        "layout": {
+            "images": img_key,
+            "factors": fac_key,
+            "classes": cls_key,
+            "weak_labels": weak_key,
+            "names": list(names),
+            "discrete": sorted(discrete),
+        },
+    }
+    return _finish(
+        name,
+        specs,
+        mixed[:, keep],
+        rows,
+        load,
+        d.image_size,
+        channels,
+        d,
+        config,
+        notes=notes,
+        groups=groups,
+        provided_labels=labels,
+    )
 
 
 def _file_names(f: _ArrayFile, k: int) -> tuple[str, ...] | None:
@@ -541,8 +670,10 @@ def _file_names(f: _ArrayFile, k: int) -> tuple[str, ...] | None:
         names = f.strings(key)
         if names is not None:
             if len(names) != k:
-                raise ValueError(f"{f.where}: {key!r} lists {len(names)} factor names for {k} factor "
-                                 f"columns: {names}; fix it or give --factor-names")
+                raise ValueError(
+                    f"{f.where}: {key!r} lists {len(names)} factor names for {k} factor "
+                    f"columns: {names}; fix it or give --factor-names"
+                )
             return tuple(names)
     return None
 
@@ -562,8 +693,11 @@ def _discrete(layout: ArrayLayout, names, values, classes, where: str) -> set[st
         return set(layout.default_discrete)
     if values is None:
         return set(names)  # classes only
-    return {n for j, n in enumerate(names)
-            if np.all(values[:, j] == np.rint(values[:, j])) and len(np.unique(values[:, j])) <= MAX_INTEGER_CLASSES}
+    return {
+        n
+        for j, n in enumerate(names)
+        if np.all(values[:, j] == np.rint(values[:, j])) and len(np.unique(values[:, j])) <= MAX_INTEGER_CLASSES
+    }
 
 
 def _integral(col: np.ndarray, name: str, where: str, round_: bool) -> np.ndarray:
@@ -571,23 +705,26 @@ def _integral(col: np.ndarray, name: str, where: str, round_: bool) -> np.ndarra
     if not round_:
         bad = np.flatnonzero(np.abs(col - rounded) > 1e-6)
         if len(bad):
-            raise ValueError(f"{where}: factor {name!r} is discrete but row {bad[0]} holds {col[bad[0]]}, "
-                             "not a class id; give its classes (--keys classes=KEY) or leave it out of "
-                             "--discrete")
+            raise ValueError(
+                f"{where}: factor {name!r} is discrete but row {bad[0]} holds {col[bad[0]]}, "
+                "not a class id; give its classes (--keys classes=KEY) or leave it out of "
+                "--discrete"
+            )
     return rounded
 
 
 def _provided_labels(arr: np.ndarray, names, where: str, d) -> np.ndarray:
     if d.label_flip_prob or d.label_jitter:
-        raise ValueError(f"{where}: the file provides weak labels, so data.label_flip_prob "
-                         f"({d.label_flip_prob}) and data.label_jitter ({d.label_jitter}) cannot apply; "
-                         "set both to 0 (or name no weak_labels)")
+        raise ValueError(
+            f"{where}: the file provides weak labels, so data.label_flip_prob "
+            f"({d.label_flip_prob}) and data.label_jitter ({d.label_jitter}) cannot apply; "
+            "set both to 0 (or name no weak_labels)"
+        )
     labels = check_factors(arr, names, where, "weak label")
     bad = np.argwhere((labels != np.rint(labels)) | (labels < 0))
     if len(bad):
         r, j = bad[0]
-        raise ValueError(f"{where}: weak labels are class ids 0, 1, ...; row {r} holds {labels[r, j]} for "
-                         f"{names[j]!r}")
+        raise ValueError(f"{where}: weak labels are class ids 0, 1, ...; row {r} holds {labels[r, j]} for {names[j]!r}")
     return labels.astype(np.int64)
 
 
@@ -596,8 +733,7 @@ def _groups(groups, kept: list[str], names, where: str) -> dict[str, list[str]]:
     for group, members in (groups or {}).items():
         unknown = [m for m in members if m not in names]
         if unknown:
-            raise ValueError(f"{where}: group {group!r} names {unknown}, not factors of the file "
-                             f"({list(names)})")
+            raise ValueError(f"{where}: group {group!r} names {unknown}, not factors of the file ({list(names)})")
         out[group] = [m for m in members if m in kept]  # constant factors were dropped (noted)
     return out
 
@@ -607,8 +743,10 @@ def partitions_hint(groups: dict[str, list[str]]) -> str:
     2-dim ``rest`` (each group gets one dim per factor plus one), and the latent size they add up to."""
     sizes = {g: len(fs) + 1 for g, fs in groups.items() if fs}
     parts = [f"{{name: {g}, size: {sizes[g]}, factors: [{', '.join(groups[g])}]}}" for g in sizes]
-    return ("--set 'partitions=[" + ", ".join([*parts, "{name: rest, size: 2, factors: []}"]) + "]' "
-            f"--set model.latent_dim={sum(sizes.values()) + 2}")
+    return (
+        "--set 'partitions=[" + ", ".join([*parts, "{name: rest, size: 2, factors: []}"]) + "]' "
+        f"--set model.latent_dim={sum(sizes.values()) + 2}"
+    )
 
 
 _H5_FILES: dict[str, object] = {}  # one open handle per build worker process
@@ -640,9 +778,11 @@ def _csv_column(csv_path: Path, name: str, column: list[str], lines: list[int]) 
     if not bad and 2 * sum(v is not None for v in nums) >= len(nums):
         bad, kind = [i for i, v in enumerate(nums) if v is None], "text in a numeric column"
     if bad:
-        raise ValueError(f"{csv_path} line {lines[bad[0]]}: column {name!r} holds {column[bad[0]]!r} "
-                         f"({kind}; {len(bad)} such cell(s) in the column). Fix or drop those rows: "
-                         "missing or non-finite values cannot be imported")
+        raise ValueError(
+            f"{csv_path} line {lines[bad[0]]}: column {name!r} holds {column[bad[0]]!r} "
+            f"({kind}; {len(bad)} such cell(s) in the column). Fix or drop those rows: "
+            "missing or non-finite values cannot be imported"
+        )
     return nums
 
 
@@ -654,8 +794,9 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
     with open(csv_path, newline="") as fh:
         table = list(csv.reader(fh))
     if len(table) < 3 or len(table[0]) < 2:
-        raise ValueError(f"{csv_path}: need a header with a file column and at least one label "
-                         f"column, and at least 2 rows")
+        raise ValueError(
+            f"{csv_path}: need a header with a file column and at least one label column, and at least 2 rows"
+        )
     header = [h.strip() for h in table[0]]
     lower = [h.lower() for h in header]
     file_col = next((lower.index(c) for c in _FILE_COLUMNS if c in lower), 0)
@@ -693,8 +834,9 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
         else:
             values[:, j] = nums
     notes: list[str] = []
-    specs, keep = _columns_to_specs(names, values, discrete, f"from {csv_path.name}", notes, str(csv_path),
-                                    row_name=lambda i: f"line {lines[i]}")
+    specs, keep = _columns_to_specs(
+        names, values, discrete, f"from {csv_path.name}", notes, str(csv_path), row_name=lambda i: f"line {lines[i]}"
+    )
     if not specs:
         raise ValueError(f"{csv_path}: every label column is constant; nothing to learn from")
     rows = _subset(len(files), num, d.seed)
@@ -720,8 +862,18 @@ def _folder(root: Path, csv_path: Path, d, num: int | None) -> Source:
 
     from gvae_dist.data.shards import sha256_file
 
-    stamp = {**_input_stamp(root), "labels_csv": str(csv_path.resolve()),
-             "labels_csv_sha256": sha256_file(csv_path)}
-    return _finish("folder", specs, values[:, keep], rows, load, size, 3, d, stamp,
-                   categories={k: v for k, v in categories.items() if k in {s.name for s in specs}},
-                   files=files, notes=notes)
+    stamp = {**_input_stamp(root), "labels_csv": str(csv_path.resolve()), "labels_csv_sha256": sha256_file(csv_path)}
+    return _finish(
+        "folder",
+        specs,
+        values[:, keep],
+        rows,
+        load,
+        size,
+        3,
+        d,
+        stamp,
+        categories={k: v for k, v in categories.items() if k in {s.name for s in specs}},
+        files=files,
+        notes=notes,
+    )

@@ -22,17 +22,20 @@ __all__ = ["MemoryLoader", "build_train_loader", "load_eval_arrays"]
 def _synthetic(cfg, n: int, seed: int) -> tuple[SyntheticSet, np.ndarray]:
     d = cfg.data
     data = generate(d.source, n, seed=seed, image_size=d.image_size, feature_scale=d.feature_scale)
-    labels_NL = weak_labels(data.factors, data.factor_specs, d.label_bins, d.label_flip_prob,
-                            d.label_jitter, seed=seed + 7919)
+    labels_NL = weak_labels(
+        data.factors, data.factor_specs, d.label_bins, d.label_flip_prob, d.label_jitter, seed=seed + 7919
+    )
     return data, labels_NL
 
 
 def _info(data: SyntheticSet) -> DatasetInfo:
     return DatasetInfo(
-        channels=data.images.shape[-1], image_size=data.images.shape[1],
+        channels=data.images.shape[-1],
+        image_size=data.images.shape[1],
         factor_names=list(data.factor_names),
         factor_discrete=[bool(getattr(s, "discrete", False)) for s in data.factor_specs],
-        label_names=list(data.factor_names), num_samples=len(data.images),
+        label_names=list(data.factor_names),
+        num_samples=len(data.images),
     )
 
 
@@ -44,9 +47,18 @@ class MemoryLoader:
     (``epoch``, ``index``) is part of the checkpoint.
     """
 
-    def __init__(self, images_NHWC: np.ndarray, labels_NL: np.ndarray, factors_NF: np.ndarray,
-                 batch_size: int, rank: int, world: int, seed: int, device: torch.device,
-                 info: DatasetInfo):
+    def __init__(
+        self,
+        images_NHWC: np.ndarray,
+        labels_NL: np.ndarray,
+        factors_NF: np.ndarray,
+        batch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        device: torch.device,
+        info: DatasetInfo,
+    ):
         self.images = torch.from_numpy(images_NHWC)  # uint8; converted per batch
         self.labels = torch.from_numpy(labels_NL.astype(np.int64))
         self.factors = torch.from_numpy(factors_NF.astype(np.float32))
@@ -79,12 +91,14 @@ class MemoryLoader:
         self.index += self.batch_size
         image = self.images[idx].to(self.device, non_blocking=True)
         image_BCHW = image.permute(0, 3, 1, 2).float().div_(255.0)
-        return Batch(image_BCHW, self.labels[idx].to(self.device), self.factors[idx].to(self.device),
-                     ids=idx.to(self.device))
+        return Batch(
+            image_BCHW, self.labels[idx].to(self.device), self.factors[idx].to(self.device), ids=idx.to(self.device)
+        )
 
 
-def build_train_loader(cfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
-                       batch_size: int | None = None):
+def build_train_loader(
+    cfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu", batch_size: int | None = None
+):
     """The training loader for ``cfg.data`` (per-rank batch size defaults to global / world)."""
     device = torch.device(device)
     per_rank = batch_size or cfg.optim.batch_size // world
@@ -94,8 +108,7 @@ def build_train_loader(cfg, rank: int = 0, world: int = 1, device: torch.device 
 
         return build_stream_loader(cfg, rank, world, device, per_rank)
     data, labels = _synthetic(cfg, d.num_train, d.seed)
-    return MemoryLoader(data.images, labels, data.factors, per_rank, rank, world,
-                        cfg.run.seed, device, _info(data))
+    return MemoryLoader(data.images, labels, data.factors, per_rank, rank, world, cfg.run.seed, device, _info(data))
 
 
 def load_eval_arrays(cfg, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
@@ -107,6 +120,5 @@ def load_eval_arrays(cfg, limit: int | None = None) -> tuple[np.ndarray, np.ndar
         return from_shards(cfg, limit)
     n = min(limit or d.num_eval, d.num_eval)
     # a different seed stream than training: held-out samples
-    data = generate(d.source, n, seed=d.seed + 1_000_003, image_size=d.image_size,
-                    feature_scale=d.feature_scale)
+    data = generate(d.source, n, seed=d.seed + 1_000_003, image_size=d.image_size, feature_scale=d.feature_scale)
     return data.images, data.factors, _info(data)

@@ -107,8 +107,9 @@ class PairingPlan:
                 continue
             missing = [f for f in part.factors if f not in label_names]
             if missing:
-                raise ValueError(f"partitions.{part.name}.factors: {missing} not among the data's weak "
-                                 f"labels {label_names}")
+                raise ValueError(
+                    f"partitions.{part.name}.factors: {missing} not among the data's weak labels {label_names}"
+                )
             shared_rows.append([name in part.factors for name in label_names])
             shared_parts.append(i)
         p_id, p_sh, p_tr = probs
@@ -127,12 +128,18 @@ class PairingPlan:
         listed = {c for cols in part_cols for c in cols}
         self.nuisance_cols = [c for c in range(len(label_names)) if c not in listed]
         if match_nuisance and not self.nuisance_cols and p_sh > 0:
-            log.warning("pairing.match_nuisance: every weak label %s belongs to a partition, so "
-                        "there are no nuisance labels to match; the setting has no effect", label_names)
-        self.sets, owner = match_sets(part_cols, len(label_names), match,
-                                      self.nuisance_cols if match_nuisance else None)
-        self.set_names = [f"{spec.partitions[shared_parts[k]].name} ({', '.join(label_names[c] for c in cols)})"
-                          for cols, k in zip(self.sets, owner)]
+            log.warning(
+                "pairing.match_nuisance: every weak label %s belongs to a partition, so "
+                "there are no nuisance labels to match; the setting has no effect",
+                label_names,
+            )
+        self.sets, owner = match_sets(
+            part_cols, len(label_names), match, self.nuisance_cols if match_nuisance else None
+        )
+        self.set_names = [
+            f"{spec.partitions[shared_parts[k]].name} ({', '.join(label_names[c] for c in cols)})"
+            for cols, k in zip(self.sets, owner)
+        ]
         self.set_owner_T = torch.tensor(owner, dtype=torch.long, device=self.device)
         cols_TL = torch.zeros(len(self.sets), len(label_names), dtype=torch.bool)
         for t, cols in enumerate(self.sets):
@@ -140,8 +147,9 @@ class PairingPlan:
         self.set_cols_TL = cols_TL.to(self.device)
         first = [owner.index(k) for k in range(len(shared_parts))]
         self.set_first_K = torch.tensor(first, dtype=torch.long, device=self.device)
-        self.set_count_K = torch.tensor([owner.count(k) for k in range(len(shared_parts))],
-                                        dtype=torch.long, device=self.device)
+        self.set_count_K = torch.tensor(
+            [owner.count(k) for k in range(len(shared_parts))], dtype=torch.long, device=self.device
+        )
 
         if identity_partitions:
             idx = [spec.index(n) for n in identity_partitions]
@@ -161,9 +169,19 @@ class PairingPlan:
     @classmethod
     def from_config(cls, cfg, label_names: list[str], device="cpu") -> PairingPlan:
         p = cfg.pairing
-        return cls(cfg.partition_spec(), label_names, (p.identity, p.shared_factor, p.transform),
-                   p.identity_partitions, p.match, p.transform_kind, p.transform_partition,
-                   p.blur_sigma, cfg.gate.enabled, device, p.match_nuisance)
+        return cls(
+            cfg.partition_spec(),
+            label_names,
+            (p.identity, p.shared_factor, p.transform),
+            p.identity_partitions,
+            p.match,
+            p.transform_kind,
+            p.transform_partition,
+            p.blur_sigma,
+            cfg.gate.enabled,
+            device,
+            p.match_nuisance,
+        )
 
     def transform(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         """The transform-pair target of every example."""
@@ -211,8 +229,7 @@ def make_pairs(
         has_partner_B = match_BB.any(1)
         partner_BCHW = images_BCHW[score_BB.argmax(1)]
     else:
-        partner_BCHW, has_partner_B = partners.draw(labels_BL, factors_BF, set_B, own_B, generator,
-                                                    wants_shared_B)
+        partner_BCHW, has_partner_B = partners.draw(labels_BL, factors_BF, set_B, own_B, generator, wants_shared_B)
         partner_BCHW = partner_BCHW.to(images_BCHW.dtype)
     hit_B = wants_shared_B & has_partner_B
     found = hit_B.sum() / wants_shared_B.sum().clamp(min=1)
@@ -227,8 +244,9 @@ def make_pairs(
         target_BCHW = torch.where(is_tr, plan.transform(images_BCHW), target_BCHW)
 
     shared_part_B = plan.shared_parts_S[choice_B]
-    partition_B = torch.where(kind_B == SHARED, shared_part_B,
-                              torch.where(kind_B == TRANSFORM, plan.transform_part, -1))
+    partition_B = torch.where(
+        kind_B == SHARED, shared_part_B, torch.where(kind_B == TRANSFORM, plan.transform_part, -1)
+    )
     if plan.gate:
         part_mask_BD = plan.masks_PD[partition_B.clamp(min=0)]
         mask_BD = torch.where((kind_B == IDENTITY).unsqueeze(1), plan.identity_mask_D, part_mask_BD)

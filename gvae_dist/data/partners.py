@@ -40,14 +40,14 @@ import torch
 if TYPE_CHECKING:  # numpy is imported where it is used: the GPU benchmark runs without it
     import numpy as np
 
-__all__ = ["PartnerIndex", "DatasetPartners", "BankPartners", "RenderedPartners", "build_partners",
-           "match_sets"]
+__all__ = ["PartnerIndex", "DatasetPartners", "BankPartners", "RenderedPartners", "build_partners", "match_sets"]
 
 log = logging.getLogger("gvae_dist.data")
 
 
-def match_sets(part_columns: list[list[int]], num_labels: int, match: str,
-               nuisance: list[int] | None = None) -> tuple[list[list[int]], list[int]]:
+def match_sets(
+    part_columns: list[list[int]], num_labels: int, match: str, nuisance: list[int] | None = None
+) -> tuple[list[list[int]], list[int]]:
     """The label-column sets partners must agree on, and the supervised partition of each.
 
     ``part_columns[k]``: label columns of supervised partition k. ``match="all"``: one set per
@@ -56,7 +56,7 @@ def match_sets(part_columns: list[list[int]], num_labels: int, match: str,
     """
     sets, owner = [], []
     for k, cols in enumerate(part_columns):
-        for chunk in ([cols] if match == "all" or not cols else [[c] for c in cols]):
+        for chunk in [cols] if match == "all" or not cols else [[c] for c in cols]:
             sets.append(sorted(set(chunk) | set(nuisance or ())))
             owner.append(k)
     assert all(0 <= c < num_labels for s in sets for c in s)
@@ -84,9 +84,11 @@ class PartnerIndex:
                 stride_SL[s, c] = mult
                 mult *= int(card_L[c])
                 if mult >= 2**62:
-                    raise ValueError(f"pairing: the labels of match set {cols} have too many "
-                                     "combinations to index; use pairing.match: one or fewer "
-                                     "label classes")
+                    raise ValueError(
+                        f"pairing: the labels of match set {cols} have too many "
+                        "combinations to index; use pairing.match: one or fewer "
+                        "label classes"
+                    )
         self.stride_SL = stride_SL.to(self.device)
         self.card_L = card_L
         self.num_sets = len(sets)
@@ -108,8 +110,9 @@ class PartnerIndex:
         key_SN = self.keys(labels_NL)
         self.sorted_SN, self.order_SN = torch.sort(key_SN, dim=1, stable=True)
         self.pos_SN = torch.empty_like(self.order_SN)
-        self.pos_SN.scatter_(1, self.order_SN, torch.arange(key_SN.shape[1], device=self.device)
-                             .expand_as(self.order_SN).contiguous())
+        self.pos_SN.scatter_(
+            1, self.order_SN, torch.arange(key_SN.shape[1], device=self.device).expand_as(self.order_SN).contiguous()
+        )
         self.num_rows = key_SN.shape[1]
 
     def group_sizes(self) -> torch.Tensor:
@@ -118,8 +121,9 @@ class PartnerIndex:
         hi = torch.searchsorted(self.sorted_SN, self.sorted_SN, side="right")
         return (hi - lo).gather(1, self.pos_SN)
 
-    def draw(self, labels_BL: torch.Tensor, set_B: torch.Tensor, own_B: torch.Tensor | None,
-             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(
+        self, labels_BL: torch.Tensor, set_B: torch.Tensor, own_B: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A uniform partner row per example among the stored rows with the same key in set
         ``set_B[b]``, never the example's own row ``own_B[b]`` (-1 or None: not stored).
 
@@ -240,8 +244,9 @@ class RenderedPartners:
 
     kind = "rendered"
 
-    def __init__(self, kind: str, image_size: int, part_factor_cols: list[list[int]],
-                 set_owner_T: torch.Tensor, device):
+    def __init__(
+        self, kind: str, image_size: int, part_factor_cols: list[list[int]], set_owner_T: torch.Tensor, device
+    ):
         from gvae_dist.data.synthetic import FACTOR_SPECS
 
         specs = FACTOR_SPECS[kind]
@@ -262,14 +267,14 @@ class RenderedPartners:
     def observe(self, batch) -> None:
         return None
 
-    def partner_factors(self, factors_BF: torch.Tensor, part_B: torch.Tensor,
-                        generator: torch.Generator) -> torch.Tensor:
+    def partner_factors(
+        self, factors_BF: torch.Tensor, part_B: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """The input's factors with the other supervised partitions' factors resampled."""
         f_BF = factors_BF.to(self.device, torch.float64)
         u_BF = torch.rand(f_BF.shape, device=self.device, generator=generator, dtype=torch.float64)
         span_F = self.high_F - self.low_F
-        new_BF = torch.where(self.discrete_F, torch.floor(self.low_F + u_BF * (span_F + 1)),
-                             self.low_F + u_BF * span_F)
+        new_BF = torch.where(self.discrete_F, torch.floor(self.low_F + u_BF * (span_F + 1)), self.low_F + u_BF * span_F)
         new_BF = torch.minimum(torch.maximum(new_BF, self.low_F), self.high_F)
         return torch.where(self.resample_KF[part_B], new_BF, f_BF)
 
@@ -298,21 +303,26 @@ def build_partners(cfg, loader, plan, device):
         return None
     if p.partner == "rendered":
         if cfg.data.source not in ("faces", "shapes") or not isinstance(loader, MemoryLoader):
-            raise ValueError("pairing.partner=rendered renders the built-in generators: it needs "
-                             "data.source faces or shapes with data.backend auto or memory; use "
-                             "pairing.partner=dataset for shards")
+            raise ValueError(
+                "pairing.partner=rendered renders the built-in generators: it needs "
+                "data.source faces or shapes with data.backend auto or memory; use "
+                "pairing.partner=dataset for shards"
+            )
         names = loader.info.factor_names
-        cols = [[names.index(f) for f in plan.spec.partitions[int(k)].factors]
-                for k in plan.shared_parts_S.tolist()]
+        cols = [[names.index(f) for f in plan.spec.partitions[int(k)].factors] for k in plan.shared_parts_S.tolist()]
         return RenderedPartners(cfg.data.source, cfg.data.image_size, cols, plan.set_owner_T, device)
     if isinstance(loader, MemoryLoader):
         src = DatasetPartners(loader.images, loader.labels, plan.sets, device)
         cov = src.coverage()
         for s, name in enumerate(plan.set_names):
             if cov[s] < p.min_found:
-                log.warning("pairing: only %.0f%% of training samples have a partner for %s; "
-                            "lower data.label_bins, or set pairing.match: one%s", 100 * float(cov[s]),
-                            name, " or pairing.match_nuisance: false" if p.match_nuisance else "")
+                log.warning(
+                    "pairing: only %.0f%% of training samples have a partner for %s; "
+                    "lower data.label_bins, or set pairing.match: one%s",
+                    100 * float(cov[s]),
+                    name,
+                    " or pairing.match_nuisance: false" if p.match_nuisance else "",
+                )
         return src
     info = loader.info
     labels_meta = loader.shards.manifest["labels"]

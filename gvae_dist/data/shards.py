@@ -118,14 +118,17 @@ def encode_image(image_HWC: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def sample_members(key: str, image: bytes, fmt: str, labels_L: np.ndarray, factors_F: np.ndarray,
-                   record: dict) -> list[tuple[str, bytes]]:
+def sample_members(
+    key: str, image: bytes, fmt: str, labels_L: np.ndarray, factors_F: np.ndarray, record: dict
+) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in a fixed order (see module docstring)."""
     meta = {"key": key, **record}
-    return [(f"{key}.{fmt}", image),
-            (f"{key}.{LABELS_EXT}", np.ascontiguousarray(labels_L, "<i8").tobytes()),
-            (f"{key}.{FACTORS_EXT}", np.ascontiguousarray(factors_F, "<f4").tobytes()),
-            (f"{key}.{JSON_EXT}", json.dumps(meta).encode())]
+    return [
+        (f"{key}.{fmt}", image),
+        (f"{key}.{LABELS_EXT}", np.ascontiguousarray(labels_L, "<i8").tobytes()),
+        (f"{key}.{FACTORS_EXT}", np.ascontiguousarray(factors_F, "<f4").tobytes()),
+        (f"{key}.{JSON_EXT}", json.dumps(meta).encode()),
+    ]
 
 
 def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -173,8 +176,9 @@ def read_index(path: str | Path) -> list[list[tuple[str, int, int, str]]]:
         parts = line.split()
         if not parts or len(parts) % 4:
             raise ValueError(f"{path}: malformed index line {line!r}")
-        samples.append([(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3])
-                        for i in range(0, len(parts), 4)])
+        samples.append(
+            [(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)]
+        )
     if len(samples) != int(head[1]):
         raise ValueError(f"{path}: header says {head[1]} samples, found {len(samples)}")
     return samples
@@ -196,16 +200,28 @@ def read_manifest(root: str | Path) -> dict:
     """Load and sanity-check ``<root>/manifest.json``; ``ValueError`` with the reason."""
     path = Path(root) / MANIFEST
     if not path.is_file():
-        hint = (" (a build is incomplete or was interrupted: rerun it to finish)"
-                if (Path(root) / ".build").is_dir() else "")
-        raise ValueError(f"{path} does not exist{hint}; build shards with "
-                         f"`gvae-dist data build --source faces --out {root}`")
+        hint = (
+            " (a build is incomplete or was interrupted: rerun it to finish)"
+            if (Path(root) / ".build").is_dir()
+            else ""
+        )
+        raise ValueError(
+            f"{path} does not exist{hint}; build shards with `gvae-dist data build --source faces --out {root}`"
+        )
     try:
         man = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    required = ("format_version", "num_samples", "image_size", "channels", "image_format",
-                "factors", "labels", "shards")
+    required = (
+        "format_version",
+        "num_samples",
+        "image_size",
+        "channels",
+        "image_format",
+        "factors",
+        "labels",
+        "shards",
+    )
     missing = [k for k in required if k not in man] if isinstance(man, dict) else list(required)
     if missing:
         raise ValueError(f"{path}: missing fields {missing}; rebuild with `gvae-dist data build`")
@@ -222,8 +238,10 @@ def read_manifest(root: str | Path) -> dict:
             raise ValueError(f"{path}: shards[{i}] has split {rec['split']!r}, expected one of {SPLITS}")
     total = sum(int(s["count"]) for s in man["shards"])
     if total != man["num_samples"]:
-        raise ValueError(f"{path}: num_samples is {man['num_samples']} but the shards hold {total}; "
-                         "the manifest does not match its shards")
+        raise ValueError(
+            f"{path}: num_samples is {man['num_samples']} but the shards hold {total}; "
+            "the manifest does not match its shards"
+        )
     return man
 
 
@@ -271,9 +289,11 @@ class BuildPlan:
             raise ValueError(f"data.eval_fraction must be in [0, 1), got {frac}")
         n_eval = int(round(n * frac))
         if frac > 0 and (n_eval < 1 or n_eval >= n):
-            raise ValueError(f"data.eval_fraction={frac} of {n} samples leaves no "
-                             f"{'evaluation' if n_eval < 1 else 'training'} sample: build more "
-                             "samples (--num) or change data.eval_fraction")
+            raise ValueError(
+                f"data.eval_fraction={frac} of {n} samples leaves no "
+                f"{'evaluation' if n_eval < 1 else 'training'} sample: build more "
+                "samples (--num) or change data.eval_fraction"
+            )
         return n - n_eval, n_eval
 
     def layout(self) -> list[tuple[int, int, str]]:
@@ -289,10 +309,15 @@ class BuildPlan:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def generating_config(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "image_format": self.image_format,
-                "jpeg_quality": JPEG_QUALITY if self.image_format == "jpg" else None,
-                "shard_size": self.shard_size, "eval_fraction": self.eval_fraction,
-                **self.source.config, **self.config}
+        return {
+            "format_version": FORMAT_VERSION,
+            "image_format": self.image_format,
+            "jpeg_quality": JPEG_QUALITY if self.image_format == "jpg" else None,
+            "shard_size": self.shard_size,
+            "eval_fraction": self.eval_fraction,
+            **self.source.config,
+            **self.config,
+        }
 
 
 _PLAN: BuildPlan | None = None  # set before forking build workers (shared copy-on-write)
@@ -311,17 +336,30 @@ def _write_shard(j: int) -> dict:
     with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tf:
         for i, pos in enumerate(range(lo, hi)):
             key = f"{pos:0{width}d}"
-            members = sample_members(key, encode_image(images[i], plan.image_format), plan.image_format,
-                                     src.labels[rows[i]], src.factors[rows[i]], src.record(int(rows[i])))
+            members = sample_members(
+                key,
+                encode_image(images[i], plan.image_format),
+                plan.image_format,
+                src.labels[rows[i]],
+                src.factors[rows[i]],
+                src.record(int(rows[i])),
+            )
             for member, data in members:
                 _add_member(tf, member, data)
     entries = index_entries(tmp_tar)  # read back: the index comes from what is really on disk
     assert len(entries) == hi - lo, (name, len(entries), hi - lo)
     tmp_idx = out / f".{name}.idx.tmp-{os.getpid()}"
     write_index(tmp_idx, entries)
-    record = {"tar": f"{name}.tar", "index": f"{name}.idx", "count": hi - lo, "first": lo, "split": split,
-              "sha256": sha256_file(tmp_tar), "index_sha256": sha256_file(tmp_idx),
-              "bytes": tmp_tar.stat().st_size}
+    record = {
+        "tar": f"{name}.tar",
+        "index": f"{name}.idx",
+        "count": hi - lo,
+        "first": lo,
+        "split": split,
+        "sha256": sha256_file(tmp_tar),
+        "index_sha256": sha256_file(tmp_idx),
+        "bytes": tmp_tar.stat().st_size,
+    }
     _replace_atomically(tmp_tar, out / record["tar"])
     _replace_atomically(tmp_idx, out / record["index"])
     _write_json(out / ".build" / f"{name}.json", {"fingerprint": plan.fingerprint(), **record})
@@ -346,8 +384,12 @@ def _done_record(plan: BuildPlan, j: int, first: int, count: int, split: str) ->
 def _files_match(out: Path, rec: dict) -> bool:
     """The shard's tar and index exist and have the checksums of ``rec``."""
     tar, idx = out / str(rec.get("tar")), out / str(rec.get("index"))
-    return (tar.is_file() and idx.is_file() and sha256_file(tar) == rec.get("sha256")
-            and sha256_file(idx) == rec.get("index_sha256"))
+    return (
+        tar.is_file()
+        and idx.is_file()
+        and sha256_file(tar) == rec.get("sha256")
+        and sha256_file(idx) == rec.get("index_sha256")
+    )
 
 
 def _cached_manifest(plan: BuildPlan) -> dict | None:
@@ -358,8 +400,10 @@ def _cached_manifest(plan: BuildPlan) -> dict | None:
     except ValueError:
         return None
     layout = [(first, hi - first, split) for first, hi, split in plan.layout()]
-    if (man.get("fingerprint") != plan.fingerprint()
-            or [(r.get("first"), r["count"], r.get("split")) for r in man["shards"]] != layout):
+    if (
+        man.get("fingerprint") != plan.fingerprint()
+        or [(r.get("first"), r["count"], r.get("split")) for r in man["shards"]] != layout
+    ):
         return None
     if not all(_files_match(plan.out, rec) for rec in man["shards"]):
         return None
@@ -379,8 +423,11 @@ def build_shards(plan: BuildPlan) -> dict:
     t0 = time.perf_counter()
     cached = _cached_manifest(plan)
     if cached is not None:  # nothing to do: leave the directory as it is (readers may be open)
-        cached["built"] = {**cached.get("built", {}), "cached": True,
-                           "verify_seconds": round(time.perf_counter() - t0, 2)}
+        cached["built"] = {
+            **cached.get("built", {}),
+            "cached": True,
+            "verify_seconds": round(time.perf_counter() - t0, 2),
+        }
         return cached
     out.mkdir(parents=True, exist_ok=True)
     (out / ".build").mkdir(exist_ok=True)
@@ -411,27 +458,28 @@ def build_shards(plan: BuildPlan) -> dict:
     finally:
         _PLAN = None
         bar.close()
-    extra = sorted(p.name for p in out.glob("shard-*.tar")
-                   if p.name not in {r["tar"] for r in records.values()})
+    extra = sorted(p.name for p in out.glob("shard-*.tar") if p.name not in {r["tar"] for r in records.values()})
     manifest = {
         "format_version": FORMAT_VERSION,
         "num_samples": n,
         "image_size": src.image_size,
         "channels": src.channels,
         "image_format": plan.image_format,
-        "components": {"image": plan.image_format, "labels": LABELS_EXT, "factors": FACTORS_EXT,
-                       "json": JSON_EXT},
+        "components": {"image": plan.image_format, "labels": LABELS_EXT, "factors": FACTORS_EXT, "json": JSON_EXT},
         "factors": src.factor_meta(),
         "labels": src.label_meta(),
-        "split": {"train": plan.split_sizes()[0], "eval": plan.split_sizes()[1],
-                  "eval_fraction": plan.eval_fraction},
+        "split": {"train": plan.split_sizes()[0], "eval": plan.split_sizes()[1], "eval_fraction": plan.eval_fraction},
         "shards": [records[j] for j in range(num_shards)],
         "generating_config": plan.generating_config(),
         "fingerprint": plan.fingerprint(),
         "notes": src.notes,
         "groups": src.groups,
-        "built": {"seconds": round(time.perf_counter() - t0, 2), "skipped_complete_shards":
-                  num_shards - len(todo), "unlisted_tars_in_directory": extra, "cached": False},
+        "built": {
+            "seconds": round(time.perf_counter() - t0, 2),
+            "skipped_complete_shards": num_shards - len(todo),
+            "unlisted_tars_in_directory": extra,
+            "cached": False,
+        },
     }
     _write_json(out / MANIFEST, manifest)
     return manifest
@@ -440,5 +488,12 @@ def build_shards(plan: BuildPlan) -> dict:
 def _progress(plan: BuildPlan, total: int, done: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, unit="img", desc=f"data build -> {plan.out}",
-                disable=None if plan.progress else True, file=sys.stderr, smoothing=0.1)  # None: TTY only
+    return tqdm(
+        total=total,
+        initial=done,
+        unit="img",
+        desc=f"data build -> {plan.out}",
+        disable=None if plan.progress else True,
+        file=sys.stderr,
+        smoothing=0.1,
+    )  # None: TTY only

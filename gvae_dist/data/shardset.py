@@ -121,13 +121,20 @@ class ShardSet:
     def info(self) -> DatasetInfo:
         m = self.manifest
         return DatasetInfo(
-            channels=int(m["channels"]), image_size=int(m["image_size"]),
+            channels=int(m["channels"]),
+            image_size=int(m["image_size"]),
             factor_names=[f["name"] for f in m["factors"]],
             factor_discrete=[bool(f["discrete"]) for f in m["factors"]],
-            label_names=[lab["name"] for lab in m["labels"]], num_samples=self.num_samples,
-            extra={"path": str(self.root), "split": self.split or "all", "image_format": m["image_format"],
-                   "label_classes": [int(lab["num_classes"]) for lab in m["labels"]],
-                   "skipped": self.skipped, "bad_samples": [str(b) for b in self.bad[:20]]},
+            label_names=[lab["name"] for lab in m["labels"]],
+            num_samples=self.num_samples,
+            extra={
+                "path": str(self.root),
+                "split": self.split or "all",
+                "image_format": m["image_format"],
+                "label_classes": [int(lab["num_classes"]) for lab in m["labels"]],
+                "skipped": self.skipped,
+                "bad_samples": [str(b) for b in self.bad[:20]],
+            },
         )
 
     def locate(self, pos: int) -> tuple[int, int]:
@@ -196,8 +203,7 @@ def check_sample(comps: dict[str, bytes], manifest: dict) -> str | None:
     from PIL import Image
 
     fmt, size = manifest["image_format"], int(manifest["image_size"])
-    reason = component_problem({ext: len(b) for ext, b in comps.items()}, manifest,
-                               (LABELS_EXT, FACTORS_EXT, JSON_EXT))
+    reason = component_problem({ext: len(b) for ext, b in comps.items()}, manifest, (LABELS_EXT, FACTORS_EXT, JSON_EXT))
     if reason:
         return reason
     stored = np.frombuffer(comps[LABELS_EXT], "<i8")
@@ -244,13 +250,13 @@ def _scan(tar: Path, manifest: dict, name: str) -> tuple[list[_Entry], list[BadS
                 else:
                     groups[-1][2][ext] = tf.extractfile(m).read()
     except (tarfile.TarError, EOFError, OSError) as exc:
-        bad.append(BadSample(name, None, f"the tar is damaged after {len(groups)} samples "
-                                         f"({type(exc).__name__}: {exc})"))
+        bad.append(
+            BadSample(name, None, f"the tar is damaged after {len(groups)} samples ({type(exc).__name__}: {exc})")
+        )
         if groups:  # the sample being read when the archive ended may lack components
             groups[-1][2]["!truncated"] = b""
     for key, entry, comps in groups:
-        reason = ("cut off by a truncated tar" if "!truncated" in comps
-                  else check_sample(comps, manifest))
+        reason = "cut off by a truncated tar" if "!truncated" in comps else check_sample(comps, manifest)
         if reason:
             bad.append(BadSample(name, key, reason))
         else:
@@ -266,24 +272,35 @@ def select_split(manifest: dict, split: str | None, root: Path) -> list[dict]:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     if not any("split" in rec for rec in manifest["shards"]):
         if split == "eval":
-            raise ValueError(f"{root / MANIFEST} has no train/eval split (built before `data build` wrote "
-                             "one), so evaluation would read training samples: rebuild it with "
-                             "`gvae-dist data build` (data.eval_fraction), or set data.eval_path to "
-                             "another built shard directory")
-        log.warning("%s has no train/eval split (built before `data build` wrote one): training reads "
-                    "all %d samples; rebuild it, or set data.eval_path, to evaluate on held-out "
-                    "samples", root / MANIFEST, manifest["num_samples"])
+            raise ValueError(
+                f"{root / MANIFEST} has no train/eval split (built before `data build` wrote "
+                "one), so evaluation would read training samples: rebuild it with "
+                "`gvae-dist data build` (data.eval_fraction), or set data.eval_path to "
+                "another built shard directory"
+            )
+        log.warning(
+            "%s has no train/eval split (built before `data build` wrote one): training reads "
+            "all %d samples; rebuild it, or set data.eval_path, to evaluate on held-out "
+            "samples",
+            root / MANIFEST,
+            manifest["num_samples"],
+        )
         return list(manifest["shards"])
     chosen = [rec for rec in manifest["shards"] if rec.get("split") == split]
     if not chosen:
-        hint = (" (it was built with data.eval_fraction=0): rebuild with data.eval_fraction > 0, "
-                "or set data.eval_path to another built shard directory" if split == "eval" else "")
+        hint = (
+            " (it was built with data.eval_fraction=0): rebuild with data.eval_fraction > 0, "
+            "or set data.eval_path to another built shard directory"
+            if split == "eval"
+            else ""
+        )
         raise ValueError(f"{root / MANIFEST} lists no {split} shards{hint}")
     return chosen
 
 
-def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum",
-                split: str | None = None) -> ShardSet:
+def open_shards(
+    root: str | Path, on_bad: str = "error", verify: str = "checksum", split: str | None = None
+) -> ShardSet:
     """Read the manifest, check the shards of ``split`` (see module docstring) and index their
     good samples."""
     if on_bad not in ("error", "skip"):
@@ -310,8 +327,9 @@ def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum
             if seen != count:
                 problems.append(BadSample(name, None, f"holds {seen} samples, manifest.json lists {count}"))
             elif not found and not sha_ok:
-                problems.append(BadSample(name, None, "sha256 differs from manifest.json (the shard "
-                                                      "changed after `data build`)"))
+                problems.append(
+                    BadSample(name, None, "sha256 differs from manifest.json (the shard changed after `data build`)")
+                )
             rewritten = True
         else:
             entries = _trusted_index(idx, rec, verify, name)
@@ -320,23 +338,30 @@ def open_shards(root: str | Path, on_bad: str = "error", verify: str = "checksum
                 entries, found = _scan_plain(tar, name)
                 bad += found
             if verify != "none" and len(entries) != count:
-                problems.append(BadSample(name, None, f"holds {len(entries)} samples, manifest.json "
-                                                      f"lists {count}"))
+                problems.append(BadSample(name, None, f"holds {len(entries)} samples, manifest.json lists {count}"))
         kept, found = _listed_entries(entries, firsts[id(rec)], count, manifest, name)
         bad += found
         shards.append(_Shard(tar, idx, kept, rewritten or len(kept) != len(entries)))
-    sset = ShardSet(root, manifest, shards, bad, problems, split,
-                    sum(int(rec["count"]) for rec in records))
+    sset = ShardSet(root, manifest, shards, bad, problems, split, sum(int(rec["count"]) for rec in records))
     issues = problems + bad
     if issues:
         listing = "\n  ".join(str(b) for b in issues[:10])
         more = f"\n  ... and {len(issues) - 10} more" if len(issues) > 10 else ""
         if on_bad == "error":
-            raise ValueError(f"shards in {root} failed verification ({len(issues)} problems):\n  {listing}"
-                             f"{more}\nSet data.on_bad_sample=skip to leave the bad samples out, or "
-                             f"rebuild with `gvae-dist data build`.")
-        log.warning("shards in %s: skipping %d of %d samples (%d problems):\n  %s%s", root,
-                    sset.skipped, sset.listed, len(issues), listing, more)
+            raise ValueError(
+                f"shards in {root} failed verification ({len(issues)} problems):\n  {listing}"
+                f"{more}\nSet data.on_bad_sample=skip to leave the bad samples out, or "
+                f"rebuild with `gvae-dist data build`."
+            )
+        log.warning(
+            "shards in %s: skipping %d of %d samples (%d problems):\n  %s%s",
+            root,
+            sset.skipped,
+            sset.listed,
+            len(issues),
+            listing,
+            more,
+        )
     if sset.num_samples == 0:
         raise ValueError(f"shards in {root}: no readable samples left (of {sset.listed} listed)")
     return sset
@@ -352,8 +377,9 @@ def _first_positions(manifest: dict) -> dict[int, int]:
     return out
 
 
-def _listed_entries(entries: list[_Entry], first: int, count: int, manifest: dict,
-                    name: str) -> tuple[list[_Entry], list[BadSample]]:
+def _listed_entries(
+    entries: list[_Entry], first: int, count: int, manifest: dict, name: str
+) -> tuple[list[_Entry], list[BadSample]]:
     """The entries whose key the manifest lists for this shard (each once) and whose components
     have the manifest's sizes (see module docstring); the others as bad samples."""
     width = key_width(int(manifest["num_samples"]))

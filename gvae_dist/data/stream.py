@@ -41,14 +41,16 @@ def choose_backend(cfg) -> str:
     """``dali`` or ``webdataset`` for ``data.backend`` (``auto``: DALI if it imports)."""
     backend = cfg.data.backend
     if backend == "memory":
-        raise ValueError("data.backend=memory holds generated data in RAM; with data.source=shards "
-                         "use data.backend=auto, dali or webdataset")
+        raise ValueError(
+            "data.backend=memory holds generated data in RAM; with data.source=shards "
+            "use data.backend=auto, dali or webdataset"
+        )
     if backend == "webdataset":
         return backend
     from gvae_dist.optional import MissingDependency, available, require
 
     if backend == "auto" and not available("nvidia.dali"):  # not installed: no warning, the
-        return "webdataset"                                  # loader prints the backend it uses
+        return "webdataset"  # loader prints the backend it uses
     try:
         require("nvidia.dali", "data.backend=dali (or set data.backend=webdataset)", "dali")
     except MissingDependency as exc:
@@ -58,8 +60,10 @@ def choose_backend(cfg) -> str:
         return "webdataset"
     except Exception as exc:  # noqa: BLE001 - a broken CUDA/DALI install raises more than ImportError
         if backend == "dali":
-            raise ImportError(f"data.backend=dali but nvidia-dali cannot be imported ({exc}); "
-                              "reinstall nvidia-dali-cuda120 or set data.backend=webdataset") from exc
+            raise ImportError(
+                f"data.backend=dali but nvidia-dali cannot be imported ({exc}); "
+                "reinstall nvidia-dali-cuda120 or set data.backend=webdataset"
+            ) from exc
         log.warning("DALI cannot be imported (%s): reading shards with the WebDataset backend", exc)
         return "webdataset"
     return "dali"
@@ -72,8 +76,10 @@ def open_from_config(cfg, split: str = "train"):
 
     d = cfg.data
     if d.source != "shards" or not d.path:
-        raise ValueError(f"data.backend={d.backend} reads shards: set data.source=shards and data.path "
-                         "(build shards with `gvae-dist data build --source faces --out DIR`)")
+        raise ValueError(
+            f"data.backend={d.backend} reads shards: set data.source=shards and data.path "
+            "(build shards with `gvae-dist data build --source faces --out DIR`)"
+        )
     if split == "eval" and d.eval_path:
         _check_eval_path(d.path, d.eval_path)
         return open_shards(d.eval_path, d.on_bad_sample, d.verify)
@@ -87,16 +93,20 @@ def _check_eval_path(path: str, eval_path: str) -> None:
     from gvae_dist.data.shards import read_manifest
 
     if Path(path).resolve() == Path(eval_path).resolve():
-        raise ValueError(f"data.eval_path {eval_path} is data.path: evaluation would read training "
-                         "samples; leave data.eval_path unset to use data.path's eval split")
+        raise ValueError(
+            f"data.eval_path {eval_path} is data.path: evaluation would read training "
+            "samples; leave data.eval_path unset to use data.path's eval split"
+        )
     train = read_manifest(path).get("generating_config", {})
     held = read_manifest(eval_path).get("generating_config", {})
     same = ("source", "input") if train.get("input") else ("source", "seed")
     if all(train.get(k) == held.get(k) for k in same):
         fix = "evaluate on data.path's eval split instead" if train.get("input") else "build it with another data.seed"
-        raise ValueError(f"data.eval_path {eval_path} was built from the same {' and '.join(same)} as "
-                         f"data.path {path} ({', '.join(f'{k}={train.get(k)}' for k in same)}), so their "
-                         f"samples overlap: {fix}")
+        raise ValueError(
+            f"data.eval_path {eval_path} was built from the same {' and '.join(same)} as "
+            f"data.path {path} ({', '.join(f'{k}={train.get(k)}' for k in same)}), so their "
+            f"samples overlap: {fix}"
+        )
 
 
 def build_stream_loader(cfg, rank: int, world: int, device: torch.device, batch_size: int):
@@ -112,11 +122,13 @@ def build_stream_loader(cfg, rank: int, world: int, device: torch.device, batch_
         loader.record_to(cfg.run_dir() / "data" / f"rank-{rank}.json")
     if rank == 0:
         lay = loader.layout
-        print(f"[gvae-dist] data: {backend} backend, {shards.split or 'all'} split of {shards.root}: "
-              f"{shards.num_samples} samples in {len(shards.shards)} "
-              f"shards ({loader.skipped} skipped as bad); {lay['batches_per_rank']} batches of "
-              f"{batch_size} per rank per epoch, {lay['padded']} padded (repeated) samples per epoch",
-              flush=True)
+        print(
+            f"[gvae-dist] data: {backend} backend, {shards.split or 'all'} split of {shards.root}: "
+            f"{shards.num_samples} samples in {len(shards.shards)} "
+            f"shards ({loader.skipped} skipped as bad); {lay['batches_per_rank']} batches of "
+            f"{batch_size} per rank per epoch, {lay['padded']} padded (repeated) samples per epoch",
+            flush=True,
+        )
     return loader
 
 

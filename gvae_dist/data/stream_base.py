@@ -35,8 +35,7 @@ import torch
 
 from gvae_dist.data.batch import Batch, DatasetInfo
 
-__all__ = ["StreamLoaderBase", "decode_image", "epoch_layout", "flip_labels", "rank_range",
-           "train_time_flip"]
+__all__ = ["StreamLoaderBase", "decode_image", "epoch_layout", "flip_labels", "rank_range", "train_time_flip"]
 
 log = logging.getLogger("gvae_dist.data")
 
@@ -53,10 +52,15 @@ def epoch_layout(n: int, world: int, batch_size: int) -> dict:
         raise ValueError(f"{n} readable samples cannot be split over {world} ranks")
     per_rank = math.ceil(math.ceil(n / world) / batch_size)
     yielded = per_rank * batch_size * world
-    return {"samples": n, "world": world, "batch_size": batch_size, "batches_per_rank": per_rank,
-            "yielded": yielded, "padded": yielded - n,
-            "policy": "each rank repeats the last sample of its slice to fill its batches"}
-
+    return {
+        "samples": n,
+        "world": world,
+        "batch_size": batch_size,
+        "batches_per_rank": per_rank,
+        "yielded": yielded,
+        "padded": yielded - n,
+        "policy": "each rank repeats the last sample of its slice to fill its batches",
+    }
 
 
 def train_time_flip(manifest: dict, want: float, where) -> float:
@@ -67,10 +71,12 @@ def train_time_flip(manifest: dict, want: float, where) -> float:
     if math.isclose(want, built):
         return 0.0
     if want < built:
-        raise ValueError(f"data.label_flip_prob={want:g}, but the shards at {where} were built with "
-                         f"label_flip_prob={built:g} (manifest.json generating_config): their labels already "
-                         f"carry that noise and it cannot be taken out. Set data.label_flip_prob={built:g} "
-                         "(or higher), or rebuild the shards with the lower value")
+        raise ValueError(
+            f"data.label_flip_prob={want:g}, but the shards at {where} were built with "
+            f"label_flip_prob={built:g} (manifest.json generating_config): their labels already "
+            f"carry that noise and it cannot be taken out. Set data.label_flip_prob={built:g} "
+            "(or higher), or rebuild the shards with the lower value"
+        )
     return 1.0 - (1.0 - want) / (1.0 - built) if built < 1.0 else 0.0
 
 
@@ -81,8 +87,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def flip_labels(labels_BL: np.ndarray, keys: list[str], label_meta: list[dict], prob: float,
-                seed: int) -> np.ndarray:
+def flip_labels(labels_BL: np.ndarray, keys: list[str], label_meta: list[dict], prob: float, seed: int) -> np.ndarray:
     """Each label replaced with probability ``prob`` by a uniform draw over its classes
     (possibly the same one, as :func:`gvae_dist.data.synthetic.weak_labels` does); the draws are
     a function of (``seed``, sample key, column) only."""
@@ -119,14 +124,21 @@ class StreamLoaderBase:
         self.flip_prob = train_time_flip(shards.manifest, d.label_flip_prob, shards.root)
         self.flip_seed = d.seed
         if self.flip_prob > 0 and rank == 0:
-            log.info("data.label_flip_prob=%g: flipping %.3g of the shards' weak labels as they are read",
-                     d.label_flip_prob, self.flip_prob)
+            log.info(
+                "data.label_flip_prob=%g: flipping %.3g of the shards' weak labels as they are read",
+                d.label_flip_prob,
+                self.flip_prob,
+            )
         self.epoch, self.batch = 0, 0  # position: batches consumed in the current epoch
         self._record: Path | None = None  # where to write the keys of the first epoch
         self._keys: list[str] = []
         if self.native_size != self.image_size:
-            log.warning("shards hold %dx%d images; resizing to data.image_size=%d while loading",
-                        self.native_size, self.native_size, self.image_size)
+            log.warning(
+                "shards hold %dx%d images; resizing to data.image_size=%d while loading",
+                self.native_size,
+                self.native_size,
+                self.image_size,
+            )
 
     def record_to(self, path: Path) -> None:
         """Write what this rank reads to ``path`` (JSON): now the backend, split and layout, and
@@ -137,11 +149,18 @@ class StreamLoaderBase:
 
     def _write_record(self, keys: list[str] | None) -> None:
         extra = self.info.extra
-        record = {"rank": self.rank, "world": self.world, "backend": self.backend,
-                  "decode_device": "gpu" if self.device.type == "cuda" else "cpu",
-                  "path": extra["path"], "split": extra["split"], "samples": self.shards.num_samples,
-                  "shards": [sh.tar.name for sh in self.shards.shards], "layout": self.layout,
-                  "first_epoch_keys": keys}
+        record = {
+            "rank": self.rank,
+            "world": self.world,
+            "backend": self.backend,
+            "decode_device": "gpu" if self.device.type == "cuda" else "cpu",
+            "path": extra["path"],
+            "split": extra["split"],
+            "samples": self.shards.num_samples,
+            "shards": [sh.tar.name for sh in self.shards.shards],
+            "layout": self.layout,
+            "first_epoch_keys": keys,
+        }
         tmp = self._record.with_name(f".{self._record.name}.tmp")
         tmp.write_text(json.dumps(record))
         tmp.replace(self._record)
@@ -166,11 +185,16 @@ class StreamLoaderBase:
                 self._write_record(self._keys)
                 self._record, self._keys = None, []
         if self.flip_prob > 0:
-            flipped = flip_labels(labels_BL.cpu().numpy(), keys, self.shards.manifest["labels"], self.flip_prob,
-                                  self.flip_seed)
+            flipped = flip_labels(
+                labels_BL.cpu().numpy(), keys, self.shards.manifest["labels"], self.flip_prob, self.flip_seed
+            )
             labels_BL = torch.from_numpy(flipped)
-        return Batch(image_BCHW, labels_BL.to(self.device, non_blocking=True),
-                     factors_BF.to(self.device, non_blocking=True), keys)
+        return Batch(
+            image_BCHW,
+            labels_BL.to(self.device, non_blocking=True),
+            factors_BF.to(self.device, non_blocking=True),
+            keys,
+        )
 
 
 def decode_image(data: bytes, channels: int, size: int, native: int) -> np.ndarray:

@@ -82,26 +82,41 @@ class DaliLoader(StreamLoaderBase):
         @pipeline_def(enable_checkpointing=True)
         def pipeline():
             encoded, labels, factors = fn.readers.webdataset(
-                paths=self._paths, index_paths=self._index_paths, ext=[fmt, LABELS_EXT, FACTORS_EXT],
-                dtypes=[types.UINT8, types.INT64, types.FLOAT], missing_component_behavior="error",
-                shard_id=self.rank, num_shards=self.world, random_shuffle=True,
-                initial_fill=self._shuffle_buffer, pad_last_batch=True, seed=self.seed, name=_READER)
+                paths=self._paths,
+                index_paths=self._index_paths,
+                ext=[fmt, LABELS_EXT, FACTORS_EXT],
+                dtypes=[types.UINT8, types.INT64, types.FLOAT],
+                missing_component_behavior="error",
+                shard_id=self.rank,
+                num_shards=self.world,
+                random_shuffle=True,
+                initial_fill=self._shuffle_buffer,
+                pad_last_batch=True,
+                seed=self.seed,
+                name=_READER,
+            )
             source = fn.get_property(encoded, key="source_info")  # b"<tar>:<offset>:<key>.<fmt>"
             if self._key_width:
                 source = source[-(self._key_width + 1 + len(fmt)) : -(1 + len(fmt))]
-            image = fn.decoders.image(encoded, device="mixed" if self._mixed else "cpu",
-                                      output_type=types.GRAY if channels == 1 else types.RGB)
+            image = fn.decoders.image(
+                encoded,
+                device="mixed" if self._mixed else "cpu",
+                output_type=types.GRAY if channels == 1 else types.RGB,
+            )
             if self.native_size != size:
                 image = fn.resize(image, resize_x=size, resize_y=size, antialias=True)
-            image = fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW",
-                                             mean=[0.0], std=[255.0])
+            image = fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="CHW", mean=[0.0], std=[255.0])
             return image, labels, factors, source
 
-        device_id = (self.device.index if self.device.index is not None
-                     else torch.cuda.current_device()) if self._mixed else None
+        device_id = (
+            (self.device.index if self.device.index is not None else torch.cuda.current_device())
+            if self._mixed
+            else None
+        )
         kwargs = {"checkpoint": checkpoint} if checkpoint else {}
-        pipe = pipeline(batch_size=self.batch_size, num_threads=self._threads, device_id=device_id,
-                        seed=self.seed, **kwargs)
+        pipe = pipeline(
+            batch_size=self.batch_size, num_threads=self._threads, device_id=device_id, seed=self.seed, **kwargs
+        )
         pipe.build()
         seen = pipe.reader_meta(_READER)["epoch_size"]
         assert seen == self.shards.num_samples, (seen, self.shards.num_samples)
@@ -113,9 +128,11 @@ class DaliLoader(StreamLoaderBase):
         try:
             image, labels, factors, source = self._pipe.run()
         except RuntimeError as exc:
-            raise RuntimeError(f"DALI failed reading the shards in {self.shards.root}: {exc}\nRun with "
-                               "data.verify=full to find the bad samples by shard and key "
-                               "(data.on_bad_sample=skip leaves them out).") from exc
+            raise RuntimeError(
+                f"DALI failed reading the shards in {self.shards.root}: {exc}\nRun with "
+                "data.verify=full to find the bad samples by shard and key "
+                "(data.on_bad_sample=skip leaves them out)."
+            ) from exc
         tensor = image.as_tensor()
         image_BCHW = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self._mixed else None
@@ -126,8 +143,7 @@ class DaliLoader(StreamLoaderBase):
         if self._key_width:
             keys = np.asarray(source.as_tensor()).view(f"S{self._key_width}").ravel().astype(str).tolist()
         else:
-            keys = [split_member(source.at(i).tobytes().decode().rsplit(":", 1)[-1])[0]
-                    for i in range(len(source))]
+            keys = [split_member(source.at(i).tobytes().decode().rsplit(":", 1)[-1])[0] for i in range(len(source))]
         self._check_labels(labels_BL, keys)
         self._advance()
         return self._batch(image_BCHW, labels_BL, factors_BF, keys)
@@ -139,10 +155,12 @@ class DaliLoader(StreamLoaderBase):
             return
         i, j = (int(v) for v in bad_BL.nonzero()[0])
         meta = self.shards.manifest["labels"]
-        raise ValueError(f"{self.shards.tar_of_key(keys[i])}: key {keys[i]}: "
-                         f"{describe_label(meta, j, int(labels_BL[i, j]))}. Run with data.verify=full to "
-                         "find every such sample (data.on_bad_sample=skip leaves them out), or rebuild "
-                         "the shards with `gvae-dist data build`.")
+        raise ValueError(
+            f"{self.shards.tar_of_key(keys[i])}: key {keys[i]}: "
+            f"{describe_label(meta, j, int(labels_BL[i, j]))}. Run with data.verify=full to "
+            "find every such sample (data.on_bad_sample=skip leaves them out), or rebuild "
+            "the shards with `gvae-dist data build`."
+        )
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -156,9 +174,12 @@ class DaliLoader(StreamLoaderBase):
             self._pipe = self._build(base64.b64decode(state["dali"]))
             self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
             return
-        log.warning("data position %s was not saved by this DALI loader on these shards: "
-                    "restarting at the beginning of epoch %s", {k: v for k, v in state.items()
-                                                                if k != "dali"}, state.get("epoch", 0))
+        log.warning(
+            "data position %s was not saved by this DALI loader on these shards: "
+            "restarting at the beginning of epoch %s",
+            {k: v for k, v in state.items() if k != "dali"},
+            state.get("epoch", 0),
+        )
         self.epoch, self.batch = int(state.get("epoch", 0)), 0
         self._pipe = self._build()
 

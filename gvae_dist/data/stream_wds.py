@@ -124,8 +124,10 @@ def _reader():
         return tar_samples, shuffle
     import webdataset as wds
 
-    return (lambda url: wds.tarfile_to_samples()(iter([{"url": url}])),
-            lambda samples, bufsize, seed: wds.shuffle(bufsize, bufsize, seed=seed)(samples))
+    return (
+        lambda url: wds.tarfile_to_samples()(iter([{"url": url}])),
+        lambda samples, bufsize, seed: wds.shuffle(bufsize, bufsize, seed=seed)(samples),
+    )
 
 
 class _RankStream(IterableDataset):
@@ -184,12 +186,14 @@ class _RankStream(IterableDataset):
                         if not wanted:
                             break
             except Exception as exc:  # noqa: BLE001 - tar/IO errors come in many types
-                self._bad(url, None, f"the tar cannot be read to the end ({type(exc).__name__}: {exc})",
-                          count=len(wanted))
+                self._bad(
+                    url, None, f"the tar cannot be read to the end ({type(exc).__name__}: {exc})", count=len(wanted)
+                )
                 wanted = set()
             if wanted:
-                self._bad(url, sorted(wanted)[0], f"{len(wanted)} indexed samples are not in the tar",
-                          count=len(wanted))
+                self._bad(
+                    url, sorted(wanted)[0], f"{len(wanted)} indexed samples are not in the tar", count=len(wanted)
+                )
             pos = end
 
     def _bad(self, url: str, key: str | None, reason: str, count: int = 1) -> None:
@@ -206,8 +210,7 @@ class _RankStream(IterableDataset):
                 lab = np.frombuffer(s[LABELS_EXT], "<i8")
                 fac = np.frombuffer(s[FACTORS_EXT], "<f4")
                 if lab.size != self.num_l or fac.size != self.num_f:
-                    raise ValueError(f"{lab.size} labels / {fac.size} factors, expected "
-                                     f"{self.num_l} / {self.num_f}")
+                    raise ValueError(f"{lab.size} labels / {fac.size} factors, expected {self.num_l} / {self.num_f}")
                 bad = first_bad_label(lab[None], self.label_meta)
                 if bad is not None:
                     raise ValueError(describe_label(self.label_meta, bad[1], bad[2]))
@@ -226,7 +229,9 @@ class _RankStream(IterableDataset):
             "image": torch.from_numpy(np.stack(images) if n else np.empty((0, size, size, c), np.uint8)),
             "labels": torch.from_numpy(np.stack(labels) if n else np.empty((0, self.num_l), np.int64)),
             "factors": torch.from_numpy(np.stack(factors) if n else np.empty((0, self.num_f), np.float32)),
-            "keys": keys, "skipped": self._skipped, "epoch": epoch,
+            "keys": keys,
+            "skipped": self._skipped,
+            "epoch": epoch,
         }
         self._skipped = 0
         return chunk
@@ -249,17 +254,22 @@ class WdsLoader(StreamLoaderBase):
 
     def _start(self) -> None:
         """(Re)start the workers at the current position."""
-        _, chunks = _chunk_plan(self.shards.num_samples, self.rank, self.world, self.epoch,
-                                self.workers, self.batch_size)
+        _, chunks = _chunk_plan(
+            self.shards.num_samples, self.rank, self.world, self.epoch, self.workers, self.batch_size
+        )
         start_chunk = min(self.batch, (chunks - 1) * self.workers)
         self._drop = (self.batch - start_chunk) * self.batch_size  # decoded, already consumed
         self._chunks_total, self._chunks_seen = chunks * self.workers, start_chunk
         self._buf: list[dict] = []
         self._last = None
         ds = _RankStream(self, self.epoch, start_chunk)
-        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                        pin_memory=self.device.type == "cuda",
-                        prefetch_factor=4 if self.num_workers else None)
+        dl = DataLoader(
+            ds,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.num_workers else None,
+        )
         self._it = iter(dl)
 
     def _pull(self) -> None:
@@ -300,8 +310,7 @@ class WdsLoader(StreamLoaderBase):
     def __next__(self) -> Batch:
         if self._it is None:
             self._start()
-        while (sum(len(c["keys"]) for c in self._buf) < self.batch_size
-               and self._chunks_seen < self._chunks_total):
+        while sum(len(c["keys"]) for c in self._buf) < self.batch_size and self._chunks_seen < self._chunks_total:
             self._pull()
         out = self._take()
         epoch = self.epoch
@@ -310,8 +319,9 @@ class WdsLoader(StreamLoaderBase):
             while self._chunks_seen < self._chunks_total:
                 self._pull()
             assert not self._buf, "samples left over at the end of an epoch"
-            _, chunks = _chunk_plan(self.shards.num_samples, self.rank, self.world, self.epoch,
-                                    self.workers, self.batch_size)
+            _, chunks = _chunk_plan(
+                self.shards.num_samples, self.rank, self.world, self.epoch, self.workers, self.batch_size
+            )
             self._chunks_total, self._chunks_seen = chunks * self.workers, 0
         image = out["image"].to(self.device, non_blocking=True)
         image_BCHW = image.permute(0, 3, 1, 2).float().div_(255.0)

@@ -62,9 +62,7 @@ class FactorSpec:
 
     def __post_init__(self) -> None:
         if not self.high > self.low:
-            raise ValueError(
-                f"FactorSpec {self.name!r}: high ({self.high}) must exceed low ({self.low})"
-            )
+            raise ValueError(f"FactorSpec {self.name!r}: high ({self.high}) must exceed low ({self.low})")
         if self.discrete and not (float(self.low).is_integer() and float(self.high).is_integer()):
             raise ValueError(f"FactorSpec {self.name!r}: a discrete factor needs integer low/high")
 
@@ -136,9 +134,7 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return c[None, None, :], c[None, :, None]
 
 
-def _ellipse_sd(
-    x: np.ndarray, y: np.ndarray, cx: _Param, cy: _Param, ax: _Param, ay: _Param
-) -> np.ndarray:
+def _ellipse_sd(x: np.ndarray, y: np.ndarray, cx: _Param, cy: _Param, ax: _Param, ay: _Param) -> np.ndarray:
     """Approximate signed distance to an axis-aligned ellipse (negative inside).
 
     x, y: [B, S, S] coordinates; centre (cx, cy) and semi-axes (ax, ay) broadcast as [B, 1, 1].
@@ -182,7 +178,8 @@ def _window(
     """A per-image K x K pixel window around a head-frame point, for drawing one small feature.
 
     cx, cy: head-frame centre [B, 1, 1]; radius: bound on the feature's extent around it
-    (head-frame units; the image shows zoom times as many pixels per unit). Returns the selector of the window, for img_3BSS[selector] ->
+    (head-frame units; the image shows zoom times as many pixels per unit). Returns the selector of the
+    window, for img_3BSS[selector] ->
     [3, B, K, K], and the head-frame coordinates x, y [B, K, K] of its pixels. Features cover
     a few percent of the image, so drawing them in windows rather than on the full grid is
     what makes faces fast.
@@ -344,9 +341,7 @@ _RENDERERS = {"faces": _render_faces_chunk, "shapes": _render_shapes_chunk}
 _CHANNELS = {"faces": 3, "shapes": 1}
 
 
-def render(
-    kind: str, factors_NF: np.ndarray, image_size: int = 64, feature_scale: float = 1.0
-) -> np.ndarray:
+def render(kind: str, factors_NF: np.ndarray, image_size: int = 64, feature_scale: float = 1.0) -> np.ndarray:
     """Render images for given factor values; no randomness.
 
     factors_NF: [N, F] in the order of FACTOR_SPECS[kind], each within its [low, high]
@@ -359,9 +354,7 @@ def render(
     _check_feature_scale(kind, feature_scale)
     factors_NF = np.asarray(factors_NF, dtype=np.float64)
     if factors_NF.ndim != 2 or factors_NF.shape[1] != len(specs):
-        raise ValueError(
-            f"factors_NF must have shape [N, {len(specs)}] for {kind!r}, got {factors_NF.shape}"
-        )
+        raise ValueError(f"factors_NF must have shape [N, {len(specs)}] for {kind!r}, got {factors_NF.shape}")
     for col, spec in enumerate(specs):
         values = factors_NF[:, col]
         if (
@@ -369,9 +362,7 @@ def render(
             or values.min(initial=spec.low) < spec.low
             or values.max(initial=spec.high) > spec.high
         ):
-            raise ValueError(
-                f"factor {spec.name!r} must be finite and within [{spec.low}, {spec.high}]"
-            )
+            raise ValueError(f"factor {spec.name!r} must be finite and within [{spec.low}, {spec.high}]")
         if spec.discrete and not np.all(values == np.rint(values)):
             raise ValueError(f"factor {spec.name!r} is discrete and needs integer values")
     n = factors_NF.shape[0]
@@ -379,9 +370,7 @@ def render(
     chunk = max(1, _CHUNK_PIXELS // (image_size * image_size))
     extra = {"feature_scale": float(feature_scale)} if kind == "faces" else {}
     for start in range(0, n, chunk):
-        out[start : start + chunk] = _RENDERERS[kind](
-            factors_NF[start : start + chunk], image_size, **extra
-        )
+        out[start : start + chunk] = _RENDERERS[kind](factors_NF[start : start + chunk], image_size, **extra)
     return out
 
 
@@ -392,15 +381,11 @@ def sample_factors(kind: str, n: int, seed: int) -> np.ndarray:
     low = np.array([s.low for s in specs])
     high = np.array([s.high for s in specs])
     discrete = np.array([s.discrete for s in specs])
-    values_NF = np.where(
-        discrete, np.floor(low + unit_NF * (high - low + 1.0)), low + unit_NF * (high - low)
-    )
+    values_NF = np.where(discrete, np.floor(low + unit_NF * (high - low + 1.0)), low + unit_NF * (high - low))
     return np.clip(values_NF, low, high).astype(np.float32)
 
 
-def generate(
-    kind: str, n: int, seed: int, image_size: int = 64, feature_scale: float = 1.0
-) -> SyntheticSet:
+def generate(kind: str, n: int, seed: int, image_size: int = 64, feature_scale: float = 1.0) -> SyntheticSet:
     """Sample n factor vectors uniformly (seeded) and render them; see render for shapes."""
     specs = _check_kind(kind)
     _check_image_size(image_size)
@@ -415,9 +400,7 @@ def generate(
 def _check_bins(bins: int | list[int], num_factors: int) -> np.ndarray:
     per_factor = list(bins) if isinstance(bins, (list, tuple, np.ndarray)) else [bins] * num_factors
     if len(per_factor) != num_factors:
-        raise ValueError(
-            f"bins must be an int or a list of {num_factors} ints, got {len(per_factor)}"
-        )
+        raise ValueError(f"bins must be an int or a list of {num_factors} ints, got {len(per_factor)}")
     for b in per_factor:
         if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 2:
             raise ValueError(f"bins must be integers >= 2 (also for discrete factors), got {b!r}")
@@ -442,9 +425,7 @@ def weak_labels(
     """
     factors_NF = np.asarray(factors_NF, dtype=np.float64)
     if factors_NF.ndim != 2 or factors_NF.shape[1] != len(specs):
-        raise ValueError(
-            f"factors_NF must have shape [N, {len(specs)}] matching specs, got {factors_NF.shape}"
-        )
+        raise ValueError(f"factors_NF must have shape [N, {len(specs)}] matching specs, got {factors_NF.shape}")
     if not np.all(np.isfinite(factors_NF)):
         raise ValueError("factors_NF must be finite")
     if not 0.0 <= flip_prob <= 1.0:

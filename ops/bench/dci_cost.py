@@ -26,8 +26,17 @@ from gvae_dist.evaluate import METHODS, evaluate_codes  # noqa: E402
 def synthetic_codes(n: int, seed: int = 0, n_codes: int = 10):
     rng = np.random.default_rng(seed)
     discrete = [True, True, True, False, False, False]
-    f_NF = np.stack([rng.integers(0, 4, n), rng.integers(0, 3, n), rng.integers(0, 5, n),
-                     rng.uniform(-1, 1, n), rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)], 1).astype(float)
+    f_NF = np.stack(
+        [
+            rng.integers(0, 4, n),
+            rng.integers(0, 3, n),
+            rng.integers(0, 5, n),
+            rng.uniform(-1, 1, n),
+            rng.uniform(-1, 1, n),
+            rng.uniform(-1, 1, n),
+        ],
+        1,
+    ).astype(float)
     mix_FC = rng.normal(size=(6, n_codes)) * (rng.uniform(size=(6, n_codes)) < 0.3)
     codes = f_NF @ mix_FC + 0.3 * rng.normal(size=(n, n_codes))
     return codes, f_NF, discrete
@@ -46,14 +55,35 @@ def main(argv=None) -> int:
     for method in args.method or ["gbt"]:
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        out = evaluate_codes(codes[tr], f_NF[tr], codes[te], f_NF[te], [f"f{j}" for j in range(6)], discrete, method=method,
-                             partitions=[("a", 4), ("b", 4), ("c", 2)], seed=0)
+        out = evaluate_codes(
+            codes[tr],
+            f_NF[tr],
+            codes[te],
+            f_NF[te],
+            [f"f{j}" for j in range(6)],
+            discrete,
+            method=method,
+            partitions=[("a", 4), ("b", 4), ("c", 2)],
+            seed=0,
+        )
         sec = time.perf_counter() - t0
-        rows.append({"method": method, "n_train": args.n_train, "n_test": args.n_test, "factors": 6,
-                     "seconds": sec, "load_before": load0, "cpus": os.cpu_count(),
-                     "disentanglement": out["dci"]["disentanglement"]})
-        print(f"{method:7s} {args.n_train}/{args.n_test} codes, 6 factors: {sec:6.1f} s "
-              f"(load average before {load0:.2f}, {os.cpu_count()} CPUs)", flush=True)
+        rows.append(
+            {
+                "method": method,
+                "n_train": args.n_train,
+                "n_test": args.n_test,
+                "factors": 6,
+                "seconds": sec,
+                "load_before": load0,
+                "cpus": os.cpu_count(),
+                "disentanglement": out["dci"]["disentanglement"],
+            }
+        )
+        print(
+            f"{method:7s} {args.n_train}/{args.n_test} codes, 6 factors: {sec:6.1f} s "
+            f"(load average before {load0:.2f}, {os.cpu_count()} CPUs)",
+            flush=True,
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2))

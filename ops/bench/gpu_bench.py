@@ -90,8 +90,10 @@ def step_specs(batch: int, quick: bool, compile_ok: bool) -> list[StepSpec]:
                     continue
                 specs.append(StepSpec(objective=obj, batch=batch, gated=gated, precision=prec))
     if not quick:
-        specs += [StepSpec(batch=batch, channels_last=True),
-                  StepSpec(batch=batch, precision="bf16", channels_last=True)]
+        specs += [
+            StepSpec(batch=batch, channels_last=True),
+            StepSpec(batch=batch, precision="bf16", channels_last=True),
+        ]
     if compile_ok:
         specs += [StepSpec(batch=batch, precision="bf16", channels_last=True, compile=True)]
     return specs
@@ -113,11 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     peaks = device_peaks(device, args.peak_tflops)
     mm_n = 512 if quick else 8192
-    meta = {"device": str(device), "torch": torch.__version__, "quick": quick, "peaks": peaks,
-            "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-            "matmul_flops_fp32": measured_matmul_flops(device, torch.float32, mm_n),
-            "matmul_flops_bf16": measured_matmul_flops(device, torch.bfloat16, mm_n)}
+    meta = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "quick": quick,
+        "peaks": peaks,
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_flops_fp32": measured_matmul_flops(device, torch.float32, mm_n),
+        "matmul_flops_bf16": measured_matmul_flops(device, torch.bfloat16, mm_n),
+    }
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
     results, skipped = [], []
@@ -133,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     gate_batches = (64,) if quick else (64, 256, 1024, 4096)
     gate_latents = (10,) if quick else (10, 64, 256)
     if within_budget("gate eager"):
-        results += run_gate(gate_batches, gate_latents, modes=("eager",), rounds=3 if quick else 15,
-                            device=device)
+        results += run_gate(gate_batches, gate_latents, modes=("eager",), rounds=3 if quick else 15, device=device)
     if compile_ok and within_budget("gate compile"):
         for B, D in ((256, 10), (4096, 256)):  # two shapes: each compile costs seconds
             results += run_gate((B,), (D,), modes=("compile",), rounds=15, device=device)
@@ -150,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             bf16 = row.get("precision") == "bf16"
             peak = peaks["bf16"] if bf16 else (peaks["tf32"] if torch.backends.cudnn.allow_tf32 else peaks["fp32"])
             measured = meta["matmul_flops_bf16" if bf16 else "matmul_flops_fp32"]
-            row.update(flops_per_step=flops, achieved_tflops=achieved / 1e12,
-                       frac_of_peak=achieved / peak if peak else None,
-                       frac_of_matmul=achieved / measured)
+            row.update(
+                flops_per_step=flops,
+                achieved_tflops=achieved / 1e12,
+                frac_of_peak=achieved / peak if peak else None,
+                frac_of_matmul=achieved / measured,
+            )
             if device.type == "cuda" and row["name"] != "plain":
                 spec = StepSpec(**{k: row[k] for k in StepSpec.__dataclass_fields__})
                 step = GvaeStep(spec, device)
@@ -160,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                 row["peak_bytes"] = peak_memory(step, device)
         results += rows
 
-    report = {"meta": {**meta, "seconds": round(time.perf_counter() - t_start, 1), "skipped": skipped},
-              "results": results}
+    report = {
+        "meta": {**meta, "seconds": round(time.perf_counter() - t_start, 1), "skipped": skipped},
+        "results": results,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
@@ -170,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== step FLOP/s")
     for r in step_rows:
         frac = f"{100 * r['frac_of_peak']:.1f}% of peak" if r["frac_of_peak"] else "peak unknown"
-        print(f"{r['name']:45s} {r['images_per_s']:9.0f} img/s  {r['achieved_tflops']:8.3f} TFLOP/s  "
-              f"{frac}  {100 * r['frac_of_matmul']:.1f}% of measured matmul")
+        print(
+            f"{r['name']:45s} {r['images_per_s']:9.0f} img/s  {r['achieved_tflops']:8.3f} TFLOP/s  "
+            f"{frac}  {100 * r['frac_of_matmul']:.1f}% of measured matmul"
+        )
     print(f"[gpu_bench] {report['meta']['seconds']}s; wrote {out}" + (f"; skipped {skipped}" if skipped else ""))
     return 0
 

@@ -5,7 +5,8 @@
 Each case trains the same config (64x64 reference net, global batch 64, no tracking, no eval)
 in a fresh output dir; throughput is the median (and the best) of ``perf/images_per_s`` over
 the logged intervals after the first (warm-up), which exclude checkpoint/report time; the best
-interval is the less contended estimate on a shared machine. Wall time includes start-up. Cases: plain (1 process x C threads), ray-1 (1 worker x C CPUs/threads),
+interval is the less contended estimate on a shared machine. Wall time includes start-up. Cases: plain (1
+process x C threads), ray-1 (1 worker x C CPUs/threads),
 ray-N (C workers x 1 CPU/thread).
 """
 
@@ -38,8 +39,7 @@ def run(case: str, cores: int, steps: int, extra: list[str]) -> dict:
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "gvae" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["perf/images_per_s"] for r in rows[1:]]
-    return {"case": case, "median": statistics.median(rates), "best": max(rates), "wall_s": wall,
-            "out": str(out)}
+    return {"case": case, "median": statistics.median(rates), "best": max(rates), "wall_s": wall, "out": str(out)}
 
 
 def main() -> None:
@@ -50,8 +50,10 @@ def main() -> None:
     args = ap.parse_args()
     for case in ("plain", "ray-1", f"ray-{args.cores}"):
         r = run(case, args.cores, args.steps, args.extra)
-        print(f"{r['case']:>6}: median {r['median']:5.0f} img/s  best {r['best']:5.0f} img/s  "
-              f"wall {r['wall_s']:5.1f} s", flush=True)
+        print(
+            f"{r['case']:>6}: median {r['median']:5.0f} img/s  best {r['best']:5.0f} img/s  wall {r['wall_s']:5.1f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

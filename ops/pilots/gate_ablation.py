@@ -30,9 +30,16 @@ for arm in sorted(p for p in root.iterdir() if p.is_dir()):
     seeds = sorted(set(gated) & set(ungated))
     if not seeds:
         continue
-    delta = {k: statistics.mean(dci(gated[s])[k] - dci(ungated[s])[k] for s in seeds)
-             for k in ("D", "C", "I", "mean", "purity")}
+    delta = {
+        k: statistics.mean(dci(gated[s])[k] - dci(ungated[s])[k] for s in seeds)
+        for k in ("D", "C", "I", "mean", "purity")
+    }
     info = [statistics.mean(gated[s][f"informativeness/{f}"] for s in seeds) for f in FACTORS]
     elbo = statistics.mean(gated[s]["neg_elbo"] for s in seeds)
-    print(f"| {arm.name} | {','.join(map(str, seeds))} | " + " | ".join(f"{delta[k]:+.3f}" for k in delta)
-          + " | " + " | ".join(f"{v:.2f}" for v in info) + f" | {elbo:,.0f} |")
+    print(
+        f"| {arm.name} | {','.join(map(str, seeds))} | "
+        + " | ".join(f"{delta[k]:+.3f}" for k in delta)
+        + " | "
+        + " | ".join(f"{v:.2f}" for v in info)
+        + f" | {elbo:,.0f} |"
+    )

@@ -32,8 +32,7 @@ for run in sorted(p.parent for p in root.glob("runs/*/result.json")):
     kl = 0.5 * (mu**2 + np.exp(logvar) - logvar - 1).sum(1).mean()
     offset = 0.5 * (mu.mean(0) ** 2).sum()
     resolution = np.log(mu.std(0) / np.exp(0.5 * logvar).mean(0)).sum()
-    rows.setdefault(run.name.rsplit("__seed", 1)[0], []).append(
-        (kl, offset, np.abs(mu.mean(0)).max(), resolution))
+    rows.setdefault(run.name.rsplit("__seed", 1)[0], []).append((kl, offset, np.abs(mu.mean(0)).max(), resolution))
 print("| cell (seeds) | KL | of it a constant offset | max abs(mean mu_d) | sum log(std mu / sigma) |")
 print("|---|---:|---:|---:|---:|")
 for name, vals in rows.items():

@@ -17,7 +17,11 @@ for path in sorted(root.glob("runs/*/result.json")):
 print("| cell | " + " | ".join(FACTORS) + " | -ELBO | KL | collapsed (KL < 1) |")
 print("|---|" + "---:|" * (len(FACTORS) + 3))
 for name, evals in groups.items():
-    mean = {k: statistics.mean(e[k] for e in evals)
-            for k in ["neg_elbo", "kl", *(f"informativeness/{f}" for f in FACTORS)]}
-    print(f"| {name} ({len(evals)}) | " + " | ".join(f"{mean['informativeness/' + f]:.2f}" for f in FACTORS)
-          + f" | {mean['neg_elbo']:,.0f} | {mean['kl']:.0f} | {sum(e['kl'] < 1 for e in evals)} |")
+    mean = {
+        k: statistics.mean(e[k] for e in evals) for k in ["neg_elbo", "kl", *(f"informativeness/{f}" for f in FACTORS)]
+    }
+    print(
+        f"| {name} ({len(evals)}) | "
+        + " | ".join(f"{mean['informativeness/' + f]:.2f}" for f in FACTORS)
+        + f" | {mean['neg_elbo']:,.0f} | {mean['kl']:.0f} | {sum(e['kl'] < 1 for e in evals)} |"
+    )
