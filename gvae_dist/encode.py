@@ -173,14 +173,16 @@ def save_codes(result: dict[str, Any], out: str | Path) -> Path:
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """One line per partition: its dims, the spread of its codes over the images, the mean
     posterior sigma and its KL to the prior (nats per image; ~0 = a collapsed partition)."""
+    from gvae_dist.plots import kl_per_dim
+
     mu, logvar = result["mu"], result["logvar"]
-    kl_ND = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar)
+    kl_D = kl_per_dim(mu, logvar)
     lines = []
     for p in result["partitions"]:
         s = slice(p["start"], p["start"] + p["size"])
         lines.append(
             f"{p['name']:<12} dims {p['start']}-{s.stop - 1} ({p['size']}): code std over images "
             f"{mu[:, s].std(0).mean():.3f}, posterior sigma {np.exp(0.5 * logvar[:, s]).mean():.3f}, "
-            f"KL {kl_ND[:, s].sum(1).mean():.2f} nats/image"
+            f"KL {kl_D[s].sum():.2f} nats/image"
         )
     return lines

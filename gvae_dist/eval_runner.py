@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from gvae_dist.config import Config
+from gvae_dist.data.batch import to_float_nchw
 from gvae_dist.data.loader import load_eval_arrays
+from gvae_dist.model import eval_mode
 
 __all__ = [
     "default_out_dir",
@@ -35,50 +37,41 @@ __all__ = [
 def encode(model, images_NHWC: np.ndarray, batch_size: int, device, with_logvar: bool = False):
     """Posterior means ``[N, D]`` of images ``[N, H, W, C]``, uint8 or float in [0, 1] (and
     log-variances ``[N, D]`` as a second array when ``with_logvar``)."""
-    was_training = model.training
-    model.eval()
     codes, logvars = [], []
-    for i in range(0, len(images_NHWC), batch_size):
-        mu, logvar = model.encode(_to_tensor(images_NHWC[i : i + batch_size], device))
-        codes.append(mu.float().cpu())
-        if with_logvar:
-            logvars.append(logvar.float().cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(images_NHWC), batch_size):
+            mu, logvar = model.encode(_to_tensor(images_NHWC[i : i + batch_size], device))
+            codes.append(mu.float().cpu())
+            if with_logvar:
+                logvars.append(logvar.float().cpu())
     if with_logvar:
         return torch.cat(codes).numpy(), torch.cat(logvars).numpy()
     return torch.cat(codes).numpy()
 
 
 def _to_tensor(images_NHWC: np.ndarray, device) -> torch.Tensor:
-    x_NCHW = torch.from_numpy(images_NHWC).to(device).permute(0, 3, 1, 2).float()
-    return x_NCHW.div_(255.0) if images_NHWC.dtype == np.uint8 else x_NCHW
+    x_NHWC = torch.from_numpy(images_NHWC).to(device)
+    return to_float_nchw(x_NHWC) if images_NHWC.dtype == np.uint8 else x_NHWC.permute(0, 3, 1, 2).float()
 
 
 @torch.no_grad()
 def heldout_elbo(cfg: Config, model, images_NHWC: np.ndarray, device, seed: int = 0) -> dict[str, float]:
     """Negative ELBO per image on held-out images (identity targets, one posterior sample,
     seeded): ``recon + KL`` in nats, the quantity every objective bounds whatever its regulariser."""
-    from gvae_dist.objective import reconstruction_loss
+    from gvae_dist.objective import gaussian_kl, reconstruction_loss
 
-    was_training = model.training
-    model.eval()
+    o = cfg.objective
     gen = torch.Generator(device="cpu").manual_seed(seed)
     recon = kl = 0.0
     bs = cfg.eval.batch_size
-    for i in range(0, len(images_NHWC), bs):
-        x = _to_tensor(images_NHWC[i : i + bs], device)
-        mu, logvar = (t.float() for t in model.encode(x))
-        eps = torch.randn(mu.shape, generator=gen).to(device)
-        logits = model.decode(mu + eps * torch.exp(0.5 * logvar)).float()
-        recon += (
-            reconstruction_loss(
-                logits, x, cfg.objective.likelihood, cfg.objective.gaussian_std, cfg.objective.gaussian_calibrated
-            )
-            .sum()
-            .item()
-        )
-        kl += (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(images_NHWC), bs):
+            x = _to_tensor(images_NHWC[i : i + bs], device)
+            mu, logvar = (t.float() for t in model.encode(x))
+            eps = torch.randn(mu.shape, generator=gen).to(device)
+            logits = model.decode(mu + eps * torch.exp(0.5 * logvar)).float()
+            recon += reconstruction_loss(logits, x, o.likelihood, o.gaussian_std, o.gaussian_calibrated).sum().item()
+            kl += gaussian_kl(mu, logvar).sum().item()
     n = max(1, len(images_NHWC))
     return {"neg_elbo": (recon + kl) / n, "recon": recon / n, "kl": kl / n}
 

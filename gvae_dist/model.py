@@ -17,7 +17,8 @@ Legend: B batch, C image channels, H/W image height/width, D latent dims, F hidd
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -28,7 +29,7 @@ from gvae_dist.gate import gated_reparameterize
 if TYPE_CHECKING:  # only for the annotation: the model reads a config, it does not import one
     from gvae_dist.config import Config
 
-__all__ = ["BOTTLENECK", "SUPPORTED_IMAGE_SIZES", "GatedVAE", "VAEOutput", "build_model", "layer_channels"]
+__all__ = ["BOTTLENECK", "SUPPORTED_IMAGE_SIZES", "GatedVAE", "VAEOutput", "build_model", "eval_mode", "layer_channels"]
 
 BOTTLENECK = 4
 """Spatial size (height = width) of the last encoder feature map."""
@@ -224,6 +225,18 @@ class GatedVAE(nn.Module):
         else:
             logits_BCHW = self.decode_rows(z_dec_BD, decoder_update_B)
         return VAEOutput(mu_BD, logvar_BD, z_dec_BD, z_reg_BD, logits_BCHW)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``with eval_mode(model):`` the model in eval mode, and back in the mode it was in after
+    (evaluation and pictures during training leave a training model training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def build_model(cfg: Config, channels: int) -> GatedVAE:

@@ -78,13 +78,12 @@ def plot_traversals(model, x_KCHW, spec, path: str | Path, span: float = 3.0, st
     """
     import torch
 
+    from gvae_dist.model import eval_mode
+
     plt = _pyplot()
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         mu_KD, _ = model.encode(x_KCHW)
         imgs = decode_traversals(model, mu_KD, span, steps).cpu().numpy()
-    model.train(was_training)
     K, D = mu_KD.shape
 
     rows = _partition_rows(spec)
@@ -237,8 +236,10 @@ def write_eval_plots(
     """
     import torch
 
+    from gvae_dist.data.batch import to_float_nchw
+
     out = Path(out_dir)
-    x_KCHW = torch.from_numpy(images_NHWC[:seeds]).to(device).permute(0, 3, 1, 2).float().div(255.0)
+    x_KCHW = to_float_nchw(torch.from_numpy(images_NHWC[:seeds]).to(device))
     names = result["factor_names"]
     code_labels = [
         f"{name}:{d - start}" for name, start, size in _partition_rows(spec) for d in range(start, start + size)
@@ -302,13 +303,12 @@ def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, n
     the first image's posterior mean, other dims fixed)."""
     import torch
 
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    from gvae_dist.model import eval_mode
+
+    with eval_mode(model), torch.no_grad():
         mu_ND, _ = model.encode(x_NCHW)
         recon_NCHW = torch.sigmoid(model.decode(mu_ND).float())
         trav_DSCHW = decode_traversals(model, mu_ND[:1], span, steps)[0]
-    model.train(was_training)
     recon = torch.stack([x_NCHW.float(), recon_NCHW]).cpu().numpy()
     return {"reconstruction": tile_images(recon), "traversal": tile_images(trav_DSCHW.cpu().numpy())}
 

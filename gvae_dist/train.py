@@ -53,6 +53,7 @@ from gvae_dist.checkpoint import (
     set_aside,
 )
 from gvae_dist.config import Config, ConfigError, config_from_dict, config_yaml, save_config
+from gvae_dist.data.batch import to_float_nchw
 from gvae_dist.data.loader import build_train_loader, load_eval_arrays
 from gvae_dist.data.pairing import PairingPlan
 from gvae_dist.data.partners import build_partners
@@ -159,7 +160,7 @@ def _param_digest(model: torch.nn.Module) -> str:
 def _grid_inputs(cfg: Config, device, n: int = 8) -> torch.Tensor:
     """A fixed set of held-out images ``[n, C, H, W]`` for the logged image grids."""
     images_NHWC, _, _ = load_eval_arrays(cfg, limit=n)
-    return torch.from_numpy(images_NHWC[:n]).to(device).permute(0, 3, 1, 2).float().div(255.0)
+    return to_float_nchw(torch.from_numpy(images_NHWC[:n]).to(device))
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped early on request, run again to resume
@@ -567,8 +568,8 @@ def _setup(cfg: Config, hooks: RunHooks, claims: contextlib.ExitStack) -> _Worke
     optimizer = accelerator.prepare_optimizer(optimizer)
     plan = PairingPlan.from_config(cfg, loader.info.label_names, device=device)
     partners = build_partners(cfg, loader, plan, device)
-    pair_gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank)
-    torch.manual_seed(cfg.run.seed * 1000 + rank + 1)  # per-rank reparameterisation noise
+    pair_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.run.seed, "pairing", rank))
+    torch.manual_seed(stream_seed(cfg.run.seed, "noise", rank))  # per-rank reparameterisation noise
     return _Worker(
         cfg,
         accelerator,
@@ -585,6 +586,16 @@ def _setup(cfg: Config, hooks: RunHooks, claims: contextlib.ExitStack) -> _Worke
         partners,
         pair_gen,
     )
+
+
+STREAMS = ("pairing", "noise")  # the per-rank random streams of a run, one seed each
+
+
+def stream_seed(seed: int, purpose: str, rank: int) -> int:
+    """The seed of rank ``rank``'s ``purpose`` stream (:data:`STREAMS`) in a run seeded ``seed``:
+    ``1000 seed + 2 rank + index``, distinct for every purpose and rank below 500 (rank 0 keeps
+    the seeds runs always had: 1000 seed for pairing, 1000 seed + 1 for noise)."""
+    return seed * 1000 + len(STREAMS) * rank + STREAMS.index(purpose)
 
 
 def _resume(w: _Worker, hooks: RunHooks) -> tuple[int, str | None, Path | None]:

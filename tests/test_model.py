@@ -146,3 +146,18 @@ def test_bf16_autocast_cpu_forward_backward():
     grad = model.encoder.mu_head.weight.grad
     assert torch.equal(grad[5:], torch.zeros_like(grad[5:]))
     assert grad[:5].abs().sum() > 0
+
+
+def test_eval_mode_restores_the_mode_it_found():
+    from gvae_dist.model import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.Dropout(0.5))
+    for training in (True, False):
+        net.train(training)
+        with eval_mode(net) as m:
+            assert m is net and not net.training
+        assert net.training is training
+    net.train()
+    with pytest.raises(RuntimeError), eval_mode(net):
+        raise RuntimeError("boom")
+    assert net.training  # restored on the way out of an error too

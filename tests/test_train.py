@@ -200,3 +200,14 @@ def test_periodic_and_final_evaluation_reach_the_checkpoint_reports(tmp_path):
     assert not any(k.startswith("eval/") for k in final["train"])
     again = train_loop(cfg)  # nothing left to train: evaluates the restored model once more
     assert again.step == 10 and again.eval_metrics["dci_mean"] == pytest.approx(result.eval_metrics["dci_mean"])
+
+
+def test_stream_seeds_are_distinct_per_purpose_and_rank():
+    """Rank r+1's pairing stream used to start where rank r's noise stream did; now every
+    (purpose, rank) has its own seed, and rank 0 keeps the seeds single-process runs had."""
+    from gvae_dist.train import STREAMS, stream_seed
+
+    seeds = [stream_seed(7, p, r) for r in range(64) for p in STREAMS]
+    assert len(set(seeds)) == len(seeds)
+    assert (stream_seed(7, "pairing", 0), stream_seed(7, "noise", 0)) == (7000, 7001)
+    assert stream_seed(7, "pairing", 1) != stream_seed(7, "noise", 0)

@@ -63,13 +63,14 @@ def _pair_round(interval: int, intervals: int, num_train: int, extra: list[str])
     """One round, in a fresh process: the plain loop first (under the allocator as a fresh
     process has it), then ``train_loop`` (which may tune the allocator for itself)."""
     from gvae_dist.bench.step import PlainStep
+    from gvae_dist.data.batch import to_float_nchw
     from gvae_dist.data.synthetic import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _cfg(Path(tmp), "pair", f"data.num_train={num_train}", *extra)
         d, batch = cfg.data, cfg.optim.batch_size
         images = generate(d.source, num_train, seed=d.seed, image_size=d.image_size).images
-        images_NCHW = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).contiguous()
+        images_NCHW = to_float_nchw(torch.from_numpy(images)).contiguous()
         plain = PlainStep(images_NCHW, batch)
         rates = []
         for _ in range(1 + intervals):  # the same intervals as the loop logs; the first warms up

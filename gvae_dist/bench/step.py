@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gvae_dist.bench.harness import interleave, minor_faults_per_call
-from gvae_dist.data.batch import Batch
+from gvae_dist.data.batch import Batch, to_float_nchw
 from gvae_dist.data.pairing import PairingPlan
 from gvae_dist.gate import PartitionSpec
 from gvae_dist.model import GatedVAE
@@ -122,7 +122,7 @@ class RandomImages:
         idx = self.order[self.pos : self.pos + batch]
         self.pos += batch
         image = self.images_NHWC[idx].to(self.device, non_blocking=True)
-        return image.permute(0, 3, 1, 2).float().div_(255.0), self.labels_NL[idx].to(self.device)
+        return to_float_nchw(image), self.labels_NL[idx].to(self.device)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -248,7 +248,7 @@ def retain_memory_like_train_loop() -> bool:
 
 def plain_images(data: RandomImages) -> torch.Tensor:
     """The same images as float NCHW in [0, 1], contiguous (a ``ToTensor``-style dataset)."""
-    return data.images_NHWC.permute(0, 3, 1, 2).float().div(255.0).contiguous()
+    return to_float_nchw(data.images_NHWC).contiguous()
 
 
 def step_flops(spec: StepSpec, device="cpu") -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Batch", "DatasetInfo"]
+__all__ = ["Batch", "DatasetInfo", "to_float_nchw"]
 
 
 @dataclass
@@ -52,3 +52,9 @@ class DatasetInfo:
     label_names: list[str]
     num_samples: int
     extra: dict = field(default_factory=dict)
+
+
+def to_float_nchw(images_NHWC: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``[N, H, W, C]`` -> float32 ``[N, C, H, W]`` in [0, 1]: the model's input
+    layout, defined once (loaders, partner banks, evaluation, pictures and benchmarks use it)."""
+    return images_NHWC.permute(0, 3, 1, 2).float().div_(255.0)

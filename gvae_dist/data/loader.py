@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from gvae_dist.data.batch import Batch, DatasetInfo
+from gvae_dist.data.batch import Batch, DatasetInfo, to_float_nchw
 from gvae_dist.data.synthetic import SyntheticSet, generate, weak_labels
 
 __all__ = ["MemoryLoader", "build_train_loader", "load_eval_arrays"]
@@ -90,7 +90,7 @@ class MemoryLoader:
         idx = self._order[self.index : self.index + self.batch_size]
         self.index += self.batch_size
         image = self.images[idx].to(self.device, non_blocking=True)
-        image_BCHW = image.permute(0, 3, 1, 2).float().div_(255.0)
+        image_BCHW = to_float_nchw(image)
         return Batch(
             image_BCHW, self.labels[idx].to(self.device), self.factors[idx].to(self.device), ids=idx.to(self.device)
         )

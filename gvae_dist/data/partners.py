@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from gvae_dist.data.batch import to_float_nchw
+
 if TYPE_CHECKING:  # numpy is imported where it is used: the GPU benchmark runs without it
     import numpy as np
 
@@ -160,7 +162,7 @@ def _label_range(labels_NL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _to_float_BCHW(images_BHWC_u8: torch.Tensor) -> torch.Tensor:
-    return images_BHWC_u8.permute(0, 3, 1, 2).float().div_(255.0)
+    return to_float_nchw(images_BHWC_u8)
 
 
 class DatasetPartners:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gvae_dist.data.batch import Batch
+from gvae_dist.data.batch import Batch, to_float_nchw
 from gvae_dist.data.checks import describe_label, first_bad_label
 from gvae_dist.data.shards import FACTORS_EXT, LABELS_EXT, split_member
 from gvae_dist.data.stream_base import StreamLoaderBase, decode_image, rank_range
@@ -324,7 +324,7 @@ class WdsLoader(StreamLoaderBase):
             )
             self._chunks_total, self._chunks_seen = chunks * self.workers, 0
         image = out["image"].to(self.device, non_blocking=True)
-        image_BCHW = image.permute(0, 3, 1, 2).float().div_(255.0)
+        image_BCHW = to_float_nchw(image)
         return self._batch(image_BCHW, out["labels"], out["factors"], out["keys"])
 
     def state_dict(self) -> dict:
