@@ -293,7 +293,7 @@ def importance_matrix(
     jobs = (
         delayed(_fit_factor)(xtr_NC, ytr_NF[:, j], xte_NC, yte_NF[:, j], bool(discrete[j]), method, seed) for j in order
     )
-    # In order as they finish (joblib's generator); a bar on an interactive terminal only
+    # Submission order, each as soon as it is ready (joblib's generator); a bar on a terminal only
     # (tqdm's disable=None: quiet in logs, pytest, Ray workers), gone when the fits are done.
     done = list(
         _progress(
