@@ -1,4 +1,4 @@
-"""Stop the private local Ray cluster of a driver that was killed (issue 14, item 12).
+"""Stop the private local Ray cluster of a driver that was killed (docs/reliability.md).
 
 Ray ties the processes a driver starts (GCS, raylet, dashboard, monitors) to it with
 ``PR_SET_PDEATHSIG``, but not what the raylet starts in turn: a killed driver left its

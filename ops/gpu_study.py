@@ -78,7 +78,6 @@ def probe(args, cell_cfg, out: Path, deadline: float) -> dict:
     import torch
 
     from gvae_dist.checkpoint import list_checkpoints, load_checkpoint
-    from gvae_dist.config import apply_overrides, config_from_dict
     from gvae_dist.data.loader import load_eval_arrays
     from gvae_dist.eval_runner import heldout_elbo
     from gvae_dist.model import build_model
@@ -89,21 +88,18 @@ def probe(args, cell_cfg, out: Path, deadline: float) -> dict:
         return json.loads(path.read_text())
     stop = out / "STOP_PROBE"
     stop.unlink(missing_ok=True)
-    cfg = config_from_dict(
-        apply_overrides(
-            cell_cfg.to_dict(),
-            [
-                f"run.output_dir={out}",
-                "run.name=probe",
-                "eval.at_end=false",
-                "tracking.enabled=false",
-                f"optim.steps={args.probe_steps}",
-                f"run.checkpoint_every={args.probe_every}",
-                f"run.log_every={args.probe_every}",
-                f"run.keep_checkpoints={10**6}",
-                f"run.stop_file={stop}",
-            ],
-        )
+    cfg = cell_cfg.replace(
+        {
+            "run.output_dir": str(out),
+            "run.name": "probe",
+            "eval.at_end": False,
+            "tracking.enabled": False,
+            "optim.steps": args.probe_steps,
+            "run.checkpoint_every": args.probe_every,
+            "run.log_every": args.probe_every,
+            "run.keep_checkpoints": 10**6,
+            "run.stop_file": str(stop),
+        }
     )
     timer = _stop_at(stop, time.monotonic() + args.probe_share * (deadline - time.monotonic()))
     t0 = time.monotonic()

@@ -217,7 +217,7 @@ def test_skipped_count_reaches_training_metrics(shards, tmp_path, backend):
     assert train_loop(cfg).metrics["data/skipped_samples"] == 1.0
 
 
-# --- issue 14, item 10: what the manifest does not list is never read; labels stay in their classes ---
+# --- what the manifest does not list is never read; labels stay in their classes ---
 
 
 def _extra_member(key, source=BAD, after="00000025"):

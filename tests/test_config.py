@@ -94,7 +94,7 @@ def test_extends_loop_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-# --- hostile or out-of-range input (issue 14, items 8, 9, 11) ---------------------------------
+# --- hostile or out-of-range input -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Issue 14, item 12: a SIGKILLed driver leaves no process of its private Ray cluster behind.
+"""A SIGKILLed driver leaves no process of its private Ray cluster behind.
 
 Without the guard (``gvae_dist.orphan_guard``), a SIGKILLed ``gvae-dist train --workers 1``
 left the raylet's dashboard agent and runtime-env agent running for about 60 s, and its token

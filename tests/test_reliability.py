@@ -1,4 +1,4 @@
-"""Fault injection on the run directory (docs/reliability.md, issue 14 items 1-5 and 12).
+"""Fault injection on the run directory (docs/reliability.md).
 
 Each test is one probe from that table: a concurrent run, a stale lock, a resume with another
 config, a damaged newest checkpoint, leftovers of a killed run, Ctrl-C on a real ``gvae-dist

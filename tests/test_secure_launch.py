@@ -1,4 +1,4 @@
-"""Issue 14, items 6-8 through the real CLI: ``gvae-dist train --workers 1`` starts its own
+"""Secure launch through the real CLI: ``gvae-dist train --workers 1`` starts its own
 private Ray cluster and logs to a real MLflow server through a URI with a password.
 
 One tiny run (module fixture) is watched from outside while it trains: the listening sockets

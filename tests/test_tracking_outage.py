@@ -1,4 +1,4 @@
-"""A tracking server SIGKILLed mid-run (docs/reliability.md, issue 14 item 12).
+"""A tracking server SIGKILLed mid-run (docs/reliability.md).
 
 One real ``mlflow server`` of this module's own (the session's is shared) is killed while a run
 trains against it. The run finishes, records what its MLflow run is owed in

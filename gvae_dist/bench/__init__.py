@@ -1,4 +1,4 @@
-"""``gvae-dist bench``: the performance benchmarks of issue 8, as one command.
+"""``gvae-dist bench``: the performance benchmarks, as one command.
 
     gvae-dist bench [--quick] [--suite NAME ...] [--device cpu|cuda] [--out FILE.json]
     make bench            # the same, full size, writes bench-results/bench.json
