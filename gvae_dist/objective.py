@@ -376,7 +376,8 @@ def objective(
     """Total loss ``mean_B(recon_B) + reg_weight * regulariser`` for ``cfg.name``.
 
     Args:
-        cfg: objective config (see ``ObjectiveConfigLike``); validated here.
+        cfg: objective config (see ``ObjectiveConfigLike``), valid (:func:`validate_objective`:
+            the config does it when it is built, ``StepParts`` once per run; not every step).
         recon_B: per-example reconstruction loss from ``reconstruction_loss``.
         mu_BD, logvar_BD: posterior parameters.
         z_reg_BD: posterior sample with un-gated gradient (used by InfoVAE's MMD).
@@ -395,7 +396,6 @@ def objective(
         (unweighted MMD^2 estimate) for InfoVAE, ``dip`` (weighted penalty) for DIP-VAE or
         ``capacity`` (C) for the annealed objective.
     """
-    validate_objective(cfg)
     kl_BD = gate_gradient(gaussian_kl(mu_BD, logvar_BD), kl_mask)
     kl_per_dim_D = kl_BD.mean(0)
     kl = kl_per_dim_D.sum()

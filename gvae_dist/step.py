@@ -30,7 +30,7 @@ import torch
 from gvae_dist.data.pairing import IDENTITY, KIND_NAMES, SHARED, PairingPlan, Pairs, make_pairs
 from gvae_dist.gate import drop_high_loss
 from gvae_dist.model import GatedVAE
-from gvae_dist.objective import kl_weight, objective, reconstruction_loss, warmup_weight
+from gvae_dist.objective import kl_weight, objective, reconstruction_loss, validate_objective, warmup_weight
 
 __all__ = ["StepMetrics", "StepOut", "StepParts", "train_step"]
 
@@ -62,6 +62,9 @@ class StepParts:
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     backward: Callable[[torch.Tensor], None] = _backward
     clip_grad: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        validate_objective(self.objective)  # once per run, not in every step's objective()
 
 
 @dataclass

@@ -385,7 +385,7 @@ def test_warmup_scales_the_whole_regulariser_and_nothing_else():
         torch.testing.assert_close(quarter - recon, 0.25 * (full - recon))
         torch.testing.assert_close(terms_q["kl"], terms["kl"])
     with pytest.raises(ValueError, match="objective.warmup_steps"):
-        objective(make_cfg(warmup_steps=-1), recon_B, mu_BD, logvar_BD, z_BD)
+        validate_objective(make_cfg(warmup_steps=-1))
 
 
 def test_regularizers_are_one_lookup():
@@ -444,9 +444,10 @@ def test_validate_objective_rejects(overrides, match):
     cfg = make_cfg(**overrides)
     with pytest.raises(ValueError, match=match):
         validate_objective(cfg)
-    recon_B, mu_BD, logvar_BD, z_BD, prior_BD = _inputs()
-    with pytest.raises(ValueError, match=match):
-        objective(cfg, recon_B, mu_BD, logvar_BD, z_BD, prior_BD)
+    from gvae_dist.step import StepParts
+
+    with pytest.raises(ValueError, match=match):  # a run's step parts check it once, up front
+        StepParts(None, None, None, None, None, gate=None, objective=cfg)
 
 
 def test_validate_objective_accepts_defaults_and_mmd_vae():
@@ -477,4 +478,4 @@ def test_annealed_capacity_is_burgess_gamma_abs_kl_minus_c():
         expected = kl_grad_sign * 100.0 * mu_BD.detach() / len(mu_BD)  # dKL/dmu = mu / B
         torch.testing.assert_close(mu.grad, expected)
     with pytest.raises(ValueError, match="objective.capacity_max must be >= 0"):
-        objective(make_cfg(name="annealed", capacity_max=-1.0), recon_B, mu_BD, logvar_BD, z_BD)
+        validate_objective(make_cfg(name="annealed", capacity_max=-1.0))
