@@ -64,7 +64,9 @@ def _dsprites_npz(path, n=24):
         1,
     )
     imgs = (rng.random((n, 64, 64)) < 0.2).astype(np.uint8)
-    np.savez_compressed(path, imgs=imgs, latents_values=values, latents_classes=classes, metadata=np.array("meta"))
+    # the real file's metadata is a pickled dict: an object array that allow_pickle=False refuses to read
+    metadata = np.array({"description": "dSprites"}, dtype=object)
+    np.savez_compressed(path, imgs=imgs, latents_values=values, latents_classes=classes, metadata=metadata)
     return imgs, values, classes
 
 
@@ -236,7 +238,7 @@ def _refused(tmp_path, source, path, message, while_writing=False, **kw):
 def _npz(tmp_path, name, **change):
     """A tiny dSprites .npz with some arrays replaced."""
     _dsprites_npz(tmp_path / "base.npz", n=8)
-    arrays = dict(np.load(tmp_path / "base.npz"))
+    arrays = dict(np.load(tmp_path / "base.npz", allow_pickle=True))  # our own file, metadata included
     arrays.update(change)
     np.savez(tmp_path / name, **arrays)
     return tmp_path / name

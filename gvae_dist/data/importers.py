@@ -440,7 +440,8 @@ def _parse_groups(entries, where: str) -> dict[str, tuple[str, ...]]:
 class _ArrayFile:
     """Read access to the arrays of an ``.npz`` or the datasets of an HDF5 file, with the words
     its messages use (``array 'imgs'`` / ``dataset 'images'``). HDF5 images are read lazily, one
-    handle per build worker; everything else is read once, here."""
+    handle per build worker; an npz array is read once, when first used (arrays no import needs,
+    such as dSprites' pickled ``metadata``, are never loaded)."""
 
     def __init__(self, path: Path):
         self.path, self.where = path, f"--input {path}"
@@ -451,8 +452,8 @@ class _ArrayFile:
             try:
                 with h5py.File(path, "r") as fh:  # closed again: h5py handles must not cross a fork
                     self.keys = [k for k in fh.keys() if isinstance(fh[k], h5py.Dataset)]
-                    self.shapes = {k: fh[k].shape for k in self.keys}
-                    self.dtypes = {k: fh[k].dtype for k in self.keys}
+                    self._dtypes = {k: fh[k].dtype for k in self.keys}
+                    self._shapes = {k: fh[k].shape for k in self.keys}
                     self.attrs = {k: dict(fh[k].attrs) for k in self.keys}
                     self.attrs[""] = dict(fh.attrs)
             except OSError as exc:
@@ -465,9 +466,13 @@ class _ArrayFile:
             except Exception as exc:  # noqa: BLE001 - numpy raises several types for a bad file
                 raise ValueError(f"{self.where}: not a readable .npz ({exc})") from None
             self._cache: dict[str, np.ndarray] = {}
-            self.shapes = {k: self.read(k).shape for k in self.keys}
-            self.dtypes = {k: self.read(k).dtype for k in self.keys}
             self.attrs = {}
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._shapes[key]) if self.kind == "h5" else self.read(key).shape
+
+    def dtype(self, key: str) -> np.dtype:
+        return self._dtypes[key] if self.kind == "h5" else self.read(key).dtype
 
     def name(self, key: str) -> str:
         return f"{self.where} {self.noun} {key!r}"
@@ -521,7 +526,7 @@ class _ArrayFile:
     def strings(self, key: str) -> list[str] | None:
         """A list of strings stored as an array/dataset or as an attribute (of the file or of a
         dataset) named ``key``; None when there is none."""
-        if key in self.keys and self.dtypes[key].kind in "USO":
+        if key in self.keys and self.dtype(key).kind in "USO":
             return [_text(v) for v in np.asarray(self.read(key)).reshape(-1)]
         for attrs in self.attrs.values():
             if key in attrs:
@@ -566,7 +571,7 @@ def _arrays(name: str, path: Path, d, num: int | None, layout: ArrayLayout) -> S
             f"{where}: no factor {f.noun} (looked for {list(FACTOR_KEYS + CLASS_KEYS)}; has "
             f"{f.keys}); name it with --keys factors=KEY (values) or classes=KEY (class ids)"
         )
-    shape, dtype = tuple(f.shapes[img_key]), f.dtypes[img_key]
+    shape, dtype = f.shape(img_key), f.dtype(img_key)
     nchw = _images_layout(shape)
     hwc = (shape[0], shape[2], shape[3], shape[1]) if nchw else shape
     count, height, width, channels = check_image_shape(hwc, dtype, f.name(img_key))
