@@ -148,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. 'pose=yaw,pitch,roll;expression=smile' (default: the file's factor_groups)",
     )
     _add_config_args(b)
+    x = data_sub.add_parser(
+        "export",
+        help="write a built-in generator's images + factors as a labelled .npz (reads back with --source arrays)",
+    )
+    x.add_argument("--source", required=True, choices=["faces", "shapes"])
+    x.add_argument("--out", required=True, help="the .npz to write (never overwritten)")
+    x.add_argument("--num", type=int, help="samples (default data.num_train)")
+    _add_config_args(x)
     v = data_sub.add_parser("verify", help="check shards against manifest.json and list bad samples")
     v.add_argument("path", help="shard directory")
     v.add_argument("--full", action="store_true", help="decode-check every sample, not only changed shards")
@@ -493,6 +501,18 @@ def _cmd_factor_effect(args) -> int:
 def cmd_data(args) -> int:
     if args.data_command == "factor-effect":
         return _cmd_factor_effect(args)
+    if args.data_command == "export":
+        from gvae_dist.data.importers import export_arrays
+
+        cfg = _load(args)
+        done = export_arrays(args.source, args.out, cfg.data, args.num)
+        print(
+            f"[gvae-dist] {done['num']} {args.source} images ({done['image_size']} px, data.seed={cfg.data.seed}) "
+            f"and factors {', '.join(done['factors'])} written to {done['path']}"
+            + (f"; factor groups {'; '.join(done['groups'])}" if done["groups"] else "")
+        )
+        print(f"[gvae-dist] import it: gvae-dist data build --source arrays --input {done['path']} --out DIR")
+        return 0
     if args.data_command == "verify":
         import logging
 

@@ -545,8 +545,8 @@ def test_layout_flags_parse_and_refuse():
     with pytest.raises(ValueError, match="group 'pose' is given twice"):
         parse_layout_flags(groups="pose=a;pose=b")
     assert partitions_hint({"pose": ["a", "b"], "empty": []}) == (
-        "--set 'partitions=[{name: pose, size: 3, factors: [a, b]}, {name: rest, size: 2, factors: []}]' "
-        "--set model.latent_dim=5"
+        "--set 'partitions=[{name: pose, size: 3, factors: [a, b]}, {name: rest, size: 8, factors: []}]' "
+        "--set model.latent_dim=11"
     )
     with pytest.raises(ValueError, match="apply to --source arrays / dsprites / 3dshapes"):
         build_dataset("faces", "/nonexistent", layout={"images": "x"}, progress=False)
