@@ -446,7 +446,7 @@ def test_arrays_npz_channels_first_names_classes_and_groups(tmp_path, capsys):
     hint = shlex.split(printed.split(f"data.path={out}")[1].splitlines()[0])
     assert main(["config", "--set", "data.source=shards", "--set", f"data.path={out}", *hint]) == 0
     cfg = capsys.readouterr().out
-    assert "- yaw\n" in cfg and "name: expression" in cfg and "latent_dim: 7" in cfg
+    assert "- yaw\n" in cfg and "name: expression" in cfg and "latent_dim: 13" in cfg
     assert (
         main(
             [
@@ -462,6 +462,38 @@ def test_arrays_npz_channels_first_names_classes_and_groups(tmp_path, capsys):
         == 2
     )
     assert "partitions.0.factors: 'roll' is not a weak label" in capsys.readouterr().err
+
+
+def test_export_reads_back_as_arrays_with_no_flags(tmp_path, capsys):
+    """`data export` writes the generator's own pixels and factors; `--source arrays` finds every
+    key, name and group in the file; an existing file is never replaced."""
+    from gvae_dist.cli import main
+    from gvae_dist.data.synthetic import generate
+
+    npz, out = tmp_path / "faces.npz", tmp_path / "shards"
+    sets = ["--set", "data.seed=3", "--set", "data.image_size=32"]
+    assert main(["data", "export", "--source", "faces", "--num", "30", "--out", str(npz), *sets]) == 0
+    assert "pose=yaw,pitch,roll; expression=mouth,eyes,brow" in capsys.readouterr().out
+    truth = generate("faces", 30, seed=3, image_size=32)
+    assert (
+        main(["data", "build", "--source", "arrays", "--input", str(npz), "--out", str(out), "--workers", "1", *sets])
+        == 0
+    )
+    man, found = _samples(out)
+    assert [f["name"] for f in man["factors"]] == truth.factor_names and not any(f["discrete"] for f in man["factors"])
+    assert man["groups"] == {"pose": ["yaw", "pitch", "roll"], "expression": ["mouth", "eyes", "brow"]}
+    assert sorted(found) == list(range(30))
+    for row, (img, _, stored, _) in found.items():
+        np.testing.assert_array_equal(img, truth.images[row])
+        np.testing.assert_allclose(stored, truth.factors[row], rtol=1e-6)
+    # the hint reproduces the face presets' partitions and latent size
+    assert "{name: rest, size: 8, factors: []}]' --set model.latent_dim=16" in capsys.readouterr().out
+    before = npz.read_bytes()
+    assert main(["data", "export", "--source", "shapes", "--num", "5", "--out", str(npz)]) == 2
+    assert "already exists" in capsys.readouterr().err and npz.read_bytes() == before
+    assert main(["data", "export", "--source", "faces", "--out", str(tmp_path / "faces.h5")]) == 2
+    assert "ending in .npz" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces.npz", "shards"]  # no partial file left
 
 
 def test_arrays_h5_with_flags_and_provided_weak_labels(tmp_path):
