@@ -122,6 +122,12 @@ class ModelConfig:
         [32, 32, 64, 64], "conv channels of the encoder (decoder mirrors them); each at most 4096", max=4096
     )
     hidden: int = f(256, "width of the fully connected layer", max=16384)
+    center_codes: bool = f(
+        False,
+        "subtract the batch mean of the posterior means (a running mean in eval), the mean-only "
+        "half of BN-VAE's batch norm (Zhu et al. 2020): a constant offset of the codes, free for the "
+        "decoder but paid in KL, cannot build up (docs/study.md v17)",
+    )
 
 
 @dataclass

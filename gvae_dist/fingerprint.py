@@ -73,6 +73,7 @@ ADDED: dict[tuple[str, str], Any] = {
     ("objective", "gamma"): 1000.0,
     ("objective", "capacity_max"): 25.0,
     ("objective", "capacity_steps"): 100_000,
+    ("model", "center_codes"): False,
 }
 
 # Keys that may change when a run is resumed without changing what the steps so far computed.

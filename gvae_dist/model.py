@@ -38,6 +38,11 @@ SUPPORTED_IMAGE_SIZES = {32: 3, 64: 4, 128: 5}
 """Image size -> number of 4x4 stride-2 (de)convolutions that reach the 4x4 bottleneck."""
 
 
+# Weight of the newest batch in the running mean of the posterior means (center_codes); as
+# BatchNorm's default momentum, so a few hundred steps settle it.
+CODE_MEAN_MOMENTUM = 0.1
+
+
 class VAEOutput(NamedTuple):
     """Everything one forward pass produces.
 
@@ -150,6 +155,7 @@ class GatedVAE(nn.Module):
         latent_dim: int,
         channels: Sequence[int] = (32, 32, 64, 64),
         hidden: int = 256,
+        center_codes: bool = False,
     ):
         super().__init__()
         _positive_int("in_channels", in_channels)
@@ -161,10 +167,23 @@ class GatedVAE(nn.Module):
         self.latent_dim = latent_dim
         self.encoder = Encoder(in_channels, widths, hidden, latent_dim)
         self.decoder = Decoder(in_channels, widths, hidden, latent_dim)
+        self.center_codes = center_codes
+        if center_codes:  # only then: checkpoints of uncentred models keep their keys
+            self.register_buffer("code_mean", torch.zeros(latent_dim))
 
     def encode(self, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x_BCHW`` in [0, 1] -> ``(mu_BD, logvar_BD)``."""
-        return self.encoder(x_BCHW)
+        """``x_BCHW`` in [0, 1] -> ``(mu_BD, logvar_BD)``; with ``center_codes`` the posterior
+        means less their batch mean in training (gradient through it) and less its running
+        average (``code_mean``) in eval mode."""
+        mu_BD, logvar_BD = self.encoder(x_BCHW)
+        if not self.center_codes:
+            return mu_BD, logvar_BD
+        if self.training and mu_BD.shape[0] > 1:
+            mean_D = mu_BD.mean(0)
+            with torch.no_grad():
+                self.code_mean.lerp_(mean_D.detach().to(self.code_mean.dtype), CODE_MEAN_MOMENTUM)
+            return mu_BD - mean_D, logvar_BD
+        return mu_BD - self.code_mean.to(mu_BD.dtype), logvar_BD
 
     def decode(self, z_BD: torch.Tensor) -> torch.Tensor:
         """``z_BD`` -> ``logits_BCHW`` (apply a sigmoid for pixel means)."""
@@ -249,4 +268,5 @@ def build_model(cfg: Config, channels: int) -> GatedVAE:
         latent_dim=m.latent_dim,
         channels=tuple(m.channels),
         hidden=m.hidden,
+        center_codes=m.center_codes,
     )

@@ -161,3 +161,31 @@ def test_eval_mode_restores_the_mode_it_found():
     with pytest.raises(RuntimeError), eval_mode(net):
         raise RuntimeError("boom")
     assert net.training  # restored on the way out of an error too
+
+
+def test_center_codes_removes_a_constant_offset_in_training_and_eval():
+    """An encoder whose means sit 5 prior sigmas off zero: centred codes have batch mean 0 in
+    training (the KL cannot be spent on the offset), the running mean learns the offset, and eval
+    subtracts it; the gradient reaches the encoder through the centring; only a centring model
+    carries the extra buffer, so older checkpoints load unchanged."""
+    torch.manual_seed(0)
+    model = GatedVAE(1, 32, latent_dim=4, center_codes=True)
+    with torch.no_grad():
+        model.encoder.mu_head.bias += 5.0
+    x = torch.rand(16, 1, 32, 32)
+    raw_mu, _ = model.encoder(x)
+    assert raw_mu.mean(0).abs().min() > 3.0
+    mu, _ = model.encode(x)
+    assert torch.allclose(mu.mean(0), torch.zeros(4), atol=1e-5)
+    torch.testing.assert_close(mu, raw_mu - raw_mu.mean(0))
+    mu.pow(2).sum().backward()
+    assert model.encoder.mu_head.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for _ in range(100):  # momentum 0.1: 0.9**100 of the start remains
+            model.encode(x)
+    torch.testing.assert_close(model.code_mean, raw_mu.mean(0).detach(), atol=1e-3, rtol=0)
+    model.eval()
+    eval_mu, _ = model.encode(x[:1])  # one image: no batch statistics needed
+    torch.testing.assert_close(eval_mu, (raw_mu[:1] - model.code_mean).detach(), atol=1e-5, rtol=0)
+    assert "code_mean" in model.state_dict()
+    assert "code_mean" not in GatedVAE(1, 32, latent_dim=4).state_dict()
