@@ -415,25 +415,7 @@ class Config:
         ConfigError names a key that does not exist or a value the config refuses."""
         data = self.to_dict()
         for key, value in values.items():
-            parts, node = key.split("."), data
-            for depth, part in enumerate(parts):
-                if isinstance(node, list):
-                    found = part.isdigit() and int(part) < len(node)
-                    part = int(part) if found else part
-                else:
-                    found = isinstance(node, dict) and part in node
-                if not found:
-                    close = (
-                        difflib.get_close_matches(str(part), [str(k) for k in node], n=1)
-                        if isinstance(node, dict)
-                        else []
-                    )
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ConfigError(f"{key}: unknown key{hint}")
-                if depth == len(parts) - 1:
-                    node[part] = value
-                else:
-                    node = node[part]
+            set_dotted(data, key, value, create=False, where=key)
         return config_from_dict(data)
 
     def run_dir(self) -> Path:
@@ -825,6 +807,38 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def set_dotted(data: Any, key: str, value: Any, *, create: bool, where: str) -> None:
+    """Set ``value`` at the dotted ``key`` (``"optim.lr"``, ``"partitions.2.size"``) in nested
+    dicts and lists, in place. A list index must exist. ``create``: a missing section or key is
+    made (``--set`` may name what a YAML file left out; validation then names unknown keys, and
+    ``partitions`` starts from the default partitions); else it is refused with the closest name.
+    Errors start with ``where``."""
+    parts, node = key.strip().split("."), data
+    for depth, part in enumerate(parts):
+        at, last = ".".join(parts[:depth]), depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise ConfigError(f"{where}: {at} is a list; use an index 0..{len(node) - 1} for {part!r}")
+            if int(part) >= len(node):
+                raise ConfigError(
+                    f"{where}: index {part} is out of range: {at} has {len(node)} entries "
+                    f"(0..{len(node) - 1}); set the whole list to add entries, e.g. --set 'partitions=[...]'"
+                )
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{where}: {at} is a value, not a section")
+        elif part not in node:
+            if not create:
+                close = difflib.get_close_matches(part, [str(k) for k in node], n=1)
+                raise ConfigError(f"{where}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            if not last:
+                node[part] = [dataclasses.asdict(pc) for pc in _default_partitions()] if part == "partitions" else {}
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (values parsed as YAML: ``3``, ``true``, ``[1,2]``, ``null``)."""
     data = _merge({}, data)
@@ -837,34 +851,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         except yaml.YAMLError:
             value = raw
         _check_expansion(value, f"--set {key}")
-        parts = key.strip().split(".")
-        node: Any = data
-        for depth, part in enumerate(parts):
-            if isinstance(node, list):
-                if not part.isdigit():
-                    raise ConfigError(
-                        f"--set {key}: {'.'.join(parts[:depth])} is a list; use an index "
-                        f"0..{len(node) - 1} for {part!r}"
-                    )
-                if int(part) >= len(node):
-                    raise ConfigError(
-                        f"--set {key}: index {part} is out of range: "
-                        f"{'.'.join(parts[:depth])} has {len(node)} entries (0..{len(node) - 1}); "
-                        "set the whole list to add entries, e.g. --set 'partitions=[...]'"
-                    )
-                if depth == len(parts) - 1:
-                    node[int(part)] = value
-                else:
-                    node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")
-            if depth == len(parts) - 1:
-                node[part] = value
-            else:
-                if part == "partitions" and part not in node:
-                    node[part] = [dataclasses.asdict(pc) for pc in _default_partitions()]
-                node = node.setdefault(part, {})
+        set_dotted(data, key, value, create=True, where=f"--set {key}")
     return data
 
 

@@ -249,7 +249,9 @@ def test_killed_workers_recover_and_relaunch_resumes_and_preempts_in_one_mlflow_
 
     client = MlflowClient(resolve_config(cfg).tracking.uri)
     resumed = client.get_metric_history(result.tracking_run_id, "run/resumed_from_step")
-    assert [m.value for m in resumed] == [50]  # restart 1 had nothing to restore, restart 2 did
+    # restart 1 had nothing to restore, restart 2 did: the step-50 checkpoint, or on a loaded
+    # machine the step-100 one, when the worker got there before the kill landed
+    assert [m.value for m in resumed] in ([50], [100])
     history = client.get_metric_history(result.tracking_run_id, "train/loss")
     # nothing lost, nothing twice: steps re-trained after a restart are not sent again
     assert sorted(m.step for m in history) == list(range(5, 151, 5))
