@@ -126,7 +126,8 @@ class ModelConfig:
         False,
         "subtract the batch mean of the posterior means (a running mean in eval), the mean-only "
         "half of BN-VAE's batch norm (Zhu et al. 2020): a constant offset of the codes, free for the "
-        "decoder but paid in KL, cannot build up (docs/study.md v17)",
+        "decoder but paid in KL, cannot build up; off: at rest 2 it exposed a collapse of the gated "
+        "codes' scale, not a fix (docs/study.md v17)",
     )
 
 
