@@ -1,0 +1,44 @@
+"""How large the gated and un-gated codes are: per partition, the spread of the posterior means
+across images (std over 512 fresh faces, factor seed 999, median over the partition's dims) and
+the mean posterior sigma, each a mean over the cell's seeds. The prior's spread is 1; a code whose
+spread is far below it has shrunk, and spread / sigma is how many positions it can tell apart.
+Raw encoder means (before `model.center_codes`). docs/study.md, "The gated codes' scale":
+python ops/pilots/code_scale.py runs/study_imported_beta"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gvae_dist.data.batch import to_float_nchw
+from gvae_dist.data.synthetic import generate
+from gvae_dist.encode import load_model
+
+torch.set_num_threads(1)
+root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study_imported_beta")
+images: dict[int, torch.Tensor] = {}
+cells: dict[str, dict[str, list[tuple[float, float]]]] = {}
+for run in sorted(p.parent for p in root.glob("runs/*/result.json")):
+    _, cfg, model = load_model(run)
+    size = cfg.data.image_size
+    if size not in images:
+        images[size] = to_float_nchw(torch.from_numpy(generate("faces", 512, 999, size).images))
+    with torch.no_grad():
+        mu, logvar = model.encoder(images[size])
+    spread, sigma = mu.std(0).numpy(), torch.exp(0.5 * logvar).mean(0).numpy()
+    cell, start = cells.setdefault(run.name.rsplit("__seed", 1)[0], {}), 0
+    for p in cfg.partitions:
+        dims = slice(start, start + p.size)
+        cell.setdefault(p.name, []).append((float(np.median(spread[dims])), float(np.median(sigma[dims]))))
+        start += p.size
+names = list(dict.fromkeys(name for cell in cells.values() for name in cell))
+print("| cell (seeds) | " + " | ".join(f"{n} spread | {n} sigma" for n in names) + " |")
+print("|---|" + "---:|" * (2 * len(names)))
+for cell_name, cell in cells.items():
+    seeds = len(next(iter(cell.values())))
+    row = []
+    for n in names:
+        vals = cell.get(n, [])
+        row += [f"{np.mean([a for a, _ in vals]):.3f}", f"{np.mean([b for _, b in vals]):.4f}"] if vals else ["", ""]
+    print(f"| {cell_name} ({seeds}) | " + " | ".join(row) + " |")
