@@ -789,7 +789,8 @@ def _groups(groups, kept: list[str], names, where: str) -> dict[str, list[str]]:
 
 
 # The unsupervised ``rest`` partition of a hint: the presets' 8 dims. Smaller rests separate the
-# partitions more but shift the gated codes off the prior (docs/study.md, v12 and v15).
+# partitions more, but with dataset partners the gated codes then collapse in scale and drift off
+# the prior (docs/study.md, v12, v15 and v17).
 HINT_REST_SIZE = 8
 
 
