@@ -229,18 +229,15 @@ def build_dataset(
     )
 
 
-# The built-in generators' factor groups: the partitions of the shipped presets (configs/).
-EXPORT_GROUPS = {"faces": {"pose": ("yaw", "pitch", "roll"), "expression": ("mouth", "eyes", "brow")}, "shapes": {}}
-
-
 def export_arrays(kind: str, out: str | Path, data_cfg=None, num: int | None = None) -> dict:
     """``gvae-dist data export``: a built-in generator's images and factors as a labelled ``.npz``
     that ``--source arrays`` reads back with no flags (``images`` uint8 [N, S, S, C], ``factors``
-    float32 [N, F], ``factor_names``, ``factor_groups``), e.g. to rehearse an imported-data study
-    or to feed another tool. Rendered in chunks under the ``data.*`` settings ``data_cfg``
-    (``seed``, ``image_size``, ``feature_scale``; ``num`` defaults to ``data.num_train``); written
-    to a temporary file and renamed, and an existing ``out`` is never replaced."""
-    from gvae_dist.config import DataConfig
+    float32 [N, F], ``factor_names``, and for the faces ``factor_groups``: the default
+    partitions' factors), e.g. to rehearse an imported-data study or to feed another tool.
+    :func:`synthetic.generate` under the ``data.*`` settings ``data_cfg`` (``seed``,
+    ``image_size``, ``feature_scale``; ``num`` defaults to ``data.num_train``); written to a
+    temporary file and renamed, and an existing ``out`` is never replaced."""
+    from gvae_dist.config import Config, DataConfig
 
     d = data_cfg or DataConfig()
     out = Path(out)
@@ -250,12 +247,11 @@ def export_arrays(kind: str, out: str | Path, data_cfg=None, num: int | None = N
         raise ValueError(f"--out {out} already exists; remove it or choose another path (an export never overwrites)")
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: folder {out.parent} does not exist")
-    src = open_source(kind, d, num)
-    chunk = 4096
-    images = np.concatenate([src.images(src.rows[i : i + chunk]) for i in range(0, src.num_samples, chunk)])
-    names = [s.name for s in src.factor_specs]
-    groups = [f"{g}={','.join(fs)}" for g, fs in EXPORT_GROUPS[kind].items()]
-    arrays = {"images": images, "factors": src.factors[src.rows], "factor_names": np.array(names)}
+    if num is not None and num < 1:
+        raise ValueError(f"--num must be >= 1, got {num}")
+    data = synthetic.generate(kind, num or d.num_train, d.seed, d.image_size, d.feature_scale)
+    arrays = {"images": data.images, "factors": data.factors, "factor_names": np.array(data.factor_names)}
+    groups = [f"{p.name}={','.join(p.factors)}" for p in Config().partitions if p.factors] if kind == "faces" else []
     if groups:
         arrays["factor_groups"] = np.array(groups)
     tmp = out.with_name(f".{out.name}.partial.npz")
@@ -266,9 +262,9 @@ def export_arrays(kind: str, out: str | Path, data_cfg=None, num: int | None = N
         tmp.unlink(missing_ok=True)
     return {
         "path": str(out),
-        "num": int(src.num_samples),
-        "image_size": src.image_size,
-        "factors": names,
+        "num": len(data.images),
+        "image_size": d.image_size,
+        "factors": data.factor_names,
         "groups": groups,
     }
 
