@@ -15,10 +15,11 @@ its own session, so a Ctrl-C or hang-up aimed at the driver's terminal does not 
 
 Which processes belong to the cluster (:class:`Members`): this user's processes whose
 environment names the session's token (``RAY_AUTH_TOKEN_PATH=<session>/auth_token``, set by the
-driver before Ray starts, so every Ray process of that cluster inherits it) or whose command line
-names the session directory (a fresh ``mkdtemp``), their descendants, and those the guard found
-so while the driver lived (looked at every second: Ray's retitled agents keep neither intact,
-and are reparented when the raylet dies). Never a process name: other Ray clusters on the
+driver before Ray starts, so every Ray process of that cluster inherits it), whose command line
+names the session directory (a fresh ``mkdtemp``) or that write to a file under it (Ray's
+retitled agents keep neither environment nor command line intact, but log there),
+their descendants, and those the guard found so while the driver lived (looked at every second:
+the agents are reparented when the raylet dies). Never a process name: other Ray clusters on the
 machine (tests, experiments) are left alone. They get SIGTERM, SIGKILL after a grace period;
 then the token is removed and the logs kept, as after any failed run. Linux only (``/proc``);
 elsewhere :func:`start` does nothing.
@@ -96,12 +97,12 @@ def _table() -> dict[int, tuple[int, int]]:
 class Members:
     """Finds the live processes of the private cluster in ``session``.
 
-    A process belongs to it when its environment names the session's token or its command line
-    names the session dir, or when it descends from such a process, or when it was found before
-    (same pid and start time). The last two matter because Ray retitles its workers and agents
-    (``ray::DashboardAgent``), which overwrites their command line and part of their
-    environment, and because the raylet's children are reparented when it dies: :meth:`find`
-    while the cluster runs remembers them."""
+    A process belongs to it when its environment names the session's token, its command line
+    names the session dir or it holds a file under that dir open for writing, or when it descends
+    from such a process, or when it was found before (same pid and start time). Ray retitles its
+    workers and agents (``ray::DashboardAgent``), which overwrites their command line and part of
+    their environment, and the raylet's children are reparented when it dies: their log files
+    still name the session, and :meth:`find` while the cluster runs remembers them."""
 
     def __init__(self, session: str | Path):
         root = str(Path(session).resolve()).encode()
@@ -113,13 +114,38 @@ class Members:
     def _names_session(self, pid: int, start: int) -> bool:
         key = (pid, start)
         if key not in self._looked:
-            self._looked[key] = self._token in _proc_text(pid, "environ").split(b"\0") or self._dir in _proc_text(
-                pid, "cmdline"
+            self._looked[key] = (
+                self._token in _proc_text(pid, "environ").split(b"\0")
+                or self._dir in _proc_text(pid, "cmdline")
+                or self._writes_into_session(pid)
             )
         return self._looked[key]
 
-    def find(self) -> list[int]:
-        """The cluster's live processes now (this one excluded); remembered for later calls."""
+    def _writes_into_session(self, pid: int) -> bool:
+        """Whether ``pid`` holds a file under the session dir open for writing: a retitled Ray
+        agent writes its logs there (and holds the raylet's), whatever became of its environment
+        and command line. Not a file open for reading: a ``tail -f`` of those logs is the user's."""
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # gone, or another user's
+            return False
+        for fd in fds:
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").encode().startswith(self._dir):
+                    continue
+            except OSError:  # closed meanwhile
+                continue
+            info = _proc_text(pid, f"fdinfo/{fd}")
+            flags = next((line.split()[1] for line in info.splitlines() if line.startswith(b"flags:")), b"0")
+            if int(flags, 8) & (os.O_WRONLY | os.O_RDWR):
+                return True
+        return False
+
+    def find(self, recheck: bool = False) -> list[int]:
+        """The cluster's live processes now (this one excluded); remembered for later calls.
+        ``recheck``: look again at processes that did not match before (their open files change)."""
+        if recheck:
+            self._looked = {k: v for k, v in self._looked.items() if v}
         table = _table()
         children: dict[int, list[int]] = {}
         for pid, (ppid, _) in table.items():
@@ -162,8 +188,10 @@ def stop_cluster(found: Members, timeout: float = 20.0) -> int:
     deadline = time.monotonic() + timeout
     signalled: set[int] = set()
     empty_looks = 0
+    first = True
     while empty_looks < 2 and time.monotonic() < deadline:
-        pids = found.find()
+        pids = found.find(recheck=first)
+        first = False
         if not pids:
             empty_looks += 1
             time.sleep(0.5)

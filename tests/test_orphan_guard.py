@@ -5,7 +5,8 @@ left the raylet's dashboard agent and runtime-env agent running for about 60 s, 
 on disk. The Ray test kills the real CLI at that moment; decoys that
 look like another cluster's processes (a ``raylet`` whose session dir shares our prefix) must
 survive. The guard-only tests drive the guard with plain processes, no Ray: it stands down when
-disarmed and does nothing while its driver lives.
+disarmed and does nothing while its driver lives, and it finds a retitled agent it never saw by
+the logs it writes in the session dir.
 """
 
 from __future__ import annotations
@@ -122,6 +123,38 @@ def test_guard_whose_pipe_closes_without_done_stops_the_cluster(tmp_path):
         assert not (session / "auth_token").exists() and (session / "r").is_dir()
     finally:
         for proc in (member, raylet, other):
+            stop_group(proc)
+
+
+def _holding(session: Path, mode: str) -> subprocess.Popen:
+    """A process that names no session (empty environment, plain command line), like a Ray agent
+    once retitled and reparented, holding a log under the session dir open in ``mode``."""
+    log = session / "r" / "logs" / "agent.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch()
+    code = f"import time; fh = open('agent.log', {mode!r}); print('open', flush=True); time.sleep(120)"
+    proc = subprocess.Popen(  # the log's path in neither its command line nor its environment
+        [sys.executable, "-c", code], env={}, cwd=log.parent, stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout.readline() == b"open\n"
+    return proc
+
+
+def test_a_process_writing_into_the_session_belongs_to_it_and_one_reading_does_not(tmp_path):
+    # the guard may first look after the raylet died and its agents were retitled (the CI run
+    # that failed): then only their open log files still name the session
+    session = _session(tmp_path)
+    writer = _holding(session, "a")
+    reader = _holding(session, "r")  # a user's `tail -f` of the logs
+    try:
+        assert orphan_guard.members(session) == [writer.pid]
+        guard = orphan_guard.start(session)
+        guard.stdin.close()  # the driver killed at once: the guard has no history
+        guard.wait(timeout=15)
+        assert writer.wait(timeout=1) == -signal.SIGTERM
+        assert reader.poll() is None
+    finally:
+        for proc in (writer, reader):
             stop_group(proc)
 
 
