@@ -11,6 +11,7 @@
 #        bash ops/pilots/expression_levers.sh OUT capacity_budget   (the preset with annealed capacity
 #             C_max 200; the preset for 6,000 steps)
 #        bash ops/pilots/expression_levers.sh OUT size64   (the preset at 64x64, run seeds 0 and 1)
+#        bash ops/pilots/expression_levers.sh OUT size32   (the preset at 32x32, run seeds 0 and 1)
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,6 +43,10 @@ COMBINED=(--set "model.channels=[32,64,64,128]" --set model.hidden=512 --set mod
           --set optim.min_lr=0.0001 --set optim.lr_warmup_steps=200)
 if [ "${2:-}" = combined ]; then  # the three partial levers together (docs/faces.md, 2026-12-07)
     run combined "${COMBINED[@]}"
+    exit 0
+fi
+if [ "${2:-}" = size32 ]; then  # the 32 px twins of size64 (docs/faces.md, probe size)
+    run px32_s0 & run px32_s1 --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
