@@ -12,6 +12,8 @@
 #             C_max 200; the preset for 6,000 steps)
 #        bash ops/pilots/expression_levers.sh OUT size64   (the preset at 64x64, run seeds 0 and 1)
 #        bash ops/pilots/expression_levers.sh OUT size32   (the preset at 32x32, run seeds 0 and 1)
+#        bash ops/pilots/expression_levers.sh OUT size64_budget   (64x64 for 6,000 steps, run seeds 0 and 1)
+#        bash ops/pilots/expression_levers.sh OUT small_features   (feature_scale 0.5 at 64 and 32 px)
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,6 +49,17 @@ if [ "${2:-}" = combined ]; then  # the three partial levers together (docs/face
 fi
 if [ "${2:-}" = size32 ]; then  # the 32 px twins of size64 (docs/faces.md, probe size)
     run px32_s0 & run px32_s1 --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = size64_budget ]; then  # 64 px for 2x the steps (docs/faces.md, budget at 64 px)
+    run px64_6k_s0 --set data.image_size=64 --set optim.steps=6000 --set run.checkpoint_every=2000 &
+    run px64_6k_s1 --set data.image_size=64 --set optim.steps=6000 --set run.checkpoint_every=2000 --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = small_features ]; then  # real-sized features (feature_scale 0.5) at 64 and 32 px
+    run fs05_px64_s0 --set data.image_size=64 --set data.feature_scale=0.5 &
+    run fs05_px64_s1 --set data.image_size=64 --set data.feature_scale=0.5 --set run.seed=1 & wait
+    run fs05_px32_s0 --set data.feature_scale=0.5 & run fs05_px32_s1 --set data.feature_scale=0.5 --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
