@@ -1,4 +1,5 @@
-"""Evaluation pictures: latent traversals grouped by partition, DCI heatmaps, KL per latent dim.
+"""Evaluation pictures: reconstructions, latent traversals grouped by partition, DCI heatmaps, KL
+per latent dim.
 
 What to draw follows the Gated-VAE paper's figures (Vowels et al., arXiv 1911.06443, traversals
 per partition) and Eastwood & Williams 2018 (the importance matrix as a Hinton-style heatmap).
@@ -30,12 +31,16 @@ __all__ = [
     "plot_side_by_side",
     "write_eval_plots",
     "tile_images",
+    "reconstructions",
+    "plot_reconstructions",
     "decode_traversals",
     "image_grids",
     "log_image_grids",
 ]
 
 DPI = 100
+RECON_IMAGES = 8  # held-out images in an evaluation's reconstructions.png
+RECON_MIN_PX = 128  # reconstructions.png scales small images up (nearest) to at least this size
 
 
 def _pyplot():
@@ -231,6 +236,8 @@ def write_eval_plots(
     seeds: int = 3,
 ) -> list[Path]:
     """All evaluation pictures for one model into ``out_dir``; returns the PNG paths.
+    ``images_NHWC``: held-out images; the first ``RECON_IMAGES`` are reconstructed, the first
+    ``seeds`` traversed.
 
     ``result`` is an ``evaluate_codes`` result (its ``dci.importance`` and ``partitions``).
     """
@@ -245,6 +252,7 @@ def write_eval_plots(
         f"{name}:{d - start}" for name, start, size in _partition_rows(spec) for d in range(start, start + size)
     ]
     paths = [
+        plot_reconstructions(model, to_float_nchw(torch.from_numpy(images_NHWC[:RECON_IMAGES]).to(device)), out),
         plot_traversals(model, x_KCHW, spec, out / "traversals.png"),
         plot_heatmap(
             result["dci"]["importance"], code_labels, names, "DCI importance (codes x factors)", out / "importance.png"
@@ -297,6 +305,33 @@ def decode_traversals(model, mu_KD, span: float, steps: int):
     return imgs.view(K, D, steps, *imgs.shape[1:])
 
 
+def reconstructions(model, x_NCHW) -> np.ndarray:
+    """``[2, N, C, H, W]`` in [0, 1]: the inputs and the decoded posterior means (no sampling:
+    what the code holds of each image). Runs the model in eval mode without gradients."""
+    import torch
+
+    from gvae_dist.model import eval_mode
+
+    with eval_mode(model), torch.no_grad():
+        mu_ND, _ = model.encode(x_NCHW)
+        recon_NCHW = torch.sigmoid(model.decode(mu_ND).float())
+    return torch.stack([x_NCHW.float(), recon_NCHW]).cpu().numpy()
+
+
+def plot_reconstructions(model, x_NCHW, out_dir: str | Path) -> Path:
+    """``out_dir/reconstructions.png``: row 1 the held-out inputs, row 2 their reconstructions
+    (:func:`reconstructions`), each image scaled up by an integer factor (nearest neighbour) to
+    at least ``RECON_MIN_PX`` pixels, so a 32 px face's eyes and mouth can be compared by eye."""
+    from PIL import Image
+
+    grid = reconstructions(model, x_NCHW)
+    scale = max(1, -(-RECON_MIN_PX // grid.shape[-1]))
+    grid = grid.repeat(scale, axis=-2).repeat(scale, axis=-1)
+    path = Path(out_dir) / "reconstructions.png"
+    Image.fromarray(tile_images(grid)).save(path)
+    return path
+
+
 def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, np.ndarray]:
     """PNG-ready grids for a (gated) VAE: ``reconstruction`` (row 1 inputs, row 2 decoded
     posterior means) and ``traversal`` (row d: latent dim d swept over ``[-span, span]`` around
@@ -307,10 +342,11 @@ def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, n
 
     with eval_mode(model), torch.no_grad():
         mu_ND, _ = model.encode(x_NCHW)
-        recon_NCHW = torch.sigmoid(model.decode(mu_ND).float())
         trav_DSCHW = decode_traversals(model, mu_ND[:1], span, steps)[0]
-    recon = torch.stack([x_NCHW.float(), recon_NCHW]).cpu().numpy()
-    return {"reconstruction": tile_images(recon), "traversal": tile_images(trav_DSCHW.cpu().numpy())}
+    return {
+        "reconstruction": tile_images(reconstructions(model, x_NCHW)),
+        "traversal": tile_images(trav_DSCHW.cpu().numpy()),
+    }
 
 
 def log_image_grids(tracker, model, x_NCHW, step: int, out_dir: Path) -> None:

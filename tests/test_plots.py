@@ -17,6 +17,7 @@ from gvae_dist.plots import (
     plot_bars,
     plot_heatmap,
     plot_kl,
+    plot_reconstructions,
     plot_traversals,
     traversal_figsize,
 )
@@ -110,10 +111,39 @@ def test_evaluate_model_writes_the_pictures(tmp_path):
     result = evaluate_model(cfg, model, "cpu", tmp_path)
     assert (tmp_path / "metrics.json").is_file()
     names = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert names == ["importance.png", "kl_per_dim.png", "partition_importance.png", "traversals.png"]
+    assert names == [
+        "importance.png",
+        "kl_per_dim.png",
+        "partition_importance.png",
+        "reconstructions.png",
+        "traversals.png",
+    ]
     w, h = traversal_figsize(cfg.model.latent_dim, seeds=3, steps=7)
     assert _png_size(tmp_path / "traversals.png") == (round(w * DPI), round(h * DPI))
     assert "disentanglement" in result
+
+
+def test_reconstructions_png_shows_each_input_above_its_decoded_posterior_mean(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(load_config(None, TINY), channels=3)
+    x = torch.rand(3, 3, 32, 32)
+    path = plot_reconstructions(model, x, tmp_path)
+    assert path == tmp_path / "reconstructions.png" and model.training  # eval mode restored
+    grid = np.asarray(Image.open(path)).astype(np.float32) / 255
+    tile = 4 * 32  # 32 px scaled up 4x to reach 128 px, a 1 px white border between tiles
+    assert grid.shape == (2 * (tile + 1) + 1, 3 * (tile + 1) + 1, 3)
+    with torch.no_grad():
+        model.eval()
+        mu, _ = model.encode(x)
+        recon = torch.sigmoid(model.decode(mu))
+    for i in range(3):
+        col = 1 + i * (tile + 1)
+        top, bottom = grid[1 : 1 + tile, col : col + tile], grid[tile + 2 : 2 * tile + 2, col : col + tile]
+        want_top = x[i].permute(1, 2, 0).numpy().repeat(4, axis=0).repeat(4, axis=1)
+        want_bottom = recon[i].permute(1, 2, 0).numpy().repeat(4, axis=0).repeat(4, axis=1)
+        assert np.abs(top - want_top).max() <= 0.5 / 255 + 1e-6
+        assert np.abs(bottom - want_bottom).max() <= 0.5 / 255 + 1e-6
+        assert np.abs(want_top - want_bottom).max() > 0.1  # an untrained model: the rows differ
 
 
 def test_traversals_sweep_one_dim_per_row_around_each_code():
