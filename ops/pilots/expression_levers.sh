@@ -14,6 +14,7 @@
 #        bash ops/pilots/expression_levers.sh OUT size32   (the preset at 32x32, run seeds 0 and 1)
 #        bash ops/pilots/expression_levers.sh OUT size64_budget   (64x64 for 6,000 steps, run seeds 0 and 1)
 #        bash ops/pilots/expression_levers.sh OUT small_features   (feature_scale 0.5 at 64 and 32 px)
+#        bash ops/pilots/expression_levers.sh OUT latent32   (32 latent dims, rest 24, run seeds 0 and 1)
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,6 +61,11 @@ if [ "${2:-}" = small_features ]; then  # real-sized features (feature_scale 0.5
     run fs05_px64_s0 --set data.image_size=64 --set data.feature_scale=0.5 &
     run fs05_px64_s1 --set data.image_size=64 --set data.feature_scale=0.5 --set run.seed=1 & wait
     run fs05_px32_s0 --set data.feature_scale=0.5 & run fs05_px32_s1 --set data.feature_scale=0.5 --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = latent32 ]; then  # a larger code: 32 dims, rest 24 (docs/faces.md)
+    run latent32_s0 --set model.latent_dim=32 --set partitions.2.size=24 &
+    run latent32_s1 --set model.latent_dim=32 --set partitions.2.size=24 --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
