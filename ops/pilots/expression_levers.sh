@@ -15,6 +15,7 @@
 #        bash ops/pilots/expression_levers.sh OUT size64_budget   (64x64 for 6,000 steps, run seeds 0 and 1)
 #        bash ops/pilots/expression_levers.sh OUT small_features   (feature_scale 0.5 at 64 and 32 px)
 #        bash ops/pilots/expression_levers.sh OUT latent32   (32 latent dims, rest 24, run seeds 0 and 1)
+#        bash ops/pilots/expression_levers.sh OUT latent32_more   (32 dims at feature scale 0.5; at 64 px)
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -66,6 +67,14 @@ fi
 if [ "${2:-}" = latent32 ]; then  # a larger code: 32 dims, rest 24 (docs/faces.md)
     run latent32_s0 --set model.latent_dim=32 --set partitions.2.size=24 &
     run latent32_s1 --set model.latent_dim=32 --set partitions.2.size=24 --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = latent32_more ]; then  # 32 dims for real-sized features at 32 px, then at 64 px
+    L32=(--set model.latent_dim=32 --set partitions.2.size=24)
+    run latent32_fs05_s0 "${L32[@]}" --set data.feature_scale=0.5 &
+    run latent32_fs05_s1 "${L32[@]}" --set data.feature_scale=0.5 --set run.seed=1 & wait
+    run latent32_px64_s0 "${L32[@]}" --set data.image_size=64 &
+    run latent32_px64_s1 "${L32[@]}" --set data.image_size=64 --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
