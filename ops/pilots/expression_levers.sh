@@ -16,6 +16,7 @@
 #        bash ops/pilots/expression_levers.sh OUT small_features   (feature_scale 0.5 at 64 and 32 px)
 #        bash ops/pilots/expression_levers.sh OUT latent32   (32 latent dims, rest 24, run seeds 0 and 1)
 #        bash ops/pilots/expression_levers.sh OUT latent32_more   (32 dims at feature scale 0.5; at 64 px)
+#        bash ops/pilots/expression_levers.sh OUT calibrated   (calibrated Gaussian; at feature scale 0.5)
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -75,6 +76,13 @@ if [ "${2:-}" = latent32_more ]; then  # 32 dims for real-sized features at 32 p
     run latent32_fs05_s1 "${L32[@]}" --set data.feature_scale=0.5 --set run.seed=1 & wait
     run latent32_px64_s0 "${L32[@]}" --set data.image_size=64 &
     run latent32_px64_s1 "${L32[@]}" --set data.image_size=64 --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = calibrated ]; then  # sigma-VAE's calibrated Gaussian, full- and real-sized features
+    CAL=(--set objective.gaussian_calibrated=true)
+    run calibrated_s0 "${CAL[@]}" & run calibrated_s1 "${CAL[@]}" --set run.seed=1 & wait
+    run calibrated_fs05_s0 "${CAL[@]}" --set data.feature_scale=0.5 &
+    run calibrated_fs05_s1 "${CAL[@]}" --set data.feature_scale=0.5 --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
