@@ -17,6 +17,8 @@
 #        bash ops/pilots/expression_levers.sh OUT latent32   (32 latent dims, rest 24, run seeds 0 and 1)
 #        bash ops/pilots/expression_levers.sh OUT latent32_more   (32 dims at feature scale 0.5; at 64 px)
 #        bash ops/pilots/expression_levers.sh OUT calibrated   (calibrated Gaussian; at feature scale 0.5)
+#        bash ops/pilots/expression_levers.sh OUT gated_small   (the gated preset, 8-bin labels, feature scale 0.5)
+#        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +28,7 @@ mkdir -p "$OUT"
 
 run() {  # run NAME [--set key=value ...]
     local name="$1"; shift
-    if "${GVAE_VENV:-.venv}/bin/python" -m gvae_dist.cli train --config configs/faces_beta_ungated.yaml \
+    if "${GVAE_VENV:-.venv}/bin/python" -m gvae_dist.cli train --config "configs/${PRESET:-faces_beta_ungated.yaml}" \
         --set data.seed=1 --set data.num_eval=3000 --set eval.num_train=2000 --set eval.num_test=1000 \
         --set eval.points=0 --set optim.steps=3000 --set run.checkpoint_every=1000 --set run.log_every=500 \
         --set run.threads=1 --set tracking.enabled=false --set "run.output_dir=$OUT" --set "run.name=$name" \
@@ -83,6 +85,12 @@ if [ "${2:-}" = calibrated ]; then  # sigma-VAE's calibrated Gaussian, full- and
     run calibrated_s0 "${CAL[@]}" & run calibrated_s1 "${CAL[@]}" --set run.seed=1 & wait
     run calibrated_fs05_s0 "${CAL[@]}" --set data.feature_scale=0.5 &
     run calibrated_fs05_s1 "${CAL[@]}" --set data.feature_scale=0.5 --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = gated_small ]; then  # the gated preset, 8-bin labels, real-sized features (docs/faces.md)
+    PRESET=faces_beta_gated.yaml run gated_bins8_fs05_s0 --set data.label_bins=8 --set data.feature_scale=0.5 &
+    PRESET=faces_beta_gated.yaml run gated_bins8_fs05_s1 --set data.label_bins=8 --set data.feature_scale=0.5 \
+        --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
