@@ -18,6 +18,7 @@
 #        bash ops/pilots/expression_levers.sh OUT latent32_more   (32 dims at feature scale 0.5; at 64 px)
 #        bash ops/pilots/expression_levers.sh OUT calibrated   (calibrated Gaussian; at feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_small   (the gated preset, 8-bin labels, feature scale 0.5)
+#        bash ops/pilots/expression_levers.sh OUT gated_small_input   (the same, gate.closed_code=input)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -91,6 +92,12 @@ if [ "${2:-}" = gated_small ]; then  # the gated preset, 8-bin labels, real-size
     PRESET=faces_beta_gated.yaml run gated_bins8_fs05_s0 --set data.label_bins=8 --set data.feature_scale=0.5 &
     PRESET=faces_beta_gated.yaml run gated_bins8_fs05_s1 --set data.label_bins=8 --set data.feature_scale=0.5 \
         --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = gated_small_input ]; then  # the same with the paper's closed_code: input
+    GS=(--set data.label_bins=8 --set data.feature_scale=0.5 --set gate.closed_code=input)
+    PRESET=faces_beta_gated.yaml run gated_input_fs05_s0 "${GS[@]}" &
+    PRESET=faces_beta_gated.yaml run gated_input_fs05_s1 "${GS[@]}" --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
