@@ -19,6 +19,7 @@
 #        bash ops/pilots/expression_levers.sh OUT calibrated   (calibrated Gaussian; at feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_small   (the gated preset, 8-bin labels, feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_small_input   (the same, gate.closed_code=input)
+#        bash ops/pilots/expression_levers.sh OUT gated_small_rest2   (the same, v18's rest 2 and 10 dims)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -98,6 +99,12 @@ if [ "${2:-}" = gated_small_input ]; then  # the same with the paper's closed_co
     GS=(--set data.label_bins=8 --set data.feature_scale=0.5 --set gate.closed_code=input)
     PRESET=faces_beta_gated.yaml run gated_input_fs05_s0 "${GS[@]}" &
     PRESET=faces_beta_gated.yaml run gated_input_fs05_s1 "${GS[@]}" --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = gated_small_rest2 ]; then  # v18's configuration (rest 2, 10 dims, 8 bins) at scale 0.5
+    GS=(--set data.label_bins=8 --set data.feature_scale=0.5 --set model.latent_dim=10 --set partitions.2.size=2)
+    PRESET=faces_beta_gated.yaml run gated_rest2_fs05_s0 "${GS[@]}" &
+    PRESET=faces_beta_gated.yaml run gated_rest2_fs05_s1 "${GS[@]}" --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
