@@ -20,6 +20,7 @@
 #        bash ops/pilots/expression_levers.sh OUT gated_small   (the gated preset, 8-bin labels, feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_small_input   (the same, gate.closed_code=input)
 #        bash ops/pilots/expression_levers.sh OUT gated_small_rest2   (the same, v18's rest 2 and 10 dims)
+#        bash ops/pilots/expression_levers.sh OUT kl_warmup   (KL annealing over 1,500 steps; at feature scale 0.5)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -105,6 +106,13 @@ if [ "${2:-}" = gated_small_rest2 ]; then  # v18's configuration (rest 2, 10 dim
     GS=(--set data.label_bins=8 --set data.feature_scale=0.5 --set model.latent_dim=10 --set partitions.2.size=2)
     PRESET=faces_beta_gated.yaml run gated_rest2_fs05_s0 "${GS[@]}" &
     PRESET=faces_beta_gated.yaml run gated_rest2_fs05_s1 "${GS[@]}" --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = kl_warmup ]; then  # KL annealing over half the run, full- and real-sized features
+    KW=(--set objective.warmup_steps=1500)
+    run klwarm_s0 "${KW[@]}" & run klwarm_s1 "${KW[@]}" --set run.seed=1 & wait
+    run klwarm_fs05_s0 "${KW[@]}" --set data.feature_scale=0.5 &
+    run klwarm_fs05_s1 "${KW[@]}" --set data.feature_scale=0.5 --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
