@@ -10,7 +10,11 @@ another face's value (the decoder's own factor effect; the renderer's is in the 
 A factor the trained decoder draws no differently when it changes is one an encoder gains nothing
 by encoding.
 
-python ops/pilots/decoder_probe.py [FEATURE_SCALE] [STEPS]
+python ops/pilots/decoder_probe.py [FEATURE_SCALE] [STEPS] [refine]
+
+``refine``: a candidate architecture, not in the model: the last transposed convolution outputs 32
+channels instead of the image's 3, followed by a ReLU and a 3x3 convolution at full resolution to
+the 3 channels (capacity where the small features are drawn).
 """
 
 import math
@@ -34,6 +38,12 @@ mean, std = train.factors.mean(0), train.factors.std(0)
 x_tr, z_tr = to_float_nchw(torch.from_numpy(train.images)), torch.from_numpy((train.factors - mean) / std).float()
 x_te, z_te = to_float_nchw(torch.from_numpy(test.images)), torch.from_numpy((test.factors - mean) / std).float()
 net = Decoder(3, layer_channels(32, [32, 64, 64, 128]), 512, z_tr.shape[1])
+refine = len(sys.argv) > 3 and sys.argv[3] == "refine"
+if refine:
+    last = net.deconv[-1]
+    net.deconv[-1] = torch.nn.ConvTranspose2d(last.in_channels, 32, kernel_size=4, stride=2, padding=1)
+    net.deconv.append(torch.nn.ReLU())
+    net.deconv.append(torch.nn.Conv2d(32, 3, kernel_size=3, padding=1))
 opt = torch.optim.Adam(net.parameters(), lr=3e-3)
 warm = 200
 
@@ -65,7 +75,8 @@ for step in range(steps):
         print(f"step {step + 1}/{steps}  train nll {loss.item():,.0f}", flush=True)
 net.eval()
 base = nll(z_te, x_te)
-print(f"feature scale {scale}, {steps} steps: held-out reconstruction {base.mean():,.0f} nats with the true factors")
+what = f"feature scale {scale}, {steps} steps" + (", refine" if refine else "")
+print(f"{what}: held-out reconstruction {base.mean():,.0f} nats with the true factors")
 perm = torch.from_numpy(np.random.default_rng(0).permutation(len(x_te)))
 for j, name in enumerate(train.factor_names):
     z = z_te.clone()
