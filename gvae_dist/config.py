@@ -122,6 +122,13 @@ class ModelConfig:
         [32, 32, 64, 64], "conv channels of the encoder (decoder mirrors them); each at most 4096", max=4096
     )
     hidden: int = f(256, "width of the fully connected layer", max=16384)
+    refine_channels: int = f(
+        0,
+        "0 = the decoder's last transposed convolution draws the image; N = it outputs N channels, "
+        "then a ReLU and a 3x3 convolution at full resolution draw it (capacity where small features "
+        "are drawn: docs/faces.md, decoder probe)",
+        max=4096,
+    )
     center_codes: bool = f(
         False,
         "subtract the batch mean of the posterior means (a running mean in eval), the mean-only "
@@ -608,6 +615,7 @@ def validate(cfg: Config) -> None:
         ("pairing.shared_factor", p.shared_factor),
         ("pairing.transform", p.transform),
         ("eval.every", cfg.eval.every),
+        ("model.refine_channels", cfg.model.refine_channels),
         ("eval.points", cfg.eval.points),
         ("eval.during_codes", cfg.eval.during_codes),
         ("tracking.image_every", cfg.tracking.image_every),

@@ -74,6 +74,7 @@ ADDED: dict[tuple[str, str], Any] = {
     ("objective", "capacity_max"): 25.0,
     ("objective", "capacity_steps"): 100_000,
     ("model", "center_codes"): False,
+    ("model", "refine_channels"): 0,
 }
 
 # Keys that may change when a run is resumed without changing what the steps so far computed.

@@ -108,9 +108,11 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """``z_BD -> logits_BCHW``: the encoder mirrored with transposed convolutions."""
+    """``z_BD -> logits_BCHW``: the encoder mirrored with transposed convolutions; with
+    ``refine`` > 0 the last one outputs ``refine`` channels and a ReLU and a 3x3 convolution at
+    full resolution draw the image (with 0 the parameters and their names are the plain net's)."""
 
-    def __init__(self, out_channels: int, widths: Sequence[int], hidden: int, latent_dim: int):
+    def __init__(self, out_channels: int, widths: Sequence[int], hidden: int, latent_dim: int, refine: int = 0):
         super().__init__()
         self.bottleneck_channels = widths[-1]
         self.fc = nn.Sequential(
@@ -121,7 +123,7 @@ class Decoder(nn.Module):
         )
         # Encoder widths reversed: the first deconv keeps the bottleneck width, the last one
         # produces the image channels (64x4x4 -> 64 -> 32 -> 32 -> C for the reference net).
-        outs = list(reversed(widths[:-1])) + [out_channels]
+        outs = list(reversed(widths[:-1])) + [refine or out_channels]
         layers: list[nn.Module] = []
         prev = widths[-1]
         for i, width in enumerate(outs):
@@ -129,6 +131,8 @@ class Decoder(nn.Module):
             if i < len(outs) - 1:
                 layers.append(nn.ReLU())
             prev = width
+        if refine:
+            layers += [nn.ReLU(), nn.Conv2d(refine, out_channels, kernel_size=3, padding=1)]
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z_BD: torch.Tensor) -> torch.Tensor:
@@ -146,6 +150,7 @@ class GatedVAE(nn.Module):
         latent_dim: D.
         channels: encoder conv widths (see module docstring for how they fit the layer count).
         hidden: width of the dense layer on each side of the latent.
+        refine_channels: 0, or the width of the decoder's full-resolution stage (:class:`Decoder`).
     """
 
     def __init__(
@@ -156,9 +161,12 @@ class GatedVAE(nn.Module):
         channels: Sequence[int] = (32, 32, 64, 64),
         hidden: int = 256,
         center_codes: bool = False,
+        refine_channels: int = 0,
     ):
         super().__init__()
         _positive_int("in_channels", in_channels)
+        if not isinstance(refine_channels, int) or refine_channels < 0:
+            raise ValueError(f"refine_channels must be 0 or a positive integer, got {refine_channels!r}")
         _positive_int("latent_dim", latent_dim)
         _positive_int("hidden", hidden)
         widths = layer_channels(image_size, channels)
@@ -166,7 +174,7 @@ class GatedVAE(nn.Module):
         self.image_size = image_size
         self.latent_dim = latent_dim
         self.encoder = Encoder(in_channels, widths, hidden, latent_dim)
-        self.decoder = Decoder(in_channels, widths, hidden, latent_dim)
+        self.decoder = Decoder(in_channels, widths, hidden, latent_dim, refine_channels)
         self.center_codes = center_codes
         if center_codes:  # only then: checkpoints of uncentred models keep their keys
             self.register_buffer("code_mean", torch.zeros(latent_dim))
@@ -269,4 +277,5 @@ def build_model(cfg: Config, channels: int) -> GatedVAE:
         channels=tuple(m.channels),
         hidden=m.hidden,
         center_codes=m.center_codes,
+        refine_channels=m.refine_channels,
     )

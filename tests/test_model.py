@@ -189,3 +189,22 @@ def test_center_codes_removes_a_constant_offset_in_training_and_eval():
     torch.testing.assert_close(eval_mu, (raw_mu[:1] - model.code_mean).detach(), atol=1e-5, rtol=0)
     assert "code_mean" in model.state_dict()
     assert "code_mean" not in GatedVAE(1, 32, latent_dim=4).state_dict()
+
+
+def test_refine_channels_add_a_full_resolution_stage_and_zero_keeps_the_plain_decoder():
+    torch.manual_seed(0)
+    plain = GatedVAE(3, 32, latent_dim=4)
+    refined = GatedVAE(3, 32, latent_dim=4, refine_channels=8)
+    # 0: the same parameters under the same names, so older checkpoints load
+    assert GatedVAE(3, 32, latent_dim=4, refine_channels=0).state_dict().keys() == plain.state_dict().keys()
+    last_t = [m for m in refined.decoder.deconv if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    final = refined.decoder.deconv[-1]
+    assert last_t.out_channels == 8 and isinstance(final, torch.nn.Conv2d)
+    assert (final.in_channels, final.out_channels, final.kernel_size, final.stride) == (8, 3, (3, 3), (1, 1))
+    x = torch.rand(2, 3, 32, 32)
+    assert refined(x).logits.shape == x.shape
+    extra = sum(p.numel() for p in refined.parameters()) - sum(p.numel() for p in plain.parameters())
+    # the last transposed conv widens from 3 to 8 outputs, plus the 3x3 conv
+    assert extra == last_t.in_channels * (8 - 3) * 16 + (8 - 3) + 8 * 3 * 9 + 3
+    with pytest.raises(ValueError, match="refine_channels"):
+        GatedVAE(3, 32, latent_dim=4, refine_channels=-1)

@@ -22,6 +22,7 @@
 #        bash ops/pilots/expression_levers.sh OUT gated_small_rest2   (the same, v18's rest 2 and 10 dims)
 #        bash ops/pilots/expression_levers.sh OUT kl_warmup   (KL annealing over 1,500 steps; at feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT beta001   (beta 0.01 at feature scale 0.5)
+#        bash ops/pilots/expression_levers.sh OUT refine   (model.refine_channels=32 at feature scale 0.5)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -119,6 +120,11 @@ fi
 if [ "${2:-}" = beta001 ]; then  # almost no KL: does an autoencoder read real-sized expression?
     run beta001_fs05_s0 --set objective.beta=0.01 --set data.feature_scale=0.5 &
     run beta001_fs05_s1 --set objective.beta=0.01 --set data.feature_scale=0.5 --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = refine ]; then  # the decoder's full-resolution refinement, real-sized features
+    run refine32_fs05_s0 --set model.refine_channels=32 --set data.feature_scale=0.5 &
+    run refine32_fs05_s1 --set model.refine_channels=32 --set data.feature_scale=0.5 --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
