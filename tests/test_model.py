@@ -208,3 +208,9 @@ def test_refine_channels_add_a_full_resolution_stage_and_zero_keeps_the_plain_de
     assert extra == last_t.in_channels * (8 - 3) * 16 + (8 - 3) + 8 * 3 * 9 + 3
     with pytest.raises(ValueError, match="refine_channels"):
         GatedVAE(3, 32, latent_dim=4, refine_channels=-1)
+    # the config key reaches the model that training, evaluation and the loaders build
+    from gvae_dist.config import load_config
+    from gvae_dist.model import build_model
+
+    built = build_model(load_config(None, ["data.image_size=32", "model.refine_channels=8"]), channels=3)
+    assert isinstance(built.decoder.deconv[-1], torch.nn.Conv2d) and built.decoder.deconv[-1].in_channels == 8
