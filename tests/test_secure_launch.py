@@ -95,8 +95,10 @@ def _watch(proc: subprocess.Popen, tmp: Path, timeout: float) -> SimpleNamespace
                         seen.listening.add((name, conn.laddr.ip, conn.laddr.port))
                         seen.sockets.add((p.pid, conn.laddr.ip, conn.laddr.port))
                 seen.names.add(name)
-                if name in ("raylet", "gcs_server"):
-                    seen.token_paths.add(p.environ().get("RAY_AUTH_TOKEN_PATH"))
+                # an exiting process reads as an empty environment (its memory is gone): skip it;
+                # a live one without the variable still records None and fails the test
+                if name in ("raylet", "gcs_server") and (env := p.environ()):
+                    seen.token_paths.add(env.get("RAY_AUTH_TOKEN_PATH"))
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         for session in tmp.glob("gvae-ray-*"):
