@@ -167,7 +167,9 @@ def test_torchrun_job_trains_on_two_nodes_checkpoints_on_signal_requeues_and_res
     """One torchrun job across both nodes, preempted once: the first start trains on 2 processes
     until the signal, the requeued start resumes and trains to the end (the plain two-node run
     needs no job of its own: the requeued start is one)."""
-    out, steps = tmp_path / "preempt", 120
+    # long enough that the signal, sent at the second log step, lands before training ends: with
+    # 120 steps one clean-clone run finished all of them first and the signal killed its teardown
+    out, steps = tmp_path / "preempt", 360
     t0 = time.monotonic()
     job = _preempt_and_resume(slurm, out, "torchrun.sbatch", "gvae-torchrun", steps)
     log = (out / "job.log").read_text()
