@@ -305,6 +305,12 @@ def decode_traversals(model, mu_KD, span: float, steps: int):
     return imgs.view(K, D, steps, *imgs.shape[1:])
 
 
+def _inputs_over_decoded(model, x_NCHW, mu_ND) -> np.ndarray:
+    import torch
+
+    return torch.stack([x_NCHW.float(), torch.sigmoid(model.decode(mu_ND).float())]).cpu().numpy()
+
+
 def reconstructions(model, x_NCHW) -> np.ndarray:
     """``[2, N, C, H, W]`` in [0, 1]: the inputs and the decoded posterior means (no sampling:
     what the code holds of each image). Runs the model in eval mode without gradients."""
@@ -313,9 +319,7 @@ def reconstructions(model, x_NCHW) -> np.ndarray:
     from gvae_dist.model import eval_mode
 
     with eval_mode(model), torch.no_grad():
-        mu_ND, _ = model.encode(x_NCHW)
-        recon_NCHW = torch.sigmoid(model.decode(mu_ND).float())
-    return torch.stack([x_NCHW.float(), recon_NCHW]).cpu().numpy()
+        return _inputs_over_decoded(model, x_NCHW, model.encode(x_NCHW)[0])
 
 
 def plot_reconstructions(model, x_NCHW, out_dir: str | Path) -> Path:
@@ -342,11 +346,9 @@ def image_grids(model, x_NCHW, span: float = 2.5, steps: int = 7) -> dict[str, n
 
     with eval_mode(model), torch.no_grad():
         mu_ND, _ = model.encode(x_NCHW)
+        recon = _inputs_over_decoded(model, x_NCHW, mu_ND)
         trav_DSCHW = decode_traversals(model, mu_ND[:1], span, steps)[0]
-    return {
-        "reconstruction": tile_images(reconstructions(model, x_NCHW)),
-        "traversal": tile_images(trav_DSCHW.cpu().numpy()),
-    }
+    return {"reconstruction": tile_images(recon), "traversal": tile_images(trav_DSCHW.cpu().numpy())}
 
 
 def log_image_grids(tracker, model, x_NCHW, step: int, out_dir: Path) -> None:

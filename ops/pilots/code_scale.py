@@ -16,6 +16,7 @@ import torch
 from gvae_dist.data.batch import to_float_nchw
 from gvae_dist.data.synthetic import generate
 from gvae_dist.encode import load_model
+from gvae_dist.plots import kl_per_dim
 
 torch.set_num_threads(1)
 runs = []
@@ -33,7 +34,7 @@ for run in runs:
     with torch.no_grad():
         mu, logvar = model.encoder(images[key])
     spread, sigma = mu.std(0).numpy(), torch.exp(0.5 * logvar).mean(0).numpy()
-    kl = (0.5 * (mu.square() + logvar.exp() - 1 - logvar)).mean(0).numpy()
+    kl = kl_per_dim(mu.numpy(), logvar.numpy())
     cell, start = cells.setdefault(run.name.rsplit("__seed", 1)[0], {}), 0
     for p in cfg.partitions:
         dims = slice(start, start + p.size)

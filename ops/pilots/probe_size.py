@@ -17,7 +17,7 @@ import torch
 from gvae_dist.data.loader import load_eval_arrays
 from gvae_dist.encode import load_model
 from gvae_dist.eval_runner import encode
-from gvae_dist.evaluate import importance_matrix
+from gvae_dist.evaluate import dci
 
 SIZES = (1000, 2000, 4000, 10000)
 TEST = 5000
@@ -37,13 +37,10 @@ for arg in sys.argv[1:]:
     discrete = [info.factor_discrete[c] for c in cols]
     test_codes, test_factors = codes[-TEST:], factors[-TEST:, cols]
     for n in SIZES:
-        _, per = importance_matrix(
+        result = dci(
             codes[:n], factors[:n, cols], test_codes, test_factors, discrete, cfg.eval.method, cfg.run.seed, n_jobs=2
         )
-        scores = {
-            f: p["informativeness_accuracy"] if d else max(0.0, 1.0 - p["informativeness_nrmse"])
-            for f, p, d in zip(TARGETED, per, discrete)
-        }
+        scores = {f: p["informativeness"] for f, p in zip(TARGETED, result["per_factor"])}
         cells = " | ".join(f"{scores[f]:.2f}" for f in TARGETED)
         mean = np.mean([scores[f] for f in EXPRESSION])
         print(f"| {run.name} | {n:,} | {cells} | {mean:.2f} |", flush=True)

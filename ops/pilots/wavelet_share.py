@@ -36,8 +36,8 @@ def haar(x):
 
 
 def img(a):
-    """uint8 ``[N, H, W, C]`` -> float64 ``[N, C, H, W]`` in [0, 1]."""
-    return np.moveaxis(a.astype(np.float64) / 255.0, -1, 1)
+    """uint8 ``[N, H, W, C]`` -> float64 ``[N, C, H, W]`` in [0, 1], as the model sees it."""
+    return to_float_nchw(torch.from_numpy(a)).double().numpy()
 
 
 run = Path(sys.argv[1])
