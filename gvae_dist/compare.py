@@ -14,7 +14,9 @@ from typing import Any
 
 from scipy import stats
 
-METRICS = ("D", "C", "I", "DCI_mean", "purity")
+METRICS = ("D", "C", "I", "DCI_mean", "purity", "I_probe")
+"""``I_probe``: informativeness read by the flexible probe (``eval.flexible_probe``), "-" where a
+cell has none (cells evaluated before it existed)."""
 
 
 @dataclass(frozen=True)

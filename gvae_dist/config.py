@@ -327,6 +327,12 @@ class EvalConfig:
         "eval.num_train + eval.num_test",
         max=400_000,
     )
+    flexible_probe: bool = f(
+        True,
+        "also read each factor's informativeness with a flexible probe (an MLP per factor: "
+        "probe_informativeness/*): how much of it the code holds, where DCI's trees read how much "
+        "single dims hold",
+    )
     at_end: bool = f(True, "evaluate DCI when training ends (on eval.num_train + eval.num_test codes, with pictures)")
     batch_size: int = f(256, "encoding batch size", max=65_536)
     jobs: int = f(

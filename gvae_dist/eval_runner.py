@@ -121,6 +121,7 @@ def evaluate_model(
         method=e.method,
         seed=cfg.run.seed,
         n_jobs=e.jobs,
+        flexible_probe=e.flexible_probe,
     )
     result = {
         **summarize(result),
@@ -147,13 +148,20 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     test score (accuracy or ``1 - NRMSE``, named in ``informativeness_measures``).
     ``partition_purity``: mean over targeted factors of the share of the factor's importance in
     its own partition; ``purity/<partition>`` and ``purity_mean``: share of the partition's
-    importance that goes to its own factors.
+    importance that goes to its own factors. With the flexible probe (``eval.flexible_probe``):
+    ``probe_informativeness`` (targeted factors), ``all/probe_informativeness`` and
+    ``probe_informativeness/<factor>``, the same scores read by an MLP instead of the trees.
     """
     d, t = result["dci"], result["targeted"]
     keys = ("disentanglement", "completeness", "informativeness", "informativeness_error", "dci_mean")
     out: dict[str, Any] = {k: t[k] for k in keys}
     out.update({f"all/{k}": d[k] for k in keys})
     out.update({f"informativeness/{pf['name']}": pf["informativeness"] for pf in d["per_factor"]})
+    probe = result.get("probe")
+    if probe:
+        out["probe_informativeness"] = probe["targeted_informativeness"]
+        out["all/probe_informativeness"] = probe["informativeness"]
+        out.update({f"probe_informativeness/{pf['name']}": pf["informativeness"] for pf in probe["per_factor"]})
     out["mig"] = result["mig"]["mig"]
     out["sap"] = result["sap"]["sap"]
     parts = result.get("partitions")
@@ -182,6 +190,11 @@ def metric_names(cfg: Config, factor_names: list[str]) -> list[str]:
         *HEADLINE,
         *(f"all/{k}" for k in HEADLINE),
         *(f"informativeness/{f}" for f in factor_names),
+        *(
+            ["probe_informativeness", "all/probe_informativeness", *(f"probe_informativeness/{f}" for f in factor_names)]
+            if cfg.eval.flexible_probe
+            else []
+        ),
         "mig",
         "sap",
         "partition_disentanglement",
@@ -281,4 +294,14 @@ def format_summary(result: dict[str, Any]) -> list[str]:
     )
     if per:
         lines.append(f"informativeness per factor: {per}")
+    if "probe_informativeness" in result:
+        per = ", ".join(
+            f"{name} {result[f'probe_informativeness/{name}']:.3f}"
+            for name in measures
+            if f"probe_informativeness/{name}" in result
+        )
+        lines.append(
+            f"informativeness read by the flexible probe (MLP; what the code holds, however it is laid out): "
+            f"targeted {result['probe_informativeness']:.3f}, all {result['all/probe_informativeness']:.3f}; {per}"
+        )
     return lines

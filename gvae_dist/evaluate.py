@@ -754,6 +754,7 @@ def evaluate_codes(
     seed: int = 0,
     n_jobs: int = 2,
     num_bins: int = 20,
+    flexible_probe: bool = False,
 ) -> dict[str, Any]:
     """All metrics as one JSON-serialisable dict.
 
@@ -764,7 +765,8 @@ def evaluate_codes(
     else ``names``, ``sizes``, ``importance`` [P][F], ``disentanglement``, ``completeness`` (of
     the partition-level matrix), ``purity`` (:func:`partition_purity`) and
     ``purity_by_partition`` (:func:`purity_by_partition`), both None when ``intended`` names no
-    factor.
+    factor; ``probe``: with ``flexible_probe`` :func:`probe_informativeness` over every factor
+    plus ``targeted_informativeness`` (its mean over the targeted factors), else None.
     """
     xtr_NC, ytr_NF, xte_NC, yte_NF = _check_train_test(codes_train, factors_train, codes_test, factors_test, discrete)
     names = _factor_names(factor_names, ytr_NF.shape[1])
@@ -799,7 +801,13 @@ def evaluate_codes(
         "mig": mig(xtr_NC, ytr_NF, discrete, num_bins=num_bins),
         "sap": sap(xtr_NC, ytr_NF, xte_NC, yte_NF, discrete),
         "partitions": None,
+        "probe": None,
     }
+    if flexible_probe:
+        probe = probe_informativeness(xtr_NC, ytr_NF, xte_NC, yte_NF, discrete, seed, n_jobs, names)
+        probe_F = [pf["informativeness"] for pf in probe["per_factor"]]
+        probe["targeted_informativeness"] = float(np.mean([probe_F[names.index(f)] for f in targeted]))
+        out["probe"] = probe
     if partitions is not None:
         imp_CF = np.asarray(dci_out["importance"])
         imp_PF = partition_importance(imp_CF, partitions)

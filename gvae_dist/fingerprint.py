@@ -45,7 +45,8 @@ RUN_LOCAL: dict[str, Any] = {
     "tracking": "*",
     "distributed": "*",
     "data": {"path", "num_workers", "verify", "backend"},
-    "eval": {"batch_size", "jobs"},
+    # flexible_probe adds metrics beside DCI's and changes none of them
+    "eval": {"batch_size", "jobs", "flexible_probe"},
     "optim": {"compile", "channels_last"},
 }
 

@@ -74,6 +74,7 @@ METRICS = {
     "C": "completeness",
     "I": "informativeness",
     "purity": "partition_purity",
+    "I_probe": "probe_informativeness",
     "MIG": "mig",
     "SAP": "sap",
 }
@@ -549,7 +550,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: mean ± std over seeds per objective, variant and noise level."""
-    cols = ["D", "C", "I", "DCI_mean", "purity"]
+    cols = ["D", "C", "I", "DCI_mean", "purity", "I_probe"]
     lines = [
         "| objective | variant | label flip | seeds | " + " | ".join(cols) + " |",
         "|---|---|---|---|" + "---|" * len(cols),

@@ -19,6 +19,7 @@ from gvae_dist.evaluate import (
     mig,
     partition_importance,
     partition_purity,
+    probe_informativeness,
     purity_by_partition,
     sap,
 )
@@ -367,7 +368,9 @@ def test_evaluate_codes_is_json_serialisable(data):
         "mig",
         "sap",
         "partitions",
+        "probe",
     }
+    assert back["probe"] is None  # the flexible probe only when asked (the runner asks: eval.flexible_probe)
     assert back["dci"]["per_factor"][0]["name"] == "shape"
     # the headline DCI is over the factors the partitions name; dci is over all of them
     assert back["targeted"]["factors"] == ["shape", "x"]
@@ -383,6 +386,56 @@ def test_evaluate_codes_is_json_serialisable(data):
     assert part["purity"]["shape"] == pytest.approx(float(pos[0] < 3), abs=0.1)
     assert part["purity"]["x"] == pytest.approx(float(pos[2] >= 3), abs=0.1)
     assert out["dci"]["disentanglement"] > 0.8
+
+
+def _rotated(factors_NF, rotation_CC, rng, noise=0.02):
+    """Codes that hold every factor along oblique directions: the standardised factors and two
+    noise dims, mixed by one rotation (no code dim is any single factor)."""
+    scaled_NF = (factors_NF - factors_NF.mean(0)) / factors_NF.std(0)
+    x_NC = np.column_stack([scaled_NF, rng.normal(size=(len(factors_NF), 2))])
+    return x_NC @ rotation_CC + noise * rng.normal(size=x_NC.shape)
+
+
+def test_flexible_probe_reads_what_an_entangled_code_holds_and_nothing_from_noise():
+    rng = np.random.default_rng(3)
+    rotation_CC, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    ftr, fte = _factors(1500, rng), _factors(500, rng)
+    xtr, xte = _rotated(ftr, rotation_CC, rng), _rotated(fte, rotation_CC, rng)
+    names = ["shape", "size", "x", "y"]
+    held = probe_informativeness(xtr, ftr, xte, fte, DISCRETE, n_jobs=1, factor_names=names)
+    scores = [pf["informativeness"] for pf in held["per_factor"]]
+    assert [pf["informativeness_measure"] for pf in held["per_factor"]] == ["accuracy", "accuracy", "1-nrmse", "1-nrmse"]
+    assert [pf["name"] for pf in held["per_factor"]] == names
+    # a linear mix of the factors: the MLP recovers each (accuracy of 3 / 4 classes, 1 - NRMSE)
+    assert min(scores) > 0.85, scores
+    assert held["informativeness"] == pytest.approx(np.mean(scores))
+    # the trees, one dim per split, read the continuous factors less well from the same codes
+    trees = dci(xtr, ftr, xte, fte, DISCRETE, n_jobs=1)["per_factor"]
+    assert np.mean(scores[2:]) > np.mean([trees[j]["informativeness"] for j in (2, 3)]) + 0.05
+    # codes that hold nothing: chance accuracy (1/3, 1/4) and ~0 for the continuous factors
+    noise = probe_informativeness(rng.normal(size=(1500, 6)), ftr, rng.normal(size=(500, 6)), fte, DISCRETE, n_jobs=1)
+    low = [pf["informativeness"] for pf in noise["per_factor"]]
+    assert low[0] < 0.45 and low[1] < 0.35 and max(low[2:]) < 0.1, low
+
+
+def test_evaluate_codes_with_the_flexible_probe_reports_it_over_the_targeted_factors(data):
+    out = evaluate_codes(
+        data["xtr"],
+        data["ftr"],
+        data["xte"],
+        data["fte"],
+        ["shape", "size", "x", "y"],
+        DISCRETE,
+        partitions=[("a", 3), ("b", 3)],
+        intended={"a": ["shape"], "b": ["x"]},
+        n_jobs=1,
+        flexible_probe=True,
+    )
+    probe = json.loads(json.dumps(out, allow_nan=False))["probe"]
+    per = [pf["informativeness"] for pf in probe["per_factor"]]
+    assert probe["targeted_informativeness"] == pytest.approx((per[0] + per[2]) / 2)
+    assert probe["informativeness"] == pytest.approx(np.mean(per))
+    assert min(per) > 0.8  # permuted copies of the factors: every one is held
 
 
 def test_evaluate_codes_validation(data):

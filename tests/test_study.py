@@ -60,6 +60,11 @@ def test_two_cell_study_writes_results_and_resumes(tmp_path):
     comparison = first["paths"]["comparison"].read_text()
     delta = by_variant["gated"] - by_variant["ungated"]
     assert "| beta | 0.1 | 0 | " in comparison and f"{delta:+.3f} (n=1)" in comparison
+    # the flexible probe's informativeness (eval.flexible_probe, on by default) reaches the rows
+    # and its paired difference the comparison
+    probe = {r["variant"]: float(r["I_probe"]) for r in rows}
+    assert all(0.0 <= v <= 1.0 for v in probe.values())
+    assert "Δ I_probe" in comparison and f"{probe['gated'] - probe['ungated']:+.3f} (n=1)" in comparison
     # gated and un-gated traversals side by side: as wide as the two panels together
     from matplotlib.image import imread
 
