@@ -191,7 +191,11 @@ def metric_names(cfg: Config, factor_names: list[str]) -> list[str]:
         *(f"all/{k}" for k in HEADLINE),
         *(f"informativeness/{f}" for f in factor_names),
         *(
-            ["probe_informativeness", "all/probe_informativeness", *(f"probe_informativeness/{f}" for f in factor_names)]
+            [
+                "probe_informativeness",
+                "all/probe_informativeness",
+                *(f"probe_informativeness/{f}" for f in factor_names),
+            ]
             if cfg.eval.flexible_probe
             else []
         ),

@@ -404,7 +404,12 @@ def test_flexible_probe_reads_what_an_entangled_code_holds_and_nothing_from_nois
     names = ["shape", "size", "x", "y"]
     held = probe_informativeness(xtr, ftr, xte, fte, DISCRETE, n_jobs=1, factor_names=names)
     scores = [pf["informativeness"] for pf in held["per_factor"]]
-    assert [pf["informativeness_measure"] for pf in held["per_factor"]] == ["accuracy", "accuracy", "1-nrmse", "1-nrmse"]
+    assert [pf["informativeness_measure"] for pf in held["per_factor"]] == [
+        "accuracy",
+        "accuracy",
+        "1-nrmse",
+        "1-nrmse",
+    ]
     assert [pf["name"] for pf in held["per_factor"]] == names
     # a linear mix of the factors: the MLP recovers each (accuracy of 3 / 4 classes, 1 - NRMSE)
     assert min(scores) > 0.85, scores

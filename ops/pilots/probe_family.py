@@ -45,11 +45,32 @@ for arg in sys.argv[1:]:
     discrete = [info.factor_discrete[c] for c in cols]
     test_codes, test_factors = codes[-TEST:], factors[-TEST:, cols]
     label = ("untrained " if untrained else "") + f"{run.parent.name}/{run.name}"
-    rows = [("trees", FIT[0], dci(codes[: FIT[0]], factors[: FIT[0], cols], test_codes, test_factors, discrete,
-                                  "gbt", cfg.run.seed, n_jobs=2))]
+    rows = [
+        (
+            "trees",
+            FIT[0],
+            dci(
+                codes[: FIT[0]],
+                factors[: FIT[0], cols],
+                test_codes,
+                test_factors,
+                discrete,
+                "gbt",
+                cfg.run.seed,
+                n_jobs=2,
+            ),
+        )
+    ]
     for n in FIT:
-        rows.append(("mlp", n, probe_informativeness(codes[:n], factors[:n, cols], test_codes, test_factors, discrete,
-                                                     cfg.run.seed, n_jobs=2)))
+        rows.append(
+            (
+                "mlp",
+                n,
+                probe_informativeness(
+                    codes[:n], factors[:n, cols], test_codes, test_factors, discrete, cfg.run.seed, n_jobs=2
+                ),
+            )
+        )
     for probe, n, result in rows:
         scores = {f: p["informativeness"] for f, p in zip(TARGETED, result["per_factor"])}
         cells = " | ".join(f"{scores[f]:.2f}" for f in TARGETED)
