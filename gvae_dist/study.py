@@ -45,6 +45,8 @@ import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,12 +454,33 @@ def _run_local(todo: list[Cell], parallel: int, log) -> dict[str, str]:
             os.environ["JOBLIB_MULTIPROCESSING"] = saved
 
 
+# How often a local study worker checks that the study's driver still runs.
+PARENT_POLL_S = 1.0
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Initializer of the local study workers: a daemon thread that ends the worker (SIGTERM,
+    the cell's last checkpoint stays) once the driver that started it is gone. Without it a
+    driver killed by a signal it cannot handle (``kill``, SIGKILL, a closed session) left its
+    workers training the cells they held and the ones queued for them, writing into the study's
+    run directories while a rerun trained the same cells (seen while running study v19)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="gvae-study-parent-watch", daemon=True).start()
+
+
 def _pool_cells(todo: list[Cell], parallel: int, threads: int, ctx, log) -> dict[str, str]:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     failed: dict[str, str] = {}
     n, done_count = len(todo), 0
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(
+        max_workers=parallel, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         pending = {}
         for cell in todo:
             data = cell.cfg.replace({"run.threads": cell.cfg.run.threads or threads}).to_dict()

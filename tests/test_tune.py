@@ -144,9 +144,11 @@ def test_bad_spaces_name_the_file_and_key(tmp_path, over, match):
         load_space(_space(tmp_path, **over))
 
 
-def test_valid_metric_names_are_what_an_evaluation_logs(tmp_path):
+@pytest.mark.parametrize("probe", [True, False])
+def test_valid_metric_names_are_what_an_evaluation_logs(tmp_path, probe):
     """The names load_space accepts are exactly the numeric keys a real evaluation returns
-    (train_loop logs them as eval/<key>), so the list cannot drift from what runs log."""
+    (train_loop logs them as eval/<key>), so the list cannot drift from what runs log; with and
+    without the flexible probe's metrics."""
     import torch
 
     from gvae_dist.config import load_config
@@ -154,12 +156,15 @@ def test_valid_metric_names_are_what_an_evaluation_logs(tmp_path):
     from gvae_dist.model import build_model
     from gvae_dist.tune import TRAIN_METRICS, reported_metrics
 
-    cfg = load_config(None, [*TINY, "eval.num_train=20", "eval.num_test=20", "data.num_eval=40"])
+    cfg = load_config(
+        None, [*TINY, "eval.num_train=20", "eval.num_test=20", "data.num_eval=40", f"eval.flexible_probe={probe}"]
+    )
     torch.manual_seed(0)
     result = evaluate_model(cfg, build_model(cfg, 3), "cpu", None, during=True)
     logged = {f"eval/{k}" for k, v in result.items() if isinstance(v, int | float)}
     assert set(reported_metrics(cfg)) == logged | set(TRAIN_METRICS)
     assert "eval/informativeness/yaw" in logged and "eval/purity/pose" in logged
+    assert ("eval/probe_informativeness/yaw" in logged) == probe
 
 
 def test_sweep_whose_trials_all_errored_ends_its_parent_failed(tmp_path):
