@@ -23,6 +23,7 @@
 #        bash ops/pilots/expression_levers.sh OUT kl_warmup   (KL annealing over 1,500 steps; at feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT beta001   (beta 0.01 at feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT refine   (model.refine_channels=32 at feature scale 0.5)
+#        bash ops/pilots/expression_levers.sh OUT gated_room   (the gated preset; with 8 expression dims; with 8 label bins)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -120,6 +121,15 @@ fi
 if [ "${2:-}" = beta001 ]; then  # almost no KL: does an autoencoder read real-sized expression?
     run beta001_fs05_s0 --set objective.beta=0.01 --set data.feature_scale=0.5 &
     run beta001_fs05_s1 --set objective.beta=0.01 --set data.feature_scale=0.5 --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = gated_room ]; then  # the gated preset's information loss: baseline, 8 expression dims, 8 label bins
+    PRESET=faces_beta_gated.yaml run gated_s0 & PRESET=faces_beta_gated.yaml run gated_s1 --set run.seed=1 & wait
+    E8=(--set model.latent_dim=20 --set partitions.1.size=8)
+    PRESET=faces_beta_gated.yaml run gated_expr8_s0 "${E8[@]}" &
+    PRESET=faces_beta_gated.yaml run gated_expr8_s1 "${E8[@]}" --set run.seed=1 & wait
+    PRESET=faces_beta_gated.yaml run gated_bins8_s0 --set data.label_bins=8 &
+    PRESET=faces_beta_gated.yaml run gated_bins8_s1 --set data.label_bins=8 --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = refine ]; then  # the decoder's full-resolution refinement, real-sized features
