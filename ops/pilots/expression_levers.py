@@ -26,4 +26,5 @@ if probed:
         cells = [f"{e[f'probe_informativeness/{f}']:.2f}" for f in factors]
         expr = sum(e[f"probe_informativeness/{f}"] for f in factors[3:]) / 3
         purity = e.get("partition_purity", float("nan"))
-        print(f"| {metrics.parent.name} | " + " | ".join(cells) + f" | {expr:.2f} | {e['disentanglement']:.2f} | {purity:.2f} |")
+        tail = f" | {expr:.2f} | {e['disentanglement']:.2f} | {purity:.2f} |"
+        print(f"| {metrics.parent.name} | " + " | ".join(cells) + tail)
