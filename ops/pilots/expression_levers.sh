@@ -24,6 +24,7 @@
 #        bash ops/pilots/expression_levers.sh OUT beta001   (beta 0.01 at feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT refine   (model.refine_channels=32 at feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_room   (the gated preset; with 8 expression dims; with 8 label bins)
+#        bash ops/pilots/expression_levers.sh OUT gated_match_one   (the gated preset with pairing.match=one)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -130,6 +131,11 @@ if [ "${2:-}" = gated_room ]; then  # the gated preset's information loss: basel
     PRESET=faces_beta_gated.yaml run gated_expr8_s1 "${E8[@]}" --set run.seed=1 & wait
     PRESET=faces_beta_gated.yaml run gated_bins8_s0 --set data.label_bins=8 &
     PRESET=faces_beta_gated.yaml run gated_bins8_s1 --set data.label_bins=8 --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = gated_match_one ]; then  # partners share one expression factor's bin, not all three
+    PRESET=faces_beta_gated.yaml run gated_one_s0 --set pairing.match=one &
+    PRESET=faces_beta_gated.yaml run gated_one_s1 --set pairing.match=one --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = refine ]; then  # the decoder's full-resolution refinement, real-sized features
