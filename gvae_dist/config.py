@@ -329,7 +329,7 @@ class EvalConfig:
     )
     flexible_probe: bool = f(
         True,
-        "also read each factor's informativeness with a flexible probe (an MLP per factor: "
+        "also read each factor's informativeness with a flexible probe (MLPs: "
         "probe_informativeness/*): how much of it the code holds, where DCI's trees read how much "
         "single dims hold",
     )

@@ -507,7 +507,7 @@ def probe_informativeness(
     enough capacity, and how much capacity reading it takes (explicitness). This is the first,
     with fixed MLPs (``PROBE_HIDDEN``, early stopping): one classifier per discrete factor and one
     multi-output regressor for the continuous factors together (standardised targets; a ninth of
-    the per-factor fits' cost, within 0.03 of them on the faces): the same test scores
+    the per-factor fits' cost, within 0.06 of them on the faces): the same test scores
     (accuracy / ``max(0, 1 - NRMSE)``) on the same split as :func:`dci`, so the two compare
     factor by factor; a gap between them is information the tree probe cannot read.
 
