@@ -25,6 +25,7 @@
 #        bash ops/pilots/expression_levers.sh OUT refine   (model.refine_channels=32 at feature scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_room   (the gated preset; with 8 expression dims; with 8 label bins)
 #        bash ops/pilots/expression_levers.sh OUT gated_match_one   (the gated preset with pairing.match=one)
+#        bash ops/pilots/expression_levers.sh OUT gated_identity   (the gated preset with 75% identity pairs)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -136,6 +137,12 @@ fi
 if [ "${2:-}" = gated_match_one ]; then  # partners share one expression factor's bin, not all three
     PRESET=faces_beta_gated.yaml run gated_one_s0 --set pairing.match=one &
     PRESET=faces_beta_gated.yaml run gated_one_s1 --set pairing.match=one --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = gated_identity ]; then  # three quarters identity pairs instead of half
+    PRESET=faces_beta_gated.yaml run gated_id75_s0 --set pairing.identity=0.75 --set pairing.shared_factor=0.25 &
+    PRESET=faces_beta_gated.yaml run gated_id75_s1 --set pairing.identity=0.75 --set pairing.shared_factor=0.25 \
+        --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = refine ]; then  # the decoder's full-resolution refinement, real-sized features
