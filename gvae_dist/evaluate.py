@@ -464,8 +464,8 @@ def _fit_probe(
     xtr_NC: np.ndarray, ytr_NK: np.ndarray, xte_NC: np.ndarray, yte_NK: np.ndarray, discrete: bool, seed: int
 ) -> list[float]:
     """Flexible-probe test scores of K factors fitted together: one discrete factor (K = 1,
-    accuracy) or every continuous one (one multi-output regressor, ``max(0, 1 - NRMSE)`` each)."""
-    xtr_NC, xte_NC = _standardise(xtr_NC, xte_NC)
+    accuracy) or every continuous one (one multi-output regressor, ``max(0, 1 - NRMSE)`` each).
+    The codes come standardised (:func:`probe_informativeness`)."""
     # early stopping holds out a tenth of the fitting codes; below PROBE_MIN_EARLY_STOP codes
     # (tests, tiny evaluations) that split is too small to stop on, and a fixed, short fit runs
     early = len(xtr_NC) >= PROBE_MIN_EARLY_STOP
@@ -519,6 +519,7 @@ def probe_informativeness(
         codes_train_NC, factors_train_NF, codes_test_NC, factors_test_NF, discrete
     )
     names = _factor_names(factor_names, ytr_NF.shape[1])
+    xtr_NC, xte_NC = _standardise(xtr_NC, xte_NC)
     # each discrete factor its own classifier, the continuous ones one regressor together
     groups = [[j] for j in range(ytr_NF.shape[1]) if discrete[j]]
     groups += [cont] if (cont := [j for j in range(ytr_NF.shape[1]) if not discrete[j]]) else []

@@ -91,6 +91,17 @@ def wait_for_train_actors_to_exit(timeout: float = 60.0) -> None:
     raise TimeoutError(f"Train actors still alive after {timeout}s: {alive}")
 
 
+def process_alive(p) -> bool:
+    """Whether the ``psutil.Process`` ``p`` still runs: a zombie no parent reaped (an orphan
+    here, where PID 1 may not reap) counts as gone."""
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """Stop a process this suite started with ``start_new_session=True``, and everything it
     spawned: SIGTERM to its group, then SIGKILL to the group and any descendant left over."""

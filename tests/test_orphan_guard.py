@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gvae_dist import orphan_guard
-from tests.conftest import REPO, stop_group
+from tests.conftest import REPO, process_alive, stop_group
 
 psutil = pytest.importorskip("psutil")
 
@@ -38,13 +38,6 @@ TINY = [
     "distributed.cpus_per_worker=1",
     "tracking.enabled=false",
 ]
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _describe(p: psutil.Process) -> str:
@@ -118,7 +111,7 @@ def test_guard_whose_pipe_closes_without_done_stops_the_cluster(tmp_path):
         guard.stdin.close()  # what the kernel does when the driver is killed
         guard.wait(timeout=15)
         assert member.wait(timeout=1) == -signal.SIGTERM
-        assert not _alive(agent)  # found through its parent while the driver lived
+        assert not process_alive(agent)  # found through its parent while the driver lived
         assert other.poll() is None
         assert not (session / "auth_token").exists() and (session / "r").is_dir()
     finally:
@@ -167,7 +160,7 @@ def _cluster_processes(driver: int, session: Path) -> list[psutil.Process]:
     for p in psutil.process_iter(["cmdline"]):
         if f"{session}/" in " ".join(p.info["cmdline"] or []):
             found.setdefault(p.pid, p)
-    return [p for p in found.values() if _alive(p)]
+    return [p for p in found.values() if process_alive(p)]
 
 
 @pytest.mark.integration
@@ -213,10 +206,11 @@ def test_sigkilled_driver_leaves_no_process_of_its_private_cluster(ray_env, tmp_
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         killed = time.monotonic()
-        while time.monotonic() - killed < 15 and [p for p in cluster if _alive(p)]:
+        while time.monotonic() - killed < 15 and [p for p in cluster if process_alive(p)]:
             time.sleep(0.2)
         time.sleep(1.0)  # anything started while the cluster went down
-        left = [(p.pid, _describe(p)[:80]) for p in [*cluster, *_cluster_processes(proc.pid, session)] if _alive(p)]
+        everyone = [*cluster, *_cluster_processes(proc.pid, session)]
+        left = [(p.pid, _describe(p)[:80]) for p in everyone if process_alive(p)]
         assert left == [], f"{left} still running {time.monotonic() - killed:.1f}s after the SIGKILL"
         assert decoy.poll() is None
         assert not (session / "auth_token").exists() and (session / "r").is_dir()  # logs kept

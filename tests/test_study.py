@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from gvae_dist.config import ConfigError
 from gvae_dist.study import load_study, plan_cells, run_study
+from tests.conftest import process_alive
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -161,26 +161,6 @@ def test_parallel_cells_on_ray_and_a_failed_cell_is_named(tmp_path, ray_env):
     assert again.returncode == 1 and "skipped" in again.stdout and "1 of 2 study cells failed" in again.stderr
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_local_workers_stop_when_the_study_driver_is_killed(tmp_path):
     """`gvae-dist study --parallel 2 --executor local` killed with SIGKILL (no handler can run):
     its worker processes, which would otherwise go on training their cells (and the ones queued
@@ -191,6 +171,7 @@ def test_local_workers_stop_when_the_study_driver_is_killed(tmp_path):
     import sys
     import time
 
+    psutil = pytest.importorskip("psutil")
     presets = [str(REPO / "configs" / f"faces_beta_{v}.yaml") for v in ("gated", "ungated")]
     long_run = [o for o in TINY if not o.startswith("optim.steps")] + ["optim.steps=100000", "run.log_every=10"]
     lines = "\n".join(f"    - {o}" for o in long_run)
@@ -204,29 +185,29 @@ def test_local_workers_stop_when_the_study_driver_is_killed(tmp_path):
     )
     cells = plan_cells(load_study(path))
     logs = [c.cfg.run_dir() / "train.log" for c in cells]
-    workers: list[int] = []
+    workers: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 180
         while not all(log.is_file() and "step" in log.read_text() for log in logs):  # both cells training
             assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "the cells never started training"
             time.sleep(0.5)
-        workers += [
-            p for p in _children(driver.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
-        ]
+        workers += [p for p in psutil.Process(driver.pid).children() if "spawn_main" in " ".join(p.cmdline())]
         assert len(workers) == 2, workers
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=10)
         deadline = time.monotonic() + 15
-        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        while any(process_alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [p for p in workers if _alive(p)], "study workers outlived their driver"
+        assert not [p.pid for p in workers if process_alive(p)], "study workers outlived their driver"
         assert not any((c.cfg.run_dir() / "result.json").exists() for c in cells)
     finally:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a failure before the kill: take its workers too
+            workers += psutil.Process(driver.pid).children(recursive=True)
         driver.kill()
-        for p in workers or _children(driver.pid):
-            with contextlib.suppress(OSError):
-                os.kill(p, signal.SIGKILL)
+        for p in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
 
 
 def test_ablation_study_reuses_the_main_studys_ungated_cells():

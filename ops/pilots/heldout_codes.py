@@ -1,10 +1,11 @@
 """What the probe pilots share (ops/pilots/probe_size.py, probe_family.py): a run's codes of
-its own held-out faces with the targeted factors. Imported by those scripts (their own folder is
-on ``sys.path`` when they run)."""
+its own held-out faces with the targeted factors, and a probe's scores as table cells. Imported by
+those scripts (their own folder is on ``sys.path`` when they run)."""
 
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 from gvae_dist.data.loader import load_eval_arrays
@@ -37,3 +38,11 @@ def heldout_codes(arg: str, num: int) -> SimpleNamespace:
         factors=factors[:, cols],
         discrete=[info.factor_discrete[c] for c in cols],
     )
+
+
+def score_cells(result: dict) -> str:
+    """A ``dci`` or ``probe_informativeness`` result as table cells: each targeted factor's test
+    informativeness, then the expression mean."""
+    scores = {f: p["informativeness"] for f, p in zip(TARGETED, result["per_factor"])}
+    cells = " | ".join(f"{scores[f]:.2f}" for f in TARGETED)
+    return f"{cells} | {np.mean([scores[f] for f in EXPRESSION]):.2f}"

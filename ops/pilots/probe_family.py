@@ -13,9 +13,8 @@ python ops/pilots/probe_family.py runs/pilot_expression/px32_s0 init:runs/pilot_
 
 import sys
 
-import numpy as np
 import torch
-from heldout_codes import EXPRESSION, TARGETED, heldout_codes
+from heldout_codes import TARGETED, heldout_codes, score_cells
 
 from gvae_dist.evaluate import dci, probe_informativeness
 
@@ -36,7 +35,4 @@ for arg in sys.argv[1:]:
         probe = probe_informativeness(codes[:n], factors[:n], test_codes, test_factors, discrete, seed, n_jobs=2)
         rows.append(("mlp", n, probe))
     for probe, n, result in rows:
-        scores = {f: p["informativeness"] for f, p in zip(TARGETED, result["per_factor"])}
-        cells = " | ".join(f"{scores[f]:.2f}" for f in TARGETED)
-        mean = np.mean([scores[f] for f in EXPRESSION])
-        print(f"| {label} | {probe} | {n:,} | {cells} | {mean:.2f} |", flush=True)
+        print(f"| {label} | {probe} | {n:,} | {score_cells(result)} |", flush=True)

@@ -10,9 +10,8 @@ python ops/pilots/probe_size.py runs/pilot_expression/px32_s0 runs/pilot_express
 
 import sys
 
-import numpy as np
 import torch
-from heldout_codes import EXPRESSION, TARGETED, heldout_codes
+from heldout_codes import TARGETED, heldout_codes, score_cells
 
 from gvae_dist.evaluate import dci
 
@@ -30,7 +29,4 @@ for arg in sys.argv[1:]:
         result = dci(
             codes[:n], factors[:n], test_codes, test_factors, discrete, cfg.eval.method, cfg.run.seed, n_jobs=2
         )
-        scores = {f: p["informativeness"] for f, p in zip(TARGETED, result["per_factor"])}
-        cells = " | ".join(f"{scores[f]:.2f}" for f in TARGETED)
-        mean = np.mean([scores[f] for f in EXPRESSION])
-        print(f"| {run.name} | {n:,} | {cells} | {mean:.2f} |", flush=True)
+        print(f"| {run.name} | {n:,} | {score_cells(result)} |", flush=True)
