@@ -472,7 +472,8 @@ def _fit_probe(
     iters = PROBE_MAX_ITER if early else PROBE_SMALL_ITER
     kwargs = dict(hidden_layer_sizes=PROBE_HIDDEN, early_stopping=early, max_iter=iters, random_state=seed)
     # one BLAS thread per fit: joblib spreads the fits over the cores, and a study's cells each
-    # evaluate in their own process; a threaded BLAS on top oversubscribed the cores ~15x (study v19)
+    # evaluate in their own process; with a threaded BLAS on top, two v19 cells evaluating at once
+    # spent 252 s in per-factor fits that took ~20 s alone
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a capped fit still scores honestly on test
         if discrete:
@@ -506,8 +507,10 @@ def probe_informativeness(
     DCI-ES (Eastwood et al., ICLR 2023) separates the two: informativeness read with a probe of
     enough capacity, and how much capacity reading it takes (explicitness). This is the first,
     with fixed MLPs (``PROBE_HIDDEN``, early stopping): one classifier per discrete factor and one
-    multi-output regressor for the continuous factors together (standardised targets; a ninth of
-    the per-factor fits' cost, within 0.06 of them on the faces): the same test scores
+    multi-output regressor for the continuous factors together (standardised targets; one fit
+    instead of one per continuous factor: on the faces' nine, 2.5 s against 21.5 s, within 0.06
+    of the per-factor scores; ``ops/bench/dci_cost.py --probe`` times both against the trees):
+    the same test scores
     (accuracy / ``max(0, 1 - NRMSE)``) on the same split as :func:`dci`, so the two compare
     factor by factor; a gap between them is information the tree probe cannot read.
 

@@ -316,3 +316,11 @@ def test_dci_cost_script_times_every_method(tmp_path):
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["gbt", "lasso"]
     assert all(r["seconds"] > 0 and 0.0 <= r["disentanglement"] <= 1.0 for r in rows)
+    # --probe: the flexible probe as shipped and one factor at a time, each against the trees
+    assert mod.main(["--n-train", "300", "--n-test", "100", "--method", "gbt", "--probe", "--out", str(out)]) == 0
+    probes = [r for r in json.loads(out.read_text()) if "probe" in r]
+    assert [r["probe"] for r in probes] == ["trees (gbt, baseline)", "probe, shipped", "probe, per factor"]
+    assert probes[0]["ratio_to_trees"] == 1.0
+    assert all(r["seconds"] > 0 and len(r["informativeness"]) == 6 for r in probes)
+    # the codes mix the factors linearly: the shipped probe reads each of them
+    assert min(probes[1]["informativeness"]) > 0.3, probes[1]
