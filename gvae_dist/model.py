@@ -107,12 +107,36 @@ class Encoder(nn.Module):
         return self.mu_head(h_BF), self.logvar_head(h_BF)
 
 
+class AddCoords(nn.Module):
+    """``h_BCHW -> [B, C + 2, H, W]``: appends the pixel's x and y, each in [-1, 1], as two
+    channels (CoordConv, Liu et al., NeurIPS 2018: a convolution that sees where it is can map a
+    coordinate held in its input to a position in its output, which plain (transposed)
+    convolutions learn poorly)."""
+
+    def forward(self, h_BCHW: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = h_BCHW.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=h_BCHW.device, dtype=h_BCHW.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=h_BCHW.device, dtype=h_BCHW.dtype)
+        grid_2HW = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))
+        return torch.cat([h_BCHW, grid_2HW.expand(b, -1, -1, -1)], dim=1)
+
+
 class Decoder(nn.Module):
     """``z_BD -> logits_BCHW``: the encoder mirrored with transposed convolutions; with
     ``refine`` > 0 the last one outputs ``refine`` channels and a ReLU and a 3x3 convolution at
-    full resolution draw the image (with 0 the parameters and their names are the plain net's)."""
+    full resolution draw the image (with 0 the parameters and their names are the plain net's);
+    with ``coords`` every (transposed) convolution also sees its pixels' coordinates
+    (:class:`AddCoords`)."""
 
-    def __init__(self, out_channels: int, widths: Sequence[int], hidden: int, latent_dim: int, refine: int = 0):
+    def __init__(
+        self,
+        out_channels: int,
+        widths: Sequence[int],
+        hidden: int,
+        latent_dim: int,
+        refine: int = 0,
+        coords: bool = False,
+    ):
         super().__init__()
         self.bottleneck_channels = widths[-1]
         self.fc = nn.Sequential(
@@ -124,15 +148,18 @@ class Decoder(nn.Module):
         # Encoder widths reversed: the first deconv keeps the bottleneck width, the last one
         # produces the image channels (64x4x4 -> 64 -> 32 -> 32 -> C for the reference net).
         outs = list(reversed(widths[:-1])) + [refine or out_channels]
+        extra = 2 if coords else 0
         layers: list[nn.Module] = []
         prev = widths[-1]
         for i, width in enumerate(outs):
-            layers.append(nn.ConvTranspose2d(prev, width, kernel_size=4, stride=2, padding=1))
+            layers += [AddCoords()] if coords else []
+            layers.append(nn.ConvTranspose2d(prev + extra, width, kernel_size=4, stride=2, padding=1))
             if i < len(outs) - 1:
                 layers.append(nn.ReLU())
             prev = width
         if refine:
-            layers += [nn.ReLU(), nn.Conv2d(refine, out_channels, kernel_size=3, padding=1)]
+            layers += [nn.ReLU()] + ([AddCoords()] if coords else [])
+            layers.append(nn.Conv2d(refine + extra, out_channels, kernel_size=3, padding=1))
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z_BD: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,18 @@ when one factor is replaced by another face's value (the decoder's own factor ef
 renderer's is in the table at the top). A factor the trained decoder draws no differently when it
 changes is one an encoder gains nothing by encoding.
 
-python ops/pilots/decoder_probe.py [FEATURE_SCALE] [STEPS] [refine]
+python ops/pilots/decoder_probe.py [FEATURE_SCALE] [STEPS] [VARIANT] [INIT_SEED]
 
-``refine``: the decoder with `model.refine_channels: 32`: the last transposed convolution outputs 32
-channels instead of the image's 3, then a ReLU and a 3x3 convolution at full resolution draw the
-image (capacity where the small features are drawn).
+VARIANT (default ``plain``, the presets' decoder):
+- ``refine``: `model.refine_channels: 32`: the last transposed convolution outputs 32 channels
+  instead of the image's 3, then a ReLU and a 3x3 convolution at full resolution draw the image
+  (capacity where the small features are drawn);
+- ``coord``: `model.coord_channels: true`: every transposed convolution also sees its pixels'
+  coordinates (CoordConv, Liu et al. 2018); ``coord_refine``: both;
+- ``broadcast``: a spatial broadcast decoder (Watters et al. 2019, here 32 channels): the code is
+  tiled over a 40x40 grid with the pixels' coordinates, then four unpadded 3x3 convolutions with
+  ReLUs and a 1x1 convolution draw the 32x32 image (no upsampling).
+INIT_SEED (default 0) seeds the network's initial weights only.
 """
 
 import sys
@@ -22,13 +29,38 @@ import sys
 import numpy as np
 import torch
 from probe_setup import fit, setup
+from torch import nn
 
-from gvae_dist.model import Decoder, layer_channels
+from gvae_dist.model import AddCoords, Decoder, layer_channels
 from gvae_dist.objective import reconstruction_loss
 
+
+class Broadcast(nn.Module):
+    def __init__(self, latent_dim: int, width: int = 32, size: int = 32):
+        super().__init__()
+        self.size = size + 8
+        layers: list[nn.Module] = [AddCoords()]
+        prev = latent_dim + 2
+        for _ in range(4):
+            layers += [nn.Conv2d(prev, width, kernel_size=3), nn.ReLU()]
+            prev = width
+        layers.append(nn.Conv2d(width, 3, kernel_size=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z_BD: torch.Tensor) -> torch.Tensor:
+        return self.net(z_BD[:, :, None, None].expand(-1, -1, self.size, self.size))
+
+
 s = setup()
-refine = len(sys.argv) > 3 and sys.argv[3] == "refine"
-net = Decoder(3, layer_channels(32, s.cfg.model.channels), s.cfg.model.hidden, s.z_tr.shape[1], 32 if refine else 0)
+variant = sys.argv[3] if len(sys.argv) > 3 else "plain"
+torch.manual_seed(int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+d = s.z_tr.shape[1]
+if variant == "broadcast":
+    net = Broadcast(d)
+else:
+    widths = layer_channels(32, s.cfg.model.channels)
+    refine = 32 if "refine" in variant else 0
+    net = Decoder(3, widths, s.cfg.model.hidden, d, refine, coords=variant.startswith("coord"))
 fit(net, s, lambda idx: reconstruction_loss(net(s.z_tr[idx]), s.x_tr[idx], "gaussian", 0.1).mean(), "nll")
 
 
@@ -42,7 +74,7 @@ def nll(z: torch.Tensor) -> np.ndarray:
 
 
 base = nll(s.z_te)
-what = f"feature scale {s.scale}, {s.steps} steps" + (", refine" if refine else "")
+what = f"feature scale {s.scale}, {s.steps} steps, {variant}, init seed {sys.argv[4] if len(sys.argv) > 4 else 0}"
 print(f"{what}: held-out reconstruction {base.mean():,.0f} nats with the true factors")
 perm = torch.from_numpy(np.random.default_rng(0).permutation(len(s.z_te)))
 for j, name in enumerate(s.train.factor_names):
