@@ -192,16 +192,28 @@ def reported_metrics(cfg: Config) -> list[str] | None:
     return [*TRAIN_METRICS, *(f"eval/{m}" for m in metric_names(cfg, names["factors"] if names else []))]
 
 
+def _names_unreadable_factor(metric: str, cfg: Config) -> bool:
+    """Whether ``metric`` is a per-factor or per-partition name that cannot be checked here:
+    the shards' manifest is not readable on this machine (they may live on the workers' file
+    system), so which factors the evaluation scores, and which partitions own one, is unknown."""
+    from gvae_dist.data.shards import source_names
+
+    if cfg.data.source != "shards" or source_names(cfg.data) is not None:
+        return False
+    partitions = {p.name for p in cfg.partition_spec()}
+    prefixes = ["eval/informativeness/", *(["eval/probe_informativeness/"] if cfg.eval.flexible_probe else [])]
+    return (
+        any(metric.startswith(pre) and len(metric) > len(pre) for pre in prefixes)
+        or metric in ("eval/partition_purity", "eval/purity_mean")
+        or (metric.startswith("eval/purity/") and metric[len("eval/purity/") :] in partitions)
+    )
+
+
 def _check_metric(path: Path, metric: str, mode: str, cfg: Config) -> None:
     """The objective metric must be one a trial reports, in every Tune report (one per
     checkpoint), or Tune ends the sweep after the first trial trained; the mode must improve it."""
     valid = reported_metrics(cfg)
-    per_factor = (
-        metric.startswith("eval/informativeness/")
-        and cfg.data.source == "shards"
-        and not any(v.startswith("eval/informativeness/") for v in valid)
-    )  # shards not readable here
-    if metric not in valid and not per_factor:
+    if metric not in valid and not _names_unreadable_factor(metric, cfg):
         close = difflib.get_close_matches(metric, valid, n=1)
         raise _err(
             path,

@@ -214,3 +214,21 @@ def test_refine_channels_add_a_full_resolution_stage_and_zero_keeps_the_plain_de
 
     built = build_model(load_config(None, ["data.image_size=32", "model.refine_channels=8"]), channels=3)
     assert isinstance(built.decoder.deconv[-1], torch.nn.Conv2d) and built.decoder.deconv[-1].in_channels == 8
+
+
+def test_coord_channels_show_every_decoder_convolution_where_its_pixels_are():
+    from gvae_dist.model import AddCoords, Decoder
+
+    h = torch.zeros(2, 5, 4, 8)
+    out = AddCoords()(h)
+    assert out.shape == (2, 7, 4, 8) and not out[:, :5].any()
+    assert torch.equal(out[0, 5, 0], torch.linspace(-1, 1, 8))  # x varies along the width
+    assert torch.equal(out[1, 6, :, 3], torch.linspace(-1, 1, 4))  # y along the height
+    torch.manual_seed(0)
+    plain, coord = Decoder(3, [8, 16, 16], 32, 4), Decoder(3, [8, 16, 16], 32, 4, refine=6, coords=True)
+    convs = [m for m in coord.deconv if isinstance(m, torch.nn.ConvTranspose2d | torch.nn.Conv2d)]
+    assert [m.in_channels for m in convs] == [16 + 2, 16 + 2, 8 + 2, 6 + 2]
+    before = [type(coord.deconv[i - 1]) for i, m in enumerate(coord.deconv) if m in convs]
+    assert before == [AddCoords] * 4
+    z = torch.randn(3, 4)
+    assert coord(z).shape == plain(z).shape == (3, 3, 32, 32)

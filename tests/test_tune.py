@@ -357,3 +357,30 @@ def test_failing_sweep_marks_its_mlflow_parent_failed(tmp_path, ray_4cpu):
     assert parents[0].info.status == "FAILED"
     assert parents[0].data.tags["gvae_dist.error"].startswith(type(info.value).__name__)
     wait_for_train_actors_to_exit()
+
+
+@pytest.mark.parametrize(
+    ("metric", "probe", "accepted"),
+    [
+        ("eval/informativeness/mouth", True, True),
+        ("eval/probe_informativeness/mouth", True, True),
+        ("eval/probe_informativeness/mouth", False, False),  # the probe is off: never reported
+        ("eval/purity/expression", True, True),
+        ("eval/purity/expresion", True, False),  # partitions are known without the manifest
+        ("eval/purity_mean", True, True),
+        ("eval/informativenes/mouth", True, False),
+        ("eval/informativeness/", True, False),
+        ("expression", True, False),
+    ],
+)
+def test_per_factor_metrics_of_shards_not_readable_here(tmp_path, metric, probe, accepted):
+    """Shards may exist only on the workers: their factors (and which partitions own one) are
+    unknown at sweep validation, so per-factor and per-partition names pass unchecked, but only
+    those of families a trial can report."""
+    over = ["data.source=shards", f"data.path={tmp_path / 'on_the_workers'}", f"eval.flexible_probe={probe}"]
+    path = _space(tmp_path, metric=metric, mode="max", set=[*TINY, *over, "eval.every=2"])
+    if accepted:
+        assert load_space(path).metric == metric
+    else:
+        with pytest.raises(ConfigError, match=r"metric: .* is not a metric a trial reports"):
+            load_space(path)
