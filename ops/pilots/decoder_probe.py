@@ -16,7 +16,7 @@ VARIANT (default ``plain``, the presets' decoder):
 - ``refine``: `model.refine_channels: 32`: the last transposed convolution outputs 32 channels
   instead of the image's 3, then a ReLU and a 3x3 convolution at full resolution draw the image
   (capacity where the small features are drawn);
-- ``coord``: `model.coord_channels: true`: every transposed convolution also sees its pixels'
+- ``coord``: `model.Decoder(..., coords=True)` (not a config key): every transposed convolution sees its pixels'
   coordinates (CoordConv, Liu et al. 2018); ``coord_refine``: both;
 - ``broadcast``: a spatial broadcast decoder (Watters et al. 2019, here 32 channels): the code is
   tiled over a 40x40 grid with the pixels' coordinates, then four unpadded 3x3 convolutions with

@@ -26,6 +26,8 @@
 #        bash ops/pilots/expression_levers.sh OUT gated_room   (the gated preset; with 8 expression dims; with 8 label bins)
 #        bash ops/pilots/expression_levers.sh OUT gated_match_one   (the gated preset with pairing.match=one)
 #        bash ops/pilots/expression_levers.sh OUT gated_identity   (the gated preset with 75% identity pairs)
+#        bash ops/pilots/expression_levers.sh OUT budget_fs05   (12,000 steps at feature scale 0.5)
+#        bash ops/pilots/expression_levers.sh OUT gated_budget_fs05   (the same, the gated preset)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -143,6 +145,17 @@ if [ "${2:-}" = gated_identity ]; then  # three quarters identity pairs instead 
     PRESET=faces_beta_gated.yaml run gated_id75_s0 --set pairing.identity=0.75 --set pairing.shared_factor=0.25 &
     PRESET=faces_beta_gated.yaml run gated_id75_s1 --set pairing.identity=0.75 --set pairing.shared_factor=0.25 \
         --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = budget_fs05 ]; then  # 4x the main job's budget, real-sized features (decoder probe: budget)
+    B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5)
+    run steps12k_fs05_s0 "${B12[@]}" & run steps12k_fs05_s1 "${B12[@]}" --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = gated_budget_fs05 ]; then  # the gated preset at the budget that found the real-sized brow
+    B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5)
+    PRESET=faces_beta_gated.yaml run gated_steps12k_fs05_s0 "${B12[@]}" &
+    PRESET=faces_beta_gated.yaml run gated_steps12k_fs05_s1 "${B12[@]}" --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = refine ]; then  # the decoder's full-resolution refinement, real-sized features
