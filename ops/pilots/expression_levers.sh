@@ -30,6 +30,7 @@
 #        bash ops/pilots/expression_levers.sh OUT gated_budget_fs05   (the same, the gated preset)
 #        bash ops/pilots/expression_levers.sh OUT gated_bins8_budget_fs05   (the gated preset, 8 label bins, 12,000 steps, scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_kl_budget_fs05   (the gated preset, gate.kl=true, 12,000 steps, scale 0.5)
+#        bash ops/pilots/expression_levers.sh OUT gated_kl   (the gated preset with gate.kl=true, full-sized, 3,000 steps)
 #        bash ops/pilots/expression_levers.sh OUT budget_fs05_px64   (12,000 steps at feature scale 0.5, 64 px)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
@@ -170,6 +171,11 @@ if [ "${2:-}" = gated_kl_budget_fs05 ]; then  # the KL gated like the reconstruc
     B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5 --set gate.kl=true)
     PRESET=faces_beta_gated.yaml run gated_kl_steps12k_fs05_s0 "${B12[@]}" &
     PRESET=faces_beta_gated.yaml run gated_kl_steps12k_fs05_s1 "${B12[@]}" --set run.seed=1 & wait
+    exit 0
+fi
+if [ "${2:-}" = gated_kl ]; then  # what gating the KL does at the main job's budget, full-sized features
+    PRESET=faces_beta_gated.yaml run gated_kl_s0 --set gate.kl=true &
+    PRESET=faces_beta_gated.yaml run gated_kl_s1 --set gate.kl=true --set run.seed=1 & wait
     exit 0
 fi
 if [ "${2:-}" = gated_budget_fs05 ]; then  # the gated preset at the budget that found the real-sized brow
