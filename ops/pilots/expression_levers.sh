@@ -31,7 +31,6 @@
 #        bash ops/pilots/expression_levers.sh OUT gated_bins8_budget_fs05   (the gated preset, 8 label bins, 12,000 steps, scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_kl_budget_fs05   (the gated preset, gate.kl=true, 12,000 steps, scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_kl   (the gated preset with gate.kl=true, full-sized, 3,000 steps)
-#        bash ops/pilots/expression_levers.sh OUT budget_fs05_px64   (12,000 steps at feature scale 0.5, 64 px)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -151,39 +150,22 @@ if [ "${2:-}" = gated_identity ]; then  # three quarters identity pairs instead 
         --set run.seed=1 & wait
     exit 0
 fi
-if [ "${2:-}" = budget_fs05 ]; then  # 4x the main job's budget, real-sized features (decoder probe: budget)
-    B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5)
-    run steps12k_fs05_s0 "${B12[@]}" & run steps12k_fs05_s1 "${B12[@]}" --set run.seed=1 & wait
-    exit 0
-fi
-if [ "${2:-}" = budget_fs05_px64 ]; then  # budget and image size together, real-sized features
-    B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5 --set data.image_size=64)
-    run steps12k_fs05_px64_s0 "${B12[@]}" & run steps12k_fs05_px64_s1 "${B12[@]}" --set run.seed=1 & wait
-    exit 0
-fi
-if [ "${2:-}" = gated_bins8_budget_fs05 ]; then  # partners within an eighth of each factor's range
-    B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5 --set data.label_bins=8)
-    PRESET=faces_beta_gated.yaml run gated_bins8_steps12k_fs05_s0 "${B12[@]}" &
-    PRESET=faces_beta_gated.yaml run gated_bins8_steps12k_fs05_s1 "${B12[@]}" --set run.seed=1 & wait
-    exit 0
-fi
-if [ "${2:-}" = gated_kl_budget_fs05 ]; then  # the KL gated like the reconstruction: effective beta 1
-    B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5 --set gate.kl=true)
-    PRESET=faces_beta_gated.yaml run gated_kl_steps12k_fs05_s0 "${B12[@]}" &
-    PRESET=faces_beta_gated.yaml run gated_kl_steps12k_fs05_s1 "${B12[@]}" --set run.seed=1 & wait
-    exit 0
-fi
-if [ "${2:-}" = gated_kl ]; then  # what gating the KL does at the main job's budget, full-sized features
-    PRESET=faces_beta_gated.yaml run gated_kl_s0 --set gate.kl=true &
-    PRESET=faces_beta_gated.yaml run gated_kl_s1 --set gate.kl=true --set run.seed=1 & wait
-    exit 0
-fi
-if [ "${2:-}" = gated_budget_fs05 ]; then  # the gated preset at the budget that found the real-sized brow
-    B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5)
-    PRESET=faces_beta_gated.yaml run gated_steps12k_fs05_s0 "${B12[@]}" &
-    PRESET=faces_beta_gated.yaml run gated_steps12k_fs05_s1 "${B12[@]}" --set run.seed=1 & wait
-    exit 0
-fi
+# Real-sized features at 4x the main job's budget (docs/faces.md, after the decoder probe's budget).
+B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5)
+pair() {  # pair NAME [--set key=value ...]: NAME_s0 and NAME_s1 (run seeds 0 and 1) at once
+    local name="$1"; shift
+    run "${name}_s0" "$@" & run "${name}_s1" "$@" --set run.seed=1 & wait
+}
+case "${2:-}" in
+    budget_fs05) pair steps12k_fs05 "${B12[@]}"; exit 0 ;;
+    gated_budget_fs05) PRESET=faces_beta_gated.yaml pair gated_steps12k_fs05 "${B12[@]}"; exit 0 ;;
+    gated_bins8_budget_fs05)  # partners within an eighth of each factor's range
+        PRESET=faces_beta_gated.yaml pair gated_bins8_steps12k_fs05 "${B12[@]}" --set data.label_bins=8; exit 0 ;;
+    gated_kl_budget_fs05)  # the KL gated like the reconstruction: effective beta 1 in every partition
+        PRESET=faces_beta_gated.yaml pair gated_kl_steps12k_fs05 "${B12[@]}" --set gate.kl=true; exit 0 ;;
+    gated_kl)  # the same at the main job's budget, full-sized features
+        PRESET=faces_beta_gated.yaml pair gated_kl --set gate.kl=true; exit 0 ;;
+esac
 if [ "${2:-}" = refine ]; then  # the decoder's full-resolution refinement, real-sized features
     run refine32_fs05_s0 --set model.refine_channels=32 --set data.feature_scale=0.5 &
     run refine32_fs05_s1 --set model.refine_channels=32 --set data.feature_scale=0.5 --set run.seed=1 & wait
