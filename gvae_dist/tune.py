@@ -181,39 +181,45 @@ LOWER_IS_BETTER = (
 )
 
 
-def reported_metrics(cfg: Config) -> list[str] | None:
+UNKNOWN_FACTOR = "<factor>"
+"""Stands for the factors of shards whose manifest is not readable where a sweep starts."""
+
+
+def reported_metrics(cfg: Config) -> list[str]:
     """Every metric a trial reports to Tune at each checkpoint (when eval/* coincides with it):
     the train loss terms and the ``eval/*`` names of :func:`gvae_dist.eval_runner.metric_names`.
-    None for the per-factor names when the data's factors cannot be read here (no manifest)."""
+    When the data's factors cannot be read here (shards without a manifest on this machine),
+    the partitions' factors and :data:`UNKNOWN_FACTOR`, which stands for any other factor."""
     from gvae_dist.data.shards import source_names
     from gvae_dist.eval_runner import metric_names
 
     names = source_names(cfg.data)
-    return [*TRAIN_METRICS, *(f"eval/{m}" for m in metric_names(cfg, names["factors"] if names else []))]
+    if names is None:
+        named = dict.fromkeys(f for p in cfg.partition_spec() for f in p.factors)
+        factors = [*named, UNKNOWN_FACTOR]
+    else:
+        factors = names["factors"]
+    return [*TRAIN_METRICS, *(f"eval/{m}" for m in metric_names(cfg, factors))]
 
 
-def _names_unreadable_factor(metric: str, cfg: Config) -> bool:
-    """Whether ``metric`` is a per-factor or per-partition name that cannot be checked here:
-    the shards' manifest is not readable on this machine (they may live on the workers' file
-    system), so which factors the evaluation scores, and which partitions own one, is unknown."""
-    from gvae_dist.data.shards import source_names
-
-    if cfg.data.source != "shards" or source_names(cfg.data) is not None:
-        return False
-    partitions = {p.name for p in cfg.partition_spec()}
-    prefixes = ["eval/informativeness/", *(["eval/probe_informativeness/"] if cfg.eval.flexible_probe else [])]
-    return (
-        any(metric.startswith(pre) and len(metric) > len(pre) for pre in prefixes)
-        or metric in ("eval/partition_purity", "eval/purity_mean")
-        or (metric.startswith("eval/purity/") and metric[len("eval/purity/") :] in partitions)
-    )
+def _is_reported(metric: str, valid: list[str]) -> bool:
+    """``metric`` is in ``valid``, or fills an :data:`UNKNOWN_FACTOR` name of it with a factor."""
+    if metric in valid:
+        return True
+    for name in valid:
+        head, sep, tail = name.partition(UNKNOWN_FACTOR)
+        if sep and metric.startswith(head) and metric.endswith(tail):
+            factor = metric[len(head) : len(metric) - len(tail)]
+            if factor and "/" not in factor:
+                return True
+    return False
 
 
 def _check_metric(path: Path, metric: str, mode: str, cfg: Config) -> None:
     """The objective metric must be one a trial reports, in every Tune report (one per
     checkpoint), or Tune ends the sweep after the first trial trained; the mode must improve it."""
     valid = reported_metrics(cfg)
-    if metric not in valid and not _names_unreadable_factor(metric, cfg):
+    if not _is_reported(metric, valid):
         close = difflib.get_close_matches(metric, valid, n=1)
         raise _err(
             path,

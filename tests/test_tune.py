@@ -367,6 +367,9 @@ def test_failing_sweep_marks_its_mlflow_parent_failed(tmp_path, ray_4cpu):
         ("eval/probe_informativeness/mouth", False, False),  # the probe is off: never reported
         ("eval/purity/expression", True, True),
         ("eval/purity/expresion", True, False),  # partitions are known without the manifest
+        ("eval/purity/rest", True, False),  # a partition that owns no factor reports no purity
+        ("eval/informativeness/jaw", True, True),  # a factor only the manifest would name
+        ("eval/informativeness/jaw/x", True, False),
         ("eval/purity_mean", True, True),
         ("eval/informativenes/mouth", True, False),
         ("eval/informativeness/", True, False),
@@ -375,8 +378,8 @@ def test_failing_sweep_marks_its_mlflow_parent_failed(tmp_path, ray_4cpu):
 )
 def test_per_factor_metrics_of_shards_not_readable_here(tmp_path, metric, probe, accepted):
     """Shards may exist only on the workers: their factors (and which partitions own one) are
-    unknown at sweep validation, so per-factor and per-partition names pass unchecked, but only
-    those of families a trial can report."""
+    unknown at sweep validation, so any factor's per-factor names pass, and the per-partition
+    names of partitions that own a factor, but only families a trial can report."""
     over = ["data.source=shards", f"data.path={tmp_path / 'on_the_workers'}", f"eval.flexible_probe={probe}"]
     path = _space(tmp_path, metric=metric, mode="max", set=[*TINY, *over, "eval.every=2"])
     if accepted:
