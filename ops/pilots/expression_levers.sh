@@ -52,6 +52,11 @@ run() {  # run NAME [--set key=value ...]
     fi
 }
 
+pair() {  # pair NAME [--set key=value ...]: NAME_s0 and NAME_s1 (run seeds 0 and 1) at once
+    local name="$1"; shift
+    run "${name}_s0" "$@" & run "${name}_s1" "$@" --set run.seed=1 & wait
+}
+
 if [ "${2:-}" = confirm ]; then
     WIDE=(--set "model.channels=[32,64,64,128]" --set model.hidden=512)
     run baseline_d4_s0 --set data.seed=4 & run wide_d4_s0 --set data.seed=4 "${WIDE[@]}" & wait
@@ -66,96 +71,74 @@ if [ "${2:-}" = combined ]; then  # the three partial levers together (docs/face
     exit 0
 fi
 if [ "${2:-}" = size32 ]; then  # the 32 px twins of size64 (docs/faces.md, probe size)
-    run px32_s0 & run px32_s1 --set run.seed=1 & wait
+    pair px32
     exit 0
 fi
 if [ "${2:-}" = size64_budget ]; then  # 64 px for 2x the steps (docs/faces.md, budget at 64 px)
-    run px64_6k_s0 --set data.image_size=64 --set optim.steps=6000 --set run.checkpoint_every=2000 &
-    run px64_6k_s1 --set data.image_size=64 --set optim.steps=6000 --set run.checkpoint_every=2000 --set run.seed=1 & wait
+    pair px64_6k --set data.image_size=64 --set optim.steps=6000 --set run.checkpoint_every=2000
     exit 0
 fi
 if [ "${2:-}" = small_features ]; then  # real-sized features (feature_scale 0.5) at 64 and 32 px
-    run fs05_px64_s0 --set data.image_size=64 --set data.feature_scale=0.5 &
-    run fs05_px64_s1 --set data.image_size=64 --set data.feature_scale=0.5 --set run.seed=1 & wait
-    run fs05_px32_s0 --set data.feature_scale=0.5 & run fs05_px32_s1 --set data.feature_scale=0.5 --set run.seed=1 & wait
+    pair fs05_px64 --set data.image_size=64 --set data.feature_scale=0.5
+    pair fs05_px32 --set data.feature_scale=0.5
     exit 0
 fi
 if [ "${2:-}" = latent32 ]; then  # a larger code: 32 dims, rest 24 (docs/faces.md)
-    run latent32_s0 --set model.latent_dim=32 --set partitions.2.size=24 &
-    run latent32_s1 --set model.latent_dim=32 --set partitions.2.size=24 --set run.seed=1 & wait
+    pair latent32 --set model.latent_dim=32 --set partitions.2.size=24
     exit 0
 fi
 if [ "${2:-}" = latent32_more ]; then  # 32 dims for real-sized features at 32 px, then at 64 px
     L32=(--set model.latent_dim=32 --set partitions.2.size=24)
-    run latent32_fs05_s0 "${L32[@]}" --set data.feature_scale=0.5 &
-    run latent32_fs05_s1 "${L32[@]}" --set data.feature_scale=0.5 --set run.seed=1 & wait
-    run latent32_px64_s0 "${L32[@]}" --set data.image_size=64 &
-    run latent32_px64_s1 "${L32[@]}" --set data.image_size=64 --set run.seed=1 & wait
+    pair latent32_fs05 "${L32[@]}" --set data.feature_scale=0.5
+    pair latent32_px64 "${L32[@]}" --set data.image_size=64
     exit 0
 fi
 if [ "${2:-}" = calibrated ]; then  # sigma-VAE's calibrated Gaussian, full- and real-sized features
     CAL=(--set objective.gaussian_calibrated=true)
-    run calibrated_s0 "${CAL[@]}" & run calibrated_s1 "${CAL[@]}" --set run.seed=1 & wait
-    run calibrated_fs05_s0 "${CAL[@]}" --set data.feature_scale=0.5 &
-    run calibrated_fs05_s1 "${CAL[@]}" --set data.feature_scale=0.5 --set run.seed=1 & wait
+    pair calibrated "${CAL[@]}"
+    pair calibrated_fs05 "${CAL[@]}" --set data.feature_scale=0.5
     exit 0
 fi
 if [ "${2:-}" = gated_small ]; then  # the gated preset, 8-bin labels, real-sized features (docs/faces.md)
-    PRESET=faces_beta_gated.yaml run gated_bins8_fs05_s0 --set data.label_bins=8 --set data.feature_scale=0.5 &
-    PRESET=faces_beta_gated.yaml run gated_bins8_fs05_s1 --set data.label_bins=8 --set data.feature_scale=0.5 \
-        --set run.seed=1 & wait
+    PRESET=faces_beta_gated.yaml pair gated_bins8_fs05 --set data.label_bins=8 --set data.feature_scale=0.5
     exit 0
 fi
 if [ "${2:-}" = gated_small_input ]; then  # the same with the paper's closed_code: input
     GS=(--set data.label_bins=8 --set data.feature_scale=0.5 --set gate.closed_code=input)
-    PRESET=faces_beta_gated.yaml run gated_input_fs05_s0 "${GS[@]}" &
-    PRESET=faces_beta_gated.yaml run gated_input_fs05_s1 "${GS[@]}" --set run.seed=1 & wait
+    PRESET=faces_beta_gated.yaml pair gated_input_fs05 "${GS[@]}"
     exit 0
 fi
 if [ "${2:-}" = gated_small_rest2 ]; then  # v18's configuration (rest 2, 10 dims, 8 bins) at scale 0.5
     GS=(--set data.label_bins=8 --set data.feature_scale=0.5 --set model.latent_dim=10 --set partitions.2.size=2)
-    PRESET=faces_beta_gated.yaml run gated_rest2_fs05_s0 "${GS[@]}" &
-    PRESET=faces_beta_gated.yaml run gated_rest2_fs05_s1 "${GS[@]}" --set run.seed=1 & wait
+    PRESET=faces_beta_gated.yaml pair gated_rest2_fs05 "${GS[@]}"
     exit 0
 fi
 if [ "${2:-}" = kl_warmup ]; then  # KL annealing over half the run, full- and real-sized features
     KW=(--set objective.warmup_steps=1500)
-    run klwarm_s0 "${KW[@]}" & run klwarm_s1 "${KW[@]}" --set run.seed=1 & wait
-    run klwarm_fs05_s0 "${KW[@]}" --set data.feature_scale=0.5 &
-    run klwarm_fs05_s1 "${KW[@]}" --set data.feature_scale=0.5 --set run.seed=1 & wait
+    pair klwarm "${KW[@]}"
+    pair klwarm_fs05 "${KW[@]}" --set data.feature_scale=0.5
     exit 0
 fi
 if [ "${2:-}" = beta001 ]; then  # almost no KL: does an autoencoder read real-sized expression?
-    run beta001_fs05_s0 --set objective.beta=0.01 --set data.feature_scale=0.5 &
-    run beta001_fs05_s1 --set objective.beta=0.01 --set data.feature_scale=0.5 --set run.seed=1 & wait
+    pair beta001_fs05 --set objective.beta=0.01 --set data.feature_scale=0.5
     exit 0
 fi
 if [ "${2:-}" = gated_room ]; then  # the gated preset's information loss: baseline, 8 expression dims, 8 label bins
-    PRESET=faces_beta_gated.yaml run gated_s0 & PRESET=faces_beta_gated.yaml run gated_s1 --set run.seed=1 & wait
-    E8=(--set model.latent_dim=20 --set partitions.1.size=8)
-    PRESET=faces_beta_gated.yaml run gated_expr8_s0 "${E8[@]}" &
-    PRESET=faces_beta_gated.yaml run gated_expr8_s1 "${E8[@]}" --set run.seed=1 & wait
-    PRESET=faces_beta_gated.yaml run gated_bins8_s0 --set data.label_bins=8 &
-    PRESET=faces_beta_gated.yaml run gated_bins8_s1 --set data.label_bins=8 --set run.seed=1 & wait
+    PRESET=faces_beta_gated.yaml pair gated
+    PRESET=faces_beta_gated.yaml pair gated_expr8 --set model.latent_dim=20 --set partitions.1.size=8
+    PRESET=faces_beta_gated.yaml pair gated_bins8 --set data.label_bins=8
     exit 0
 fi
 if [ "${2:-}" = gated_match_one ]; then  # partners share one expression factor's bin, not all three
-    PRESET=faces_beta_gated.yaml run gated_one_s0 --set pairing.match=one &
-    PRESET=faces_beta_gated.yaml run gated_one_s1 --set pairing.match=one --set run.seed=1 & wait
+    PRESET=faces_beta_gated.yaml pair gated_one --set pairing.match=one
     exit 0
 fi
 if [ "${2:-}" = gated_identity ]; then  # three quarters identity pairs instead of half
-    PRESET=faces_beta_gated.yaml run gated_id75_s0 --set pairing.identity=0.75 --set pairing.shared_factor=0.25 &
-    PRESET=faces_beta_gated.yaml run gated_id75_s1 --set pairing.identity=0.75 --set pairing.shared_factor=0.25 \
-        --set run.seed=1 & wait
+    PRESET=faces_beta_gated.yaml pair gated_id75 --set pairing.identity=0.75 --set pairing.shared_factor=0.25
     exit 0
 fi
 # Real-sized features at 4x the main job's budget (docs/faces.md, after the decoder probe's budget).
 B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5)
-pair() {  # pair NAME [--set key=value ...]: NAME_s0 and NAME_s1 (run seeds 0 and 1) at once
-    local name="$1"; shift
-    run "${name}_s0" "$@" & run "${name}_s1" "$@" --set run.seed=1 & wait
-}
 case "${2:-}" in
     budget_fs05) pair steps12k_fs05 "${B12[@]}"; exit 0 ;;
     gated_budget_fs05) PRESET=faces_beta_gated.yaml pair gated_steps12k_fs05 "${B12[@]}"; exit 0 ;;
@@ -167,12 +150,11 @@ case "${2:-}" in
         PRESET=faces_beta_gated.yaml pair gated_kl --set gate.kl=true; exit 0 ;;
 esac
 if [ "${2:-}" = refine ]; then  # the decoder's full-resolution refinement, real-sized features
-    run refine32_fs05_s0 --set model.refine_channels=32 --set data.feature_scale=0.5 &
-    run refine32_fs05_s1 --set model.refine_channels=32 --set data.feature_scale=0.5 --set run.seed=1 & wait
+    pair refine32_fs05 --set model.refine_channels=32 --set data.feature_scale=0.5
     exit 0
 fi
 if [ "${2:-}" = size64 ]; then  # image size, the lever left untried (docs/faces.md, 2026-12-07)
-    run px64_s0 --set data.image_size=64 & run px64_s1 --set data.image_size=64 --set run.seed=1 & wait
+    pair px64 --set data.image_size=64
     exit 0
 fi
 if [ "${2:-}" = confirm_combined ]; then  # on fresh data against the confirmation's preset runs
