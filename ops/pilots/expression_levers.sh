@@ -31,6 +31,7 @@
 #        bash ops/pilots/expression_levers.sh OUT gated_bins8_budget_fs05   (the gated preset, 8 label bins, 12,000 steps, scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_kl_budget_fs05   (the gated preset, gate.kl=true, 12,000 steps, scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_kl   (the gated preset with gate.kl=true, full-sized, 3,000 steps)
+#        bash ops/pilots/expression_levers.sh OUT budget_fs05_px64   (12,000 steps at feature scale 0.5 and 64 px)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -141,6 +142,7 @@ fi
 B12=(--set optim.steps=12000 --set run.checkpoint_every=4000 --set data.feature_scale=0.5)
 case "${2:-}" in
     budget_fs05) pair steps12k_fs05 "${B12[@]}"; exit 0 ;;
+    budget_fs05_px64) pair steps12k_px64_fs05 "${B12[@]}" --set data.image_size=64; exit 0 ;;
     gated_budget_fs05) PRESET=faces_beta_gated.yaml pair gated_steps12k_fs05 "${B12[@]}"; exit 0 ;;
     gated_bins8_budget_fs05)  # partners within an eighth of each factor's range
         PRESET=faces_beta_gated.yaml pair gated_bins8_steps12k_fs05 "${B12[@]}" --set data.label_bins=8; exit 0 ;;
