@@ -112,6 +112,19 @@ def test_gated_and_ungated_differ_only_through_the_gate(tmp_path):
     assert all(kl_gated.metrics[f"gate/effective_beta/{p}"] == beta for p in shares)
 
 
+def test_gated_beta_preset_trains_every_partition_at_its_beta(tmp_path):
+    """Study v21: the gated beta preset gates its KL too, so no partition runs at a higher
+    effective beta than the un-gated twin (with the KL un-gated, ``rest`` would run at ~2x)."""
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "faces_beta_gated.yaml"
+    cfg = load_config(preset, [*TINY, "optim.steps=5", f"run.output_dir={tmp_path}"])
+    m = train_loop(cfg).metrics
+    for p in ("pose", "expression", "rest"):
+        assert 0.0 < m[f"gate/open_share/{p}"] < 1.0, p
+        assert m[f"gate/effective_beta/{p}"] == pytest.approx(cfg.objective.beta), p
+
+
 def test_evaluation_points_spread_over_the_run_at_log_steps(tmp_path):
     def steps(*extra):
         return sorted(eval_steps(_cfg(tmp_path, "eval.at_end=true", *extra)))
