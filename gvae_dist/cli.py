@@ -260,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", default=None, help="Ray cluster for --parallel (default RAY_ADDRESS, else a private local cluster)"
     )
+
+    p = sub.add_parser(
+        "compare",
+        help="an ablation: one arm of two studies run on the same data and seeds (e.g. the gated preset "
+        "with and without a setting), A - B paired by seed with 95%% intervals, and what the cells compute "
+        "differently",
+    )
+    p.add_argument("study_a", metavar="A", help="study output directory (holds results.csv)")
+    p.add_argument("study_b", metavar="B", help="the other study's output directory")
+    p.add_argument("--variant", choices=["gated", "ungated"], default="gated", help="which arm to pair (default gated)")
     return parser
 
 
@@ -618,6 +628,26 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from gvae_dist.compare import METRICS, compare_arms, config_differences, format_comparison, read_results
+
+    entries = compare_arms(read_results(args.study_a), read_results(args.study_b), variant=args.variant)
+    print(f"A = {args.study_a}, B = {args.study_b}: {args.variant} cells, A - B paired by seed (95% t-interval)")
+    first_a, first_b = entries[0]["pairs"][0]
+    differences = config_differences(args.study_a, args.study_b, first_a, first_b)
+    if differences is None:
+        print(f"(what A and B compute differently is unknown: {first_a} or {first_b} has no result.json)")
+    elif differences:
+        print("A and B differ in: " + "; ".join(differences))
+        if any(d.startswith("data.") for d in differences):
+            print("note: their data differ too, so each difference mixes the data with the setting under test")
+    else:
+        print("A and B compute the same configs: the differences are run-to-run variation")
+    print()
+    print(format_comparison(entries, metrics=METRICS, winner="A"), end="")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -628,6 +658,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "tune": cmd_tune,
     "study": cmd_study,
+    "compare": cmd_compare,
 }
 
 
