@@ -32,6 +32,7 @@
 #        bash ops/pilots/expression_levers.sh OUT gated_kl_budget_fs05   (the gated preset, gate.kl=true, 12,000 steps, scale 0.5)
 #        bash ops/pilots/expression_levers.sh OUT gated_kl   (the gated preset with gate.kl=true, full-sized, 3,000 steps)
 #        bash ops/pilots/expression_levers.sh OUT budget_fs05_px64   (12,000 steps at feature scale 0.5 and 64 px)
+#        bash ops/pilots/expression_levers.sh OUT gated_kl_room_fs05   (the same as gated_kl_budget_fs05 with 8 expression dims)
 #        (PRESET=<file in configs/> picks another preset than faces_beta_ungated.yaml for run())
 #        then: python ops/pilots/expression_levers.py [OUT]  (the table)
 set -euo pipefail
@@ -42,11 +43,14 @@ mkdir -p "$OUT"
 
 run() {  # run NAME [--set key=value ...]
     local name="$1"; shift
+    # the gated preset as these pilots ran it: gate.kl false until study v21 made it true; the modes
+    # that test gate.kl set it again after this (the last --set of a key wins)
+    local kl=(); [ "${PRESET:-}" = faces_beta_gated.yaml ] && kl=(--set gate.kl=false)
     if "${GVAE_VENV:-.venv}/bin/python" -m gvae_dist.cli train --config "configs/${PRESET:-faces_beta_ungated.yaml}" \
         --set data.seed=1 --set data.num_eval=3000 --set eval.num_train=2000 --set eval.num_test=1000 \
         --set eval.points=0 --set optim.steps=3000 --set run.checkpoint_every=1000 --set run.log_every=500 \
         --set run.threads=1 --set tracking.enabled=false --set "run.output_dir=$OUT" --set "run.name=$name" \
-        "$@" > "$OUT/$name.log" 2>&1; then
+        "${kl[@]}" "$@" > "$OUT/$name.log" 2>&1; then
         echo "[pilot] $name done"
     else
         echo "[pilot] $name FAILED (see $OUT/$name.log)"
@@ -148,6 +152,9 @@ case "${2:-}" in
         PRESET=faces_beta_gated.yaml pair gated_bins8_steps12k_fs05 "${B12[@]}" --set data.label_bins=8; exit 0 ;;
     gated_kl_budget_fs05)  # the KL gated like the reconstruction: effective beta 1 in every partition
         PRESET=faces_beta_gated.yaml pair gated_kl_steps12k_fs05 "${B12[@]}" --set gate.kl=true; exit 0 ;;
+    gated_kl_room_fs05)  # gate.kl, 12,000 steps, scale 0.5, and 8 expression dims instead of 4
+        PRESET=faces_beta_gated.yaml pair gated_kl_expr8_steps12k_fs05 "${B12[@]}" --set gate.kl=true \
+            --set partitions.1.size=8 --set model.latent_dim=20; exit 0 ;;
     gated_kl)  # the same at the main job's budget, full-sized features
         PRESET=faces_beta_gated.yaml pair gated_kl --set gate.kl=true; exit 0 ;;
 esac
