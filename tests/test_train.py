@@ -123,6 +123,9 @@ def test_gated_beta_preset_trains_every_partition_at_its_beta(tmp_path):
     for p in ("pose", "expression", "rest"):
         assert 0.0 < m[f"gate/open_share/{p}"] < 1.0, p
         assert m[f"gate/effective_beta/{p}"] == pytest.approx(cfg.objective.beta), p
+    # the presets that extend it keep the setting their studies measured (v21 ran beta-VAE only)
+    for other in ("faces_dip2_gated.yaml", "faces_infovae_gated.yaml"):
+        assert load_config(preset.parent / other).gate.kl is False, other
 
 
 def test_evaluation_points_spread_over_the_run_at_log_steps(tmp_path):
