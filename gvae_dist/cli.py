@@ -629,7 +629,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from gvae_dist.compare import METRICS, compare_arms, config_differences, format_comparison, read_results
+    from gvae_dist.compare import compare_arms, config_differences, format_comparison, read_results
 
     entries = compare_arms(read_results(args.study_a), read_results(args.study_b), variant=args.variant)
     print(f"A = {args.study_a}, B = {args.study_b}: {args.variant} cells, A - B paired by seed (95% t-interval)")
@@ -644,7 +644,7 @@ def cmd_compare(args) -> int:
     else:
         print("A and B compute the same configs: the differences are run-to-run variation")
     print()
-    print(format_comparison(entries, metrics=METRICS, winner="A"), end="")
+    print(format_comparison(entries, winner="A"), end="")
     return 0
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from scipy import stats
 
+from gvae_dist.fingerprint import differing_keys
+
 METRICS = ("D", "C", "I", "DCI_mean", "purity", "I_probe")
 """``I_probe``: informativeness read by the flexible probe (``eval.flexible_probe``), "-" where a
 cell has none (cells evaluated before it existed)."""
@@ -173,9 +175,8 @@ def compare_arms(
 
 def config_differences(a_dir: str | Path, b_dir: str | Path, a_run: str, b_run: str) -> list[str] | None:
     """``"key: <A's> in A, <B's> in B"`` for every key that changes what two cells compute (their
-    ``result.json`` configs, run-local keys left out); None where either file is missing."""
-    from gvae_dist.fingerprint import ADDED, fingerprinted, flat
-
+    ``result.json`` configs, by :func:`gvae_dist.fingerprint.differing_keys`); None where either
+    file is missing."""
     configs = []
     for study, run in ((a_dir, a_run), (b_dir, b_run)):
         path = Path(study) / "runs" / run / "result.json"
@@ -184,12 +185,5 @@ def config_differences(a_dir: str | Path, b_dir: str | Path, a_run: str, b_run: 
         config = json.loads(path.read_text()).get("config")
         if config is None:
             return None
-        configs.append(flat(fingerprinted(config)))
-    # a key added later is left out of a stored config at its default: show the default
-    for config in configs:
-        for (section, key), default in ADDED.items():
-            config.setdefault(f"{section}.{key}", default)
-    a, b = configs
-    return [
-        f"{k}: {a.get(k, '-')!r} in A, {b.get(k, '-')!r} in B" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-    ]
+        configs.append(config)
+    return differing_keys(*configs, names=("in A", "in B"))

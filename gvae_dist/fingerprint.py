@@ -131,15 +131,24 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def differing_keys(theirs: dict[str, Any], mine: dict[str, Any], resume: bool = False) -> list[str]:
-    """``"key: <theirs> there, <mine> here"`` for every fingerprinted key (and, with ``resume``,
-    not a :data:`RESUME_SAFE` key) in which two ``Config.to_dict()`` differ."""
+def differing_keys(
+    theirs: dict[str, Any], mine: dict[str, Any], resume: bool = False, names: tuple[str, str] = ("there", "here")
+) -> list[str]:
+    """``"key: <theirs> there, <mine> here"`` (``names`` for "there" and "here") for every
+    fingerprinted key (and, with ``resume``, not a :data:`RESUME_SAFE` key) in which two
+    ``Config.to_dict()`` differ. An :data:`ADDED` key a config leaves out shows its default."""
 
     def view(c: dict[str, Any]) -> dict[str, Any]:
         out = fingerprinted(c)
-        return flat(_drop(out, RESUME_SAFE) if resume else out)
+        out = flat(_drop(out, RESUME_SAFE) if resume else out)
+        for (section, key), default in ADDED.items():
+            out.setdefault(f"{section}.{key}", default)
+        return out
 
     a, b = view(theirs), view(mine)
+    there, here = names
     return [
-        f"{k}: {a.get(k, '?')!r} there, {b.get(k, '?')!r} here" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+        f"{k}: {a.get(k, '?')!r} {there}, {b.get(k, '?')!r} {here}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
     ]
